@@ -1,0 +1,27 @@
+"""Shared test setup: real data from ../shared/data, figures into a temporary folder, quiet bars."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+if "TVMLIB_DATA" not in os.environ and SHARED_DATA.exists():
+    os.environ["TVMLIB_DATA"] = str(SHARED_DATA)
+os.environ.setdefault("TVMLIB_QUIET", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True)
+def _figures_to_tmp(tmp_path, monkeypatch):
+    """Never let a test overwrite the committed figures/."""
+    monkeypatch.setenv("TVMLIB_FIGURES", str(tmp_path / "figures"))
+
+
+@pytest.fixture
+def seed():
+    torch.manual_seed(0)
+    return 0

@@ -1,0 +1,24 @@
+"""Sinusoidal embeddings of scalar conditioning (t, the gap t - s, 1/w)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def sinusoidal_embedding(
+    t: Tensor, dim: int, scale: float = 1000.0, max_period: float = 10000.0
+) -> Tensor:
+    """Embed scalars t (B,) as (B, dim): [cos(scale t f_k), sin(scale t f_k)].
+
+    Frequencies f_k = max_period^(-k / (dim/2)), k = 0..dim/2 - 1 (the transformer / DiT
+    embedding). ``scale`` stretches t in [0, 1] so the high frequencies resolve small gaps.
+    """
+    if dim % 2:
+        raise ValueError(f"embedding dim must be even, got {dim}")
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    args = scale * t.float()[:, None] * freqs[None]  # (B, half)
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)

@@ -1,0 +1,72 @@
+"""A 2D MLP in the project's signature ``F = net(x, t, s, y=None, w=None)``.
+
+The conditioning is TVM's: embeddings of t and of the gap t - s (not of s), of beta = 1/w when
+the network is guidance-conditioned, and of the class label with a null class for dropout.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from tvmlib.nn.embedding import sinusoidal_embedding
+
+
+class MLP2D(nn.Module):
+    """F_theta(x, t, s, y, w) for x of shape (B, dim).
+
+    Args:
+        dim: data dimension (2 for the toys).
+        hidden: width of the hidden layers.
+        depth: number of hidden layers.
+        emb_dim: size of each sinusoidal embedding.
+        num_classes: classes for conditioning (0: unconditional). Label ``num_classes`` is the
+            null class, used for label dropout and unconditional evaluation.
+        guidance: if True the network takes w (CFG scale) as an input, through beta = 1/w.
+    """
+
+    def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 4, emb_dim: int = 32,
+                 num_classes: int = 0, guidance: bool = False):
+        super().__init__()
+        self.dim, self.emb_dim = dim, emb_dim
+        self.num_classes, self.guidance = num_classes, guidance
+        n_emb = 2 + int(guidance)
+        self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+        in_dim = dim + emb_dim * (n_emb + int(num_classes > 0))
+        layers: list[nn.Module] = [nn.Linear(in_dim, hidden), nn.SiLU()]
+        for _ in range(depth - 1):
+            layers += [nn.Linear(hidden, hidden), nn.SiLU()]
+        layers.append(nn.Linear(hidden, dim))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor, t: Tensor, s: Tensor | None = None,
+                y: Tensor | None = None, w: Tensor | None = None) -> Tensor:
+        """x: (B, dim); t, s, w: (B,) or scalars; y: (B,) int labels. Returns F: (B, dim)."""
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"MLP2D expects x of shape (B, {self.dim}), got {tuple(x.shape)}")
+        B = x.shape[0]
+        t = _per_sample(t, B, x, "t")
+        s = t if s is None else _per_sample(s, B, x, "s")
+        feats = [x, sinusoidal_embedding(t, self.emb_dim), sinusoidal_embedding(t - s, self.emb_dim)]
+        if self.guidance:
+            w = torch.ones_like(t) if w is None else _per_sample(w, B, x, "w")
+            feats.append(sinusoidal_embedding(1.0 / w, self.emb_dim))
+        if self.class_emb is not None:
+            y = torch.full((B,), self.num_classes, device=x.device) if y is None else y
+            feats.append(self.class_emb(y))
+        elif y is not None:
+            raise ValueError("labels y were given to an unconditional MLP2D (num_classes=0): "
+                             "build MLP2D(num_classes=K) or drop labels "
+                             "(ToySource(..., labels=False))")
+        return self.body(torch.cat(feats, dim=1).to(x.dtype))
+
+
+def _per_sample(v: Tensor | float, B: int, x: Tensor, name: str) -> Tensor:
+    """Broadcast a Python number or a 0-d / (B,) tensor to a (B,) tensor on x's device."""
+    if not torch.is_tensor(v):
+        return torch.full((B,), float(v), device=x.device)
+    if v.dim() == 0:
+        return v.expand(B)
+    if v.shape != (B,):
+        raise ValueError(f"{name} must be a scalar or of shape ({B},), got {tuple(v.shape)}")
+    return v

@@ -1,0 +1,58 @@
+"""Provenance for every measured number: command, commit, device, versions, seed, date."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import subprocess
+import sys
+
+import torch
+
+from tvmlib.paths import figures_dir, repo_root
+from tvmlib.train import atomic_write_text
+
+
+def git_commit() -> str:
+    """The current commit (with ``-dirty`` if the tree has changes), or "unknown"."""
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=repo_root(), capture_output=True,  # noqa: E731
+                                        text=True, timeout=10).stdout.strip()
+        commit = run("rev-parse", "HEAD") or "unknown"
+        return commit + ("-dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def provenance(command: str | None = None, seed: int | None = None, **extra) -> dict:
+    """A dict to store next to results (see design.md, "Results and provenance")."""
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "command": command or " ".join(sys.argv),
+        "commit": git_commit(),
+        "device": device_name(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "python": platform.python_version(),
+        "seed": seed,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
+
+
+def write_results(name: str, results: dict, prov: dict) -> str:
+    """Write ``figures/<name>`` as {"provenance": ..., "results": ...}; returns the path."""
+    path = figures_dir() / name
+    atomic_write_text(json.dumps({"provenance": prov, "results": results}, indent=1), path)
+    return str(path)
