@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from tvmlib.flowmap import displacement
+
 Velocity = Callable[[Tensor, Tensor], Tensor]  # u(x (B, ...), t (B,)) -> (B, ...)
 
 
@@ -126,3 +128,19 @@ def _resolve_grid(steps: int | None, times: Tensor | None) -> Tensor:
     if (steps is None) == (times is None):
         raise ValueError("give exactly one of steps or times")
     return time_grid(steps) if times is None else _check_grid(times)
+
+
+@torch.no_grad()
+def sample_flowmap(net: nn.Module, noise: Tensor, steps: int | None = None,
+                   times: Tensor | None = None, y: Tensor | None = None,
+                   w: Tensor | float | None = None, scale_param: bool = False,
+                   return_trajectory: bool = False) -> Samples:
+    """k-step flow-map sampling on any decreasing grid (TVM Fig. 3):
+    x <- x + (s - t) [w] F(x, t, s, y, w) for consecutive (t, s). NFE = number of jumps."""
+    times = _resolve_grid(steps, times)
+    x, traj = noise, ([noise] if return_trajectory else None)
+    for t, s in zip(times[:-1], times[1:]):
+        x = x + displacement(net, x, _tvec(t, x), _tvec(s, x), y, w, scale_param)
+        if traj is not None:
+            traj.append(x)
+    return Samples(x, len(times) - 1, times, torch.stack(traj) if traj else None)

@@ -3,5 +3,7 @@
 batch = x0 or (x0, y); logs maps names to detached scalar tensors."""
 
 from tvmlib.losses.fm import FMLoss
+from tvmlib.losses.meanflow import MeanFlowLoss
+from tvmlib.losses.tvm import TVMLoss
 
-__all__ = ["FMLoss"]
+__all__ = ["FMLoss", "MeanFlowLoss", "TVMLoss"]

@@ -23,12 +23,15 @@ class MLP2D(nn.Module):
         num_classes: classes for conditioning (0: unconditional). Label ``num_classes`` is the
             null class, used for label dropout and unconditional evaluation.
         guidance: if True the network takes w (CFG scale) as an input, through beta = 1/w.
+        time_scale: t, t - s and 1/w are multiplied by this before the sinusoidal embedding.
+            Losses that differentiate in time (TVM, MeanFlow) need a smooth embedding: the
+            highest frequency bounds d/dt of the features.
     """
 
     def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 4, emb_dim: int = 32,
-                 num_classes: int = 0, guidance: bool = False):
+                 num_classes: int = 0, guidance: bool = False, time_scale: float = 1000.0):
         super().__init__()
-        self.dim, self.emb_dim = dim, emb_dim
+        self.dim, self.emb_dim, self.time_scale = dim, emb_dim, time_scale
         self.num_classes, self.guidance = num_classes, guidance
         n_emb = 2 + int(guidance)
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
@@ -47,10 +50,11 @@ class MLP2D(nn.Module):
         B = x.shape[0]
         t = _per_sample(t, B, x, "t")
         s = t if s is None else _per_sample(s, B, x, "s")
-        feats = [x, sinusoidal_embedding(t, self.emb_dim), sinusoidal_embedding(t - s, self.emb_dim)]
+        emb = lambda v: sinusoidal_embedding(v, self.emb_dim, scale=self.time_scale)  # noqa: E731
+        feats = [x, emb(t), emb(t - s)]
         if self.guidance:
             w = torch.ones_like(t) if w is None else _per_sample(w, B, x, "w")
-            feats.append(sinusoidal_embedding(1.0 / w, self.emb_dim))
+            feats.append(emb(1.0 / w))
         if self.class_emb is not None:
             y = torch.full((B,), self.num_classes, device=x.device) if y is None else y
             feats.append(self.class_emb(y))
