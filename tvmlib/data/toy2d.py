@@ -20,7 +20,7 @@ def _gaussians8(n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
 
 
 def _moons(n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Two interleaving half circles (noise 0.05), centred and scaled to about [-2, 2]; label = moon."""
+    """Two interleaving half circles (noise 0.05), scaled to about [-2, 2]; label = moon."""
     y = torch.randint(0, 2, (n,), generator=g)
     a = torch.rand(n, generator=g) * math.pi
     upper = torch.stack([torch.cos(a), torch.sin(a)], dim=1)

@@ -2,8 +2,8 @@
 
 Per sample, with (t, s) from the gap sampler, x_t = (1 - t) x0 + t eps, and s' drawn separately:
 
-    L = 1/w^2 ( || d/ds f_theta(x_t, t, s) - u_{theta*}(x_t + sg(f_theta(x_t, t, s)), s) ||^2 1[t != s]
-              + || u_theta(x_s', s') - (w v + (1 - w) u_{theta*}(x_s', s', null, w=1)) ||^2 )
+    L = 1/w^2 ( || d/ds f_theta(x_t, t, s) - u_{theta*}(x_t + sg(f_theta), s) ||^2 1[t != s]
+              + || u_theta(x_s', s') - (w v + (1 - w) u_{theta*}(x_s', s', null, 1)) ||^2 )
 
 theta* is a stop-gradient EMA *target* of the weights (decay 0.99), separate from the
 evaluation EMA. The first term is the terminal-velocity condition d/ds f = u(psi(x_t, t, s), s)
