@@ -21,3 +21,8 @@ def drop_labels(y: Tensor | None, p: float, null_class: int) -> Tensor | None:
         return y
     drop = torch.rand(y.shape, device=y.device) < p
     return torch.where(drop, torch.full_like(y, null_class), y)
+
+
+def at_least_fp32(x: Tensor) -> Tensor:
+    """Upcast bf16/fp16 to fp32 for loss arithmetic; fp64 stays fp64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from tvmlib.interpolant import interpolate, sample_time, velocity_target
-from tvmlib.losses.common import drop_labels, unpack_batch
+from tvmlib.losses.common import at_least_fp32, drop_labels, unpack_batch
 
 
 class FMLoss:
@@ -31,5 +31,5 @@ class FMLoss:
         xt = interpolate(x0, eps, t)
         y = drop_labels(y, self.label_dropout, self.num_classes)
         u = net(xt, t, t, y)
-        loss = (u.float() - velocity_target(x0, eps).float()).square().mean()
+        loss = (at_least_fp32(u) - at_least_fp32(velocity_target(x0, eps))).square().mean()
         return loss, {"loss": loss.detach()}

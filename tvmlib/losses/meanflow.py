@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from tvmlib.interpolant import expand_time, interpolate, sample_logit_normal, velocity_target
-from tvmlib.losses.common import drop_labels, unpack_batch
+from tvmlib.losses.common import at_least_fp32, drop_labels, unpack_batch
 
 
 def sample_meanflow_times(n: int, mean: float = -0.4, std: float = 1.0,
@@ -29,6 +29,18 @@ def sample_meanflow_times(n: int, mean: float = -0.4, std: float = 1.0,
     t, r = torch.maximum(a, b), torch.minimum(a, b)
     equal = torch.rand(n, device=device) >= frac_unequal
     return t, torch.where(equal, t, r)
+
+
+def meanflow_target(net: nn.Module, xt: Tensor, t: Tensor, r: Tensor, v: Tensor,
+                    y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(u, sg(u_tgt)): the prediction u = F(x_t, t, r) and MeanFlow's target
+    v - (t - r)(v . d_x F + d_t F), from one JVP with tangents (v, 1, 0) on (x, t, r)."""
+
+    def F(x_: Tensor, t_: Tensor, r_: Tensor) -> Tensor:
+        return net(x_, t_, r_, y)
+
+    u, dudt = torch.func.jvp(F, (xt, t, r), (v, torch.ones_like(t), torch.zeros_like(r)))
+    return u, (v - expand_time(t - r, v) * dudt).detach()
 
 
 class MeanFlowLoss:
@@ -64,13 +76,8 @@ class MeanFlowLoss:
             guided = self.omega * v + (1 - self.omega) * u_uncond
             conditional = (y != self.num_classes).view(-1, *([1] * (v.dim() - 1)))
             v = torch.where(conditional, guided, v)
-
-        def F(x_: Tensor, t_: Tensor, r_: Tensor) -> Tensor:
-            return net(x_, t_, r_, y)
-
-        u, dudt = torch.func.jvp(F, (xt, t, r), (v, torch.ones_like(t), torch.zeros_like(r)))
-        u_tgt = (v - expand_time(t - r, v) * dudt).detach()
-        sq = (u.float() - u_tgt.float()).square().flatten(1).sum(1)  # (B,)
+        u, u_tgt = meanflow_target(net, xt, t, r, v, y)
+        sq = (at_least_fp32(u) - at_least_fp32(u_tgt)).square().flatten(1).sum(1)  # (B,)
         weight = (sq.detach() + self.eps).pow(-self.power)
         loss = (weight * sq).mean()
         return loss, {"loss": loss.detach(), "mse": sq.mean().detach() / x0[0].numel()}

@@ -26,7 +26,7 @@ from tvmlib.interpolant import (
     sample_logit_normal,
     velocity_target,
 )
-from tvmlib.losses.common import unpack_batch
+from tvmlib.losses.common import at_least_fp32, unpack_batch
 
 
 def cfg_velocity_target(v: Tensor, u_uncond: Tensor, w: Tensor) -> Tensor:
@@ -37,7 +37,7 @@ def cfg_velocity_target(v: Tensor, u_uncond: Tensor, w: Tensor) -> Tensor:
 
 def _per_sample_mse(a: Tensor, b: Tensor) -> Tensor:
     """Mean over all but the batch dimension of (a - b)^2, in fp32.   -> (B,)."""
-    return (a.float() - b.float()).square().flatten(1).mean(1)
+    return (at_least_fp32(a) - at_least_fp32(b)).square().flatten(1).mean(1)
 
 
 class TVMLoss:

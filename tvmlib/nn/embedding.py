@@ -19,6 +19,8 @@ def sinusoidal_embedding(
     if dim % 2:
         raise ValueError(f"embedding dim must be even, got {dim}")
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
-    args = scale * t.float()[:, None] * freqs[None]  # (B, half)
+    t = t.to(torch.promote_types(t.dtype, torch.float32))  # at least fp32, fp64 stays fp64
+    k = torch.arange(half, device=t.device, dtype=t.dtype)
+    freqs = torch.exp(-math.log(max_period) * k / half)
+    args = scale * t[:, None] * freqs[None]  # (B, half)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
