@@ -24,3 +24,14 @@ def sinusoidal_embedding(
     freqs = torch.exp(-math.log(max_period) * k / half)
     args = scale * t[:, None] * freqs[None]  # (B, half)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def per_sample(v: Tensor | float, B: int, x: Tensor, name: str) -> Tensor:
+    """Broadcast a Python number or a 0-d / (B,) tensor to a (B,) tensor on x's device."""
+    if not torch.is_tensor(v):
+        return torch.full((B,), float(v), device=x.device)
+    if v.dim() == 0:
+        return v.expand(B)
+    if v.shape != (B,):
+        raise ValueError(f"{name} must be a scalar or of shape ({B},), got {tuple(v.shape)}")
+    return v

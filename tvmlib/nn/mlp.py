@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from tvmlib.nn.embedding import sinusoidal_embedding
+from tvmlib.nn.embedding import per_sample, sinusoidal_embedding
 
 
 class MLP2D(nn.Module):
@@ -48,12 +48,12 @@ class MLP2D(nn.Module):
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"MLP2D expects x of shape (B, {self.dim}), got {tuple(x.shape)}")
         B = x.shape[0]
-        t = _per_sample(t, B, x, "t")
-        s = t if s is None else _per_sample(s, B, x, "s")
+        t = per_sample(t, B, x, "t")
+        s = t if s is None else per_sample(s, B, x, "s")
         emb = lambda v: sinusoidal_embedding(v, self.emb_dim, scale=self.time_scale)  # noqa: E731
         feats = [x, emb(t), emb(t - s)]
         if self.guidance:
-            w = torch.ones_like(t) if w is None else _per_sample(w, B, x, "w")
+            w = torch.ones_like(t) if w is None else per_sample(w, B, x, "w")
             feats.append(emb(1.0 / w))
         if self.class_emb is not None:
             y = torch.full((B,), self.num_classes, device=x.device) if y is None else y
@@ -63,14 +63,3 @@ class MLP2D(nn.Module):
                              "build MLP2D(num_classes=K) or drop labels "
                              "(ToySource(..., labels=False))")
         return self.body(torch.cat(feats, dim=1).to(x.dtype))
-
-
-def _per_sample(v: Tensor | float, B: int, x: Tensor, name: str) -> Tensor:
-    """Broadcast a Python number or a 0-d / (B,) tensor to a (B,) tensor on x's device."""
-    if not torch.is_tensor(v):
-        return torch.full((B,), float(v), device=x.device)
-    if v.dim() == 0:
-        return v.expand(B)
-    if v.shape != (B,):
-        raise ValueError(f"{name} must be a scalar or of shape ({B},), got {tuple(v.shape)}")
-    return v

@@ -1,0 +1,166 @@
+"""Scaled dot-product attention with a backend switch: "math", "sdpa" or "triton".
+
+TVM's loss differentiates the network forward in s (``torch.func.jvp``) and then backward through
+that JVP ([P] Eq. 17, section 4). PyTorch's fused SDPA kernels have no forward-mode AD rule
+(pytorch/pytorch #117629, #128971), so the backends are:
+
+- ``"math"``: softmax(q k^T / sqrt(d)) v written out. Works everywhere, under ``torch.func.jvp``,
+  ``torch.autograd.forward_ad`` and double backward; O(N^2) memory. The default.
+- ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention``. Fast, no forward-mode AD:
+  asking it for a JVP raises :class:`AttentionJVPError`. Use it for sampling and FM training.
+- ``"triton"``: the project's fused JVP flash-attention kernel, ``tvmlib.kernels.attention``
+  (CUDA only), imported on first use.
+
+Choose the backend per call (``attention(..., backend=...)``), per model (``DiT(attn_backend=...)``)
+or for a whole block of code::
+
+    with use_attention("sdpa"):
+        x = sample(net, ...)
+
+``set_attention_backend(name)`` changes the process-wide default ("math" at import).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd import forward_ad
+
+BACKENDS = ("math", "sdpa", "triton")
+
+_default_backend = "math"
+
+
+class AttentionJVPError(RuntimeError):
+    """A forward-mode derivative (JVP) was requested through a backend that has none."""
+
+
+def check_backend(name: str) -> str:
+    """Return ``name`` if it is a known backend, else raise ValueError listing the valid ones."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; valid backends: {list(BACKENDS)}")
+    return name
+
+
+def get_attention_backend() -> str:
+    """The backend used when neither the call nor the model names one."""
+    return _default_backend
+
+
+def set_attention_backend(name: str) -> None:
+    """Set the process-wide default backend ("math", "sdpa" or "triton")."""
+    global _default_backend
+    _default_backend = check_backend(name)
+
+
+@contextlib.contextmanager
+def use_attention(name: str) -> Iterator[None]:
+    """Use backend ``name`` as the default inside a ``with`` block, then restore the old one.
+
+    A backend named explicitly in a call or set on a model (``net.attn_backend``) still wins.
+    """
+    global _default_backend
+    previous, _default_backend = _default_backend, check_backend(name)
+    try:
+        yield
+    finally:
+        _default_backend = previous
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, backend: str | None = None) -> Tensor:
+    """softmax(q k^T / sqrt(d)) v for q (B, H, Nq, d), k and v (B, H, Nk, d) -> (B, H, Nq, d).
+
+    ``backend``: "math", "sdpa" or "triton"; None uses the current default
+    (:func:`get_attention_backend`). No mask, no causal, no dropout.
+    """
+    backend = check_backend(_default_backend if backend is None else backend)
+    _check_shapes(q, k, v)
+    if backend == "math":
+        return math_attention(q, k, v)
+    if backend == "sdpa":
+        return _sdpa(q, k, v)
+    return _triton_attention()(q, k, v)
+
+
+def math_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """The explicit formula; differentiable in every mode (forward, reverse, forward-over-reverse).
+
+    Half-precision scores are soft-maxed in float32, then cast back to v's dtype.
+    """
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, Nq, Nk)
+    low_precision = scores.dtype in (torch.float16, torch.bfloat16)
+    p = torch.softmax(scores.float() if low_precision else scores, dim=-1)
+    return p.to(v.dtype) @ v  # (B, H, Nq, d)
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """PyTorch's fused SDPA, refusing forward-mode AD with a message that says what to use."""
+    if any(_has_tangent(x) for x in (q, k, v)):
+        raise AttentionJVPError(_JVP_MESSAGE)
+    try:
+        return F.scaled_dot_product_attention(q, k, v)
+    except NotImplementedError as err:
+        # Tangents hidden under another functorch level (e.g. torch.func.grad inside
+        # torch.func.jvp) are invisible to _has_tangent; the fused kernel then fails here.
+        if "forward AD" in str(err):
+            raise AttentionJVPError(_JVP_MESSAGE) from err
+        raise
+
+
+_JVP_MESSAGE = (
+    "attention backend 'sdpa' (torch.nn.functional.scaled_dot_product_attention) has no "
+    "forward-mode AD, but a JVP (torch.func.jvp / torch.autograd.forward_ad) was requested "
+    "through it. Use backend 'math' (explicit softmax, any device) or 'triton' (fused JVP "
+    "kernel, CUDA), e.g. net.attn_backend = 'math' or `with use_attention('math'):`."
+)
+
+
+def _has_tangent(x: Tensor) -> bool:
+    """True if x carries a tangent at the current forward-AD level.
+
+    ``torch.func.jvp`` makes its inputs dual tensors at that level too, so this one check covers
+    both it and ``torch.autograd.forward_ad``; outside any dual level it is always False.
+    """
+    return forward_ad.unpack_dual(x).tangent is not None
+
+
+def _triton_attention():
+    """Import ``tvmlib.kernels.attention`` on first use; say why if it cannot be imported."""
+    try:
+        from tvmlib.kernels import attention as triton_attention
+    except Exception as err:  # any import failure means "unavailable"; chained, never silent
+        raise RuntimeError(
+            "attention backend 'triton' is unavailable: importing tvmlib.kernels.attention "
+            f"failed with {type(err).__name__}: {err}. It needs Triton and a CUDA GPU; use "
+            "backend 'math' (supports JVP on any device) or 'sdpa' (no JVP) instead."
+        ) from err
+    return triton_attention
+
+
+def _check_shapes(q: Tensor, k: Tensor, v: Tensor) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            "attention expects q, k, v of shape (B, H, N, d), got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            "attention needs q (B, H, Nq, d) and k, v (B, H, Nk, d) with equal B, H, d; got "
+            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+
+
+__all__ = [
+    "BACKENDS",
+    "AttentionJVPError",
+    "attention",
+    "check_backend",
+    "get_attention_backend",
+    "math_attention",
+    "set_attention_backend",
+    "use_attention",
+]
