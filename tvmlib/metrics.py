@@ -4,7 +4,6 @@ the Frechet distance on the project's classifier features for MNIST / Fashion-MN
 from __future__ import annotations
 
 import numpy as np
-import ot
 import torch
 from torch import Tensor
 
@@ -27,6 +26,8 @@ def w2(x: Tensor | np.ndarray, y: Tensor | np.ndarray) -> float:
     a, b = _as_2d_numpy(x, "x"), _as_2d_numpy(y, "y")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"dimension mismatch: {a.shape[1]} vs {b.shape[1]}")
+    import ot  # POT; imported here so image metrics work where POT is not installed
+
     cost = ot.dist(a, b, metric="sqeuclidean")
     wa, wb = np.full(len(a), 1 / len(a)), np.full(len(b), 1 / len(b))
     return float(np.sqrt(max(ot.emd2(wa, wb, cost, numItermax=10_000_000), 0.0)))
@@ -36,6 +37,8 @@ def sliced_w2(x: Tensor | np.ndarray, y: Tensor | np.ndarray, n_projections: int
               seed: int = 0) -> float:
     """Sliced W2: sqrt of the mean over random unit directions of the 1D W2^2 (POT)."""
     a, b = _as_2d_numpy(x, "x"), _as_2d_numpy(y, "y")
+    import ot
+
     return float(ot.sliced_wasserstein_distance(a, b, n_projections=n_projections, p=2,
                                                 seed=seed))
 
