@@ -34,10 +34,10 @@ def density(ax: Axes, x, title: str | None = None, lim: float = LIM, bins: int =
 
 
 def trajectories(ax: Axes, traj, n: int = 200, title: str | None = None,
-                 lim: float = LIM) -> Axes:
+                 lim: float = LIM, alpha: float = 0.5, lw: float = 0.8) -> Axes:
     """Paths of the first ``n`` particles of a trajectory (K+1, B, 2): noise grey, samples red."""
     traj = _np(traj)[:, :n]
-    ax.plot(traj[:, :, 0], traj[:, :, 1], color="tab:blue", alpha=0.25, lw=0.6)
+    ax.plot(traj[:, :, 0], traj[:, :, 1], color="tab:blue", alpha=alpha, lw=lw)
     ax.scatter(traj[0, :, 0], traj[0, :, 1], s=3, color="grey", label="t = 1 (noise)")
     ax.scatter(traj[-1, :, 0], traj[-1, :, 1], s=3, color="tab:red", label="t = 0 (sample)")
     return _square(ax, title, lim)
