@@ -20,7 +20,9 @@ class FMLoss:
 
     def __init__(self, time_sampler: str = "uniform", mean: float = 0.0, std: float = 1.0,
                  label_dropout: float = 0.0, num_classes: int = 0):
-        sample_time(1, time_sampler, mean, std)  # validates the name early
+        if time_sampler not in ("uniform", "logit_normal"):
+            raise ValueError(f"unknown time sampler {time_sampler!r}; "
+                             "valid: 'uniform', 'logit_normal'")
         self.time_sampler, self.mean, self.std = time_sampler, mean, std
         self.label_dropout, self.num_classes = label_dropout, num_classes
 
