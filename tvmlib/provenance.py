@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -15,11 +16,19 @@ from tvmlib.train import atomic_write_text
 
 
 def git_commit() -> str:
-    """The current commit (with ``-dirty`` if the tree has changes), or "unknown"."""
+    """The current commit (``-dirty`` if tracked files changed), ``$TVMLIB_COMMIT`` when set
+    (copies of the tree without .git, e.g. a GPU machine), or "unknown"."""
+    if os.environ.get("TVMLIB_COMMIT"):
+        return os.environ["TVMLIB_COMMIT"]
     try:
-        run = lambda *a: subprocess.run(["git", *a], cwd=repo_root(), capture_output=True,  # noqa: E731
-                                        text=True, timeout=10).stdout.strip()
-        commit = run("rev-parse", "HEAD") or "unknown"
+        def run(*args: str) -> str:
+            out = subprocess.run(["git", *args], cwd=repo_root(), capture_output=True,
+                                 text=True, timeout=10)
+            if out.returncode:
+                raise OSError(out.stderr.strip())
+            return out.stdout.strip()
+
+        commit = run("rev-parse", "HEAD")
         return commit + ("-dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
