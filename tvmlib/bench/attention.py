@@ -33,6 +33,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -363,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         shapes = QUICK_SHAPES if args.quick else SHAPES
         impls = args.impls.split(",")
 
-    from tvmlib.provenance import provenance, write_results
+    from tvmlib.paths import figures_dir
+    from tvmlib.provenance import provenance
     from tvmlib.train import atomic_write_text
 
     results: dict = {"flop_units": FLOP_UNITS, "causal": False}
@@ -377,15 +379,10 @@ def main(argv: list[str] | None = None) -> int:
         for shape in shapes:
             rows += bench_shape(*shape, dtype=dtype, device=device, impls=impls)
         print_table(rows)
-    results["rows"] = rows
     prov = provenance(seed=0, gpu=gpu_slug(), dtype=str(dtype))
     name = f"jvp_attention_{gpu_slug()}{'_sweep' if args.sweep else ''}.json"
-    if args.out:
-        atomic_write_text(json.dumps({"provenance": prov, "results": results}, indent=1),
-                          args.out)
-        path = args.out
-    else:
-        path = write_results(name, results, prov)
+    path = Path(args.out) if args.out else figures_dir() / name
+    atomic_write_text(json.dumps({"provenance": prov, **results, "rows": rows}, indent=1), path)
     print(f"wrote {path}")
     return 0
 
