@@ -12,6 +12,10 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 if "TVMLIB_DATA" not in os.environ and SHARED_DATA.exists():
     os.environ["TVMLIB_DATA"] = str(SHARED_DATA)
 os.environ.setdefault("TVMLIB_QUIET", "1")
+# Without a GPU the Triton kernels run in the CPU interpreter; the variable must be set before
+# any test module imports triton (fp32/fp64/fp16 only: bf16 is wrong in the interpreter).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
