@@ -25,6 +25,7 @@ class DataConfig:
     dataset: str = "fashion-mnist"  # mnist | fashion-mnist | latents | toy:<name>
     path: str | None = None  # latents folder (dataset "latents")
     class_conditional: bool = True
+    latent_norm: str = "auto"  # auto | paper | shards | none (see tvmlib.data.latents)
 
 
 @dataclass
@@ -74,6 +75,7 @@ class TrainSection:
     ckpt_every: int = 500
     seed: int = 0
     amp: str = "auto"
+    tf32: bool = False  # TF32 matmuls/convolutions on CUDA (TVM: off)
 
 
 @dataclass
@@ -84,9 +86,15 @@ class EvalConfig:
     steps: list[int] = field(default_factory=lambda: [1, 2, 4])
     cfg_scale: float | None = None  # w fed to a guidance-conditioned net; None = loss's
     batch_size: int = 250
-    metric: str = "classifier_fd"  # classifier_fd | inception_fid | none
+    metric: str = "classifier_fd"  # classifier_fd | inception_fid | features_fd | none
     inception_weights: str | None = None
-    reference_stats: str | None = None
+    reference_stats: str | None = None  # .npz with mu, sigma (pytorch-fid / ADM style)
+    features: str | None = None  # features_fd: "module:function" or "file.py:function"
+    vae: str | None = None  # decoder for latent runs; None = the VAE named in the latents' meta
+    weights: str = "ema"  # ema (evaluation EMA) | net (raw weights) | target (TVM's EMA target)
+    seed: int = 0
+    attn_backend: str = "sdpa"  # sampling needs no JVP: fused SDPA is fine
+    precision: str = "fp32"  # fp32 | fp64 (the paper samples in fp64) | bf16
 
 
 @dataclass
@@ -106,6 +114,29 @@ class RunConfig:
 
 class ConfigError(ValueError):
     """A config key is unknown or has the wrong type; the message names the key."""
+
+
+# Keys whose string values come from a fixed list (checked when a config is loaded).
+CHOICES = {
+    "data.latent_norm": ("auto", "paper", "shards", "none"),
+    "model.attn_backend": ("math", "sdpa", "triton"),
+    "loss.name": ("fm", "tvm", "meanflow"),
+    "train.amp": ("auto", "bf16", "off"),
+    "eval.metric": ("classifier_fd", "inception_fid", "features_fd", "none"),
+    "eval.weights": ("ema", "net", "target"),
+    "eval.attn_backend": ("math", "sdpa", "triton"),
+    "eval.precision": ("fp32", "fp64", "bf16"),
+}
+
+
+def check_choices(cfg: RunConfig) -> RunConfig:
+    """Raise ConfigError naming the key if a value is not one of :data:`CHOICES`."""
+    for dotted, allowed in CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            raise ConfigError(f"{dotted}: {value!r} is not one of {', '.join(allowed)}")
+    return cfg
 
 
 def _check_type(value, tp, key: str):
@@ -192,7 +223,7 @@ def config_from_dict(values: dict, overrides: dict | None = None) -> RunConfig:
     values = yaml.safe_load(yaml.safe_dump(values or {}))  # deep copy of plain data
     for key, value in (overrides or {}).items():
         set_override(values, key, value)
-    return _build(RunConfig, values, "")
+    return check_choices(_build(RunConfig, values, ""))
 
 
 def load_config(path: str | Path, overrides: dict | list[str] | None = None) -> RunConfig:

@@ -75,7 +75,17 @@ def build_source(cfg: RunConfig):
 
         if not d.path:
             raise ValueError("data.dataset 'latents' needs data.path (a folder of latent shards)")
-        return LatentSource(d.path, batch, seed=seed, labels=d.class_conditional)
+        src = LatentSource(d.path, batch, seed=seed, labels=d.class_conditional,
+                           norm=d.latent_norm)
+        m = cfg.model
+        if src.latent_shape != (m.in_channels, m.input_size, m.input_size):
+            raise ValueError(f"{d.path} holds latents of shape {src.latent_shape}, but the model "
+                             f"expects (model.in_channels, model.input_size x2) = "
+                             f"{(m.in_channels, m.input_size, m.input_size)}")
+        if d.class_conditional and src.num_classes > m.num_classes:
+            raise ValueError(f"{d.path} has {src.num_classes} classes, model.num_classes is "
+                             f"{m.num_classes}")
+        return src
     raise ValueError(f"data.dataset {d.dataset!r} unknown; valid: mnist, fashion-mnist, latents, "
                      "toy:<name>")
 
@@ -119,7 +129,11 @@ def run(cfg: RunConfig, resume: bool = True) -> TrainState:
     rank, world, device = init_distributed()
     tcfg = train_config(cfg, world)  # validates the batch split before any work
     torch.manual_seed(cfg.train.seed)
-    net = build_model(cfg).to(device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.train.tf32
+    with device:  # build on the device: the spectral init's SVDs of an XL model are slow on CPU
+        net = build_model(cfg)
     loss_fn = build_loss(cfg, net)
     if hasattr(loss_fn, "target"):
         loss_fn.target.module.to(device)
