@@ -1,0 +1,300 @@
+"""tvmlib.lipschitz (power iteration, perturbation ratios, DiT measurements, spike detection)
+against exact Jacobians and finite differences, and the ablation CLI end to end at smoke size."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tvmlib.experiments import lipschitz as exp
+from tvmlib.flowmap import displacement
+from tvmlib.lipschitz import (
+    block_inputs,
+    block_lipschitz,
+    block_output_rms,
+    block_part,
+    dfds_rms,
+    first_spike,
+    jacobian_spectral_norm,
+    modulation_rms,
+    perturbation_ratio,
+    velocity_lipschitz,
+)
+from tvmlib.nn.dit import DiT, LipschitzConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=2, num_heads=2,
+            num_classes=3, guidance=True, freq_dim=32)
+
+
+def tiny_dit(lip: LipschitzConfig, randomize: bool = True, seed: int = 0) -> DiT:
+    """A float64 tiny DiT; ``randomize`` gives the zero-initialised layers (adaLN outputs, final
+    linear) random weights so that gates and modulation are not 0."""
+    torch.manual_seed(seed)
+    net = DiT(**TINY, lipschitz=lip).double()
+    if randomize:
+        g = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for m in net.zero_init_linears():
+                for p in (m.weight, m.bias):
+                    p.copy_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return net
+
+
+def dit_inputs(B: int = 3):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(B, 1, 8, 8, generator=g, dtype=torch.float64)
+    t = (0.3 + 0.7 * torch.rand(B, generator=g, dtype=torch.float64))
+    s = t * torch.rand(B, generator=g, dtype=torch.float64)
+    y = torch.arange(B) % 4  # 3 = null class
+    w = torch.full((B,), 2.0, dtype=torch.float64)
+    return x, t, s, y, w
+
+
+def jacobian_matrix(fn, x1: torch.Tensor) -> torch.Tensor:
+    """The full Jacobian (out, in) of fn at one sample x1 (1, ...), by reverse mode."""
+    return torch.func.jacrev(fn)(x1).detach().reshape(fn(x1).numel(), x1.numel())
+
+
+def exact_norm(fn, x1: torch.Tensor) -> float:
+    """||d fn / d x||_2 of one sample x1 (1, ...) from the full Jacobian matrix."""
+    return float(torch.linalg.matrix_norm(jacobian_matrix(fn, x1), ord=2))
+
+
+def matrix_power_iteration(J: torch.Tensor, v0: torch.Tensor, iters: int) -> float:
+    """The same power iteration as jacobian_spectral_norm, on an explicit matrix J."""
+    v = v0.flatten() / v0.norm()
+    for _ in range(iters):
+        v = J.T @ (J @ v)
+        v = v / v.norm()
+    return float((J @ v).norm())
+
+
+def first_start_vector(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """Sample 0's start vector of jacobian_spectral_norm(..., generator seeded with seed)."""
+    return torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)[0]
+
+
+# ---------------------------------------------------------------------------- linear maps
+def known_matrices(B=3, m=6, n=5, seed=0):
+    """Matrices U diag(sv) V^T with known singular values, float64: (B, m, n) and sv (B, n)."""
+    g = torch.Generator().manual_seed(seed)
+    U = torch.linalg.qr(torch.randn(B, m, m, generator=g, dtype=torch.float64))[0][..., :n]
+    V = torch.linalg.qr(torch.randn(B, n, n, generator=g, dtype=torch.float64))[0]
+    sv = torch.tensor([[4.0, 2.0, 1.0, 0.5, 0.1], [1.5, 1.0, 0.9, 0.2, 0.1],
+                       [9.0, 3.0, 3.0, 1.0, 0.0]], dtype=torch.float64)[:B, :n]
+    return U @ torch.diag_embed(sv) @ V.transpose(1, 2), sv
+
+
+def test_power_iteration_is_exact_on_linear_maps():
+    A, sv = known_matrices()
+    x = torch.randn(3, 5, dtype=torch.float64)
+    fn = lambda z: torch.einsum("bij,bj->bi", A, z)  # noqa: E731
+    sigma = jacobian_spectral_norm(fn, x, iters=60, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(sigma, sv[:, 0], rtol=1e-10, atol=0)
+    # whole-tensor mode: fn(X) = M X has Jacobian I (x) M, spectral norm ||M||_2
+    M = A[0]
+    X = torch.randn(5, 7, dtype=torch.float64)
+    whole = jacobian_spectral_norm(lambda Z: M @ Z, X, iters=60, per_sample=False)
+    assert whole.dim() == 0 and abs(float(whole) - 4.0) < 1e-10
+
+
+def test_power_iterates_are_lower_bounds_that_increase():
+    A, sv = known_matrices()
+    x = torch.randn(3, 5, dtype=torch.float64)
+    fn = lambda z: torch.einsum("bij,bj->bi", A, z)  # noqa: E731
+    prev = torch.zeros(3, dtype=torch.float64)
+    for k in (1, 2, 4, 8):
+        s = jacobian_spectral_norm(fn, x, iters=k, generator=torch.Generator().manual_seed(3))
+        assert bool((s <= sv[:, 0] * (1 + 1e-12)).all())
+        assert bool((s >= prev * (1 - 1e-12)).all())
+        prev = s
+
+
+def test_perturbation_ratio_is_a_lower_bound_attained_on_the_top_vector():
+    A, sv = known_matrices()
+    x = torch.randn(3, 5, dtype=torch.float64)
+    fn = lambda z: torch.einsum("bij,bj->bi", A, z)  # noqa: E731
+    ratio = perturbation_ratio(fn, x, radius=0.1, n_dirs=16,
+                               generator=torch.Generator().manual_seed(2))
+    assert bool((ratio <= sv[:, 0] * (1 + 1e-12)).all())
+    assert bool((ratio >= sv[:, -1]).all())
+    assert bool((ratio < 0.999 * sv[:, 0]).any())  # random directions miss the top one
+    _, v = jacobian_spectral_norm(fn, x, iters=60, return_vector=True)
+    along_top = perturbation_ratio(fn, x, radius=0.1, directions=[v])
+    torch.testing.assert_close(along_top, sv[:, 0], rtol=1e-10, atol=0)
+
+
+def test_power_iteration_matches_exact_jacobian_of_a_nonlinear_map():
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(),
+                              torch.nn.Linear(16, 4)).double()
+    x = torch.randn(2, 6, dtype=torch.float64)
+    sigma = jacobian_spectral_norm(mlp, x, iters=200)
+    for i in range(2):
+        assert abs(float(sigma[i]) - exact_norm(mlp, x[i:i + 1])) < 1e-8
+    ratio = perturbation_ratio(mlp, x, radius=1e-6, n_dirs=8)
+    assert bool((ratio <= sigma * (1 + 1e-4)).all())
+
+
+# ---------------------------------------------------------------------------- DiT measurements
+def test_blocks_are_identity_at_zero_init():
+    net = tiny_dit(LipschitzConfig.off(), randomize=False)
+    x, t, s, y, w = dit_inputs()
+    lip = block_lipschitz(net, x, t, s, y, w, part="block", iters=3)
+    assert lip.shape == (2, 3)
+    torch.testing.assert_close(lip, torch.ones_like(lip), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("lip_cfg", [LipschitzConfig.off(), LipschitzConfig()], ids=["off", "on"])
+@pytest.mark.parametrize("part", ["block", "attn", "mlp"])
+def test_block_lipschitz_matches_explicit_jacobian(lip_cfg, part):
+    """Same start vector and iteration count on the explicit Jacobian: the same number, and a
+    lower bound of the exact spectral norm."""
+    net = tiny_dit(lip_cfg)
+    x, t, s, y, w = dit_inputs(2)
+    K = 6
+    est = block_lipschitz(net, x, t, s, y, w, part=part, iters=K,
+                          generator=torch.Generator().manual_seed(7))  # (depth, B)
+    hs, c = block_inputs(net, x, t, s, y, w)
+    # block_lipschitz draws one start vector per block from the shared generator, in order
+    g = torch.Generator().manual_seed(7)
+    for i, (block, h) in enumerate(zip(net.blocks, hs)):
+        v0 = torch.randn(h.shape, generator=g, dtype=h.dtype)[0]
+        J = jacobian_matrix(block_part(block, c[:1], part), h[:1])
+        assert abs(float(est[i, 0]) - matrix_power_iteration(J, v0, K)) < 1e-9
+        assert float(est[i, 0]) <= float(torch.linalg.matrix_norm(J, ord=2)) * (1 + 1e-9)
+
+
+def test_velocity_lipschitz_matches_explicit_jacobian():
+    net = tiny_dit(LipschitzConfig())
+    x, t, s, y, w = dit_inputs(2)
+    K = 6
+    est = velocity_lipschitz(net, x, t, y, w, scale_param=True, iters=K,
+                             generator=torch.Generator().manual_seed(3))
+    J = jacobian_matrix(lambda z: 2.0 * net(z, t[:1], t[:1], y[:1], w[:1]), x[:1])
+    assert abs(float(est[0]) - matrix_power_iteration(J, first_start_vector(x, 3), K)) < 1e-9
+
+
+def test_dfds_rms_matches_finite_differences():
+    net = tiny_dit(LipschitzConfig.off())
+    x, t, s, y, w = dit_inputs()
+    h = 1e-5
+    f = lambda s_: displacement(net, x, t, s_, y, w, scale_param=True)  # noqa: E731
+    with torch.no_grad():
+        fd = (f(s + h) - f(s - h)) / (2 * h)
+    expected = fd.flatten(1).square().mean(1).sqrt()
+    torch.testing.assert_close(dfds_rms(net, x, t, s, y, w, scale_param=True), expected,
+                               rtol=1e-7, atol=0)
+
+
+def test_modulation_rms_raw_and_normalized():
+    x, t, s, y, w = dit_inputs()
+    off = tiny_dit(LipschitzConfig(mod_norm=False))
+    on = tiny_dit(LipschitzConfig(mod_norm=True))  # same seed: same weights, only mod_norm differs
+    c = off.conditioning(x, t, s, y, w)
+    lin = off.final_layer.adaln[1]
+    raw_final = F.linear(F.silu(c), lin.weight, lin.bias).square().mean(1).sqrt()
+    lin0 = off.blocks[0].adaln[1]
+    raw_block0 = F.linear(F.silu(c), lin0.weight, lin0.bias).square().mean(1).sqrt()
+    for net in (off, on):
+        raw = modulation_rms(net, x, t, s, y, w, normalized=False)
+        assert list(raw) == ["block0", "block1", "final"]
+        torch.testing.assert_close(raw["final"], raw_final)
+        torch.testing.assert_close(raw["block0"], raw_block0)
+    used_off = modulation_rms(off, x, t, s, y, w, normalized=True)
+    used_on = modulation_rms(on, x, t, s, y, w, normalized=True)
+    torch.testing.assert_close(used_off["final"], raw_final)  # no mod_norm: raw is used
+    for v in used_on.values():  # every chunk RMS-normalized: RMS 1 up to eps
+        torch.testing.assert_close(v, torch.ones_like(v), rtol=1e-4, atol=0)
+    assert not torch.allclose(raw_final, torch.ones_like(raw_final), rtol=0.05)
+
+
+def test_block_output_rms_matches_a_manual_forward():
+    net = tiny_dit(LipschitzConfig())
+    x, t, s, y, w = dit_inputs()
+    with torch.no_grad():
+        c = net.conditioning(x, t, s, y, w)
+        h = net.x_embedder(x).flatten(2).transpose(1, 2) + net.pos_embed
+        expected = []
+        for b in net.blocks:
+            h = b(h, c)
+            expected.append(h.flatten(1).square().mean(1).sqrt())
+    torch.testing.assert_close(block_output_rms(net, x, t, s, y, w),
+                               torch.stack(expected))
+
+
+# ---------------------------------------------------------------------------- spikes
+def test_first_spike():
+    flat = [1.0, 1.1, 0.9] * 20
+    assert first_spike(flat, k=4, window=10, warmup=5) is None
+    assert first_spike(flat + [4.5], k=4, window=10, warmup=5) == 60
+    assert first_spike(flat + [3.9], k=4, window=10, warmup=5) is None
+    assert first_spike([1.0] * 10 + [math.nan], k=4, window=5, warmup=3) == 10
+    assert first_spike([1.0, 100.0] + [1.0] * 10, k=4, window=5, warmup=3) is None  # warmup
+    decaying = [100.0 * 0.97 ** i for i in range(100)]
+    assert first_spike(decaying, k=2, window=20, warmup=5) is None
+    with pytest.raises(ValueError, match="k > 1"):
+        first_spike(flat, k=1.0)
+
+
+# ---------------------------------------------------------------------------- experiment config
+def test_configs_load_and_runs_go_round_robin():
+    for name in ("lipschitz_ablation.yaml", "lipschitz_ablation_smoke.yaml"):
+        cfg = exp.load_config(ROOT / "configs" / name)
+        assert {s.name for s in cfg.settings} >= {"base", "stress"}
+        assert all(v in exp.VARIANTS for s in cfg.settings for v in s.variants)
+    full = exp.load_config(ROOT / "configs" / "lipschitz_ablation.yaml")
+    assert set(full.settings[0].variants) == set(exp.VARIANTS)  # off, each alone, on
+    runs = [(s.name, v) for s, v in full.runs()]
+    assert runs[:4] == [("base", "off"), ("stress", "off"), ("base", "on"), ("stress", "on")]
+    assert len(runs) == sum(len(s.variants) for s in full.settings)
+    assert exp.VARIANTS["qk_norm"] == LipschitzConfig(rmsnorm=False, qk_norm=True,
+                                                      mod_norm=False, spectral_init=False)
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ValueError, match="stepz: unknown key"):
+        exp.config_from_dict({"stepz": 3})
+    with pytest.raises(ValueError, match="quote them"):
+        exp.config_from_dict({"settings": [{"name": "a", "lr": 1e-3, "variants": [False]}]})
+    with pytest.raises(ValueError, match="unknown"):
+        exp.config_from_dict({"settings": [{"name": "a", "lr": 1e-3, "variants": ["of"]}]})
+    assert exp.config_from_dict({"settings": [{"name": "a", "lr": "1e-3"}]}).settings[0].lr \
+        == 1e-3  # YAML 1.1 reads 1e-3 as a string
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_at_smoke_size(tmp_path):
+    out = tmp_path / "ablation.json"
+    exp.main(["--config", str(ROOT / "configs" / "lipschitz_ablation_smoke.yaml"),
+              "--out", str(out)])
+    doc = json.loads(out.read_text())
+    prov, res = doc["provenance"], doc["results"]
+    assert {"command", "commit", "device", "torch", "seed", "date", "config"} <= set(prov)
+    cfg = exp.load_config(ROOT / "configs" / "lipschitz_ablation_smoke.yaml")
+    assert res["skipped"] == [] and res["reference_fd"]["n"] == cfg.fd_samples
+    for setting in cfg.settings:
+        assert list(res["runs"][setting.name]) == setting.variants
+        for variant, rec in res["runs"][setting.name].items():
+            assert rec["lipschitz"] == exp.dataclasses.asdict(exp.VARIANTS[variant])
+            assert rec["steps_done"] == cfg.steps and rec["diverged_step"] is None
+            assert rec["curves"]["step"] == list(range(1, cfg.steps + 1))
+            for key in exp.CURVE_KEYS:
+                assert len(rec["curves"][key]) == cfg.steps
+                assert all(math.isfinite(v) for v in rec["curves"][key])
+            assert rec["probes"]["step"] == [0, 3, 6]
+            assert all(len(b) == 2 for b in rec["probes"]["lip_blocks"])  # depth 2
+            assert set(rec["spike_step"]) == {"loss", "grad_norm", "first"}
+            for fd in (rec["fd"], rec["fd_raw"]):
+                assert set(fd) == {"1", "2"} and all(v > 0 for v in fd.values())
+            assert rec["wall_s"] >= rec["train_s"] > 0
+    # a spent time budget: the first run stops after one step, the others are skipped
+    cfg.time_budget_s = 1e-3
+    doc = exp.run_ablation(cfg, out=None, log=lambda msg: None)
+    runs = doc["results"]["runs"]
+    assert runs["base"]["off"]["stopped_step"] == 1
+    assert len(doc["results"]["skipped"]) == 2
