@@ -2,8 +2,9 @@
 
 batch = x0 or (x0, y); logs maps names to detached scalar tensors."""
 
+from tvmlib.losses.cmt import CMTLoss
 from tvmlib.losses.fm import FMLoss
 from tvmlib.losses.meanflow import MeanFlowLoss
 from tvmlib.losses.tvm import TVMLoss
 
-__all__ = ["FMLoss", "MeanFlowLoss", "TVMLoss"]
+__all__ = ["CMTLoss", "FMLoss", "MeanFlowLoss", "TVMLoss"]

@@ -1,0 +1,383 @@
+"""CMT: teacher trajectories, the log-SNR grid, the mid-training loss, weight carry-over into a
+TVM student, the trajectory cache, and the GPU experiment at smoke size on the CPU.
+
+References are independent: the closed-form Gaussian flow (``tvmlib.analytic.GaussianFlow``) as
+exact teacher and exact student, float64 throughout where exactness is claimed."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tvmlib.analytic import GaussianFlow
+from tvmlib.ema import EMA
+from tvmlib.losses import TVMLoss
+from tvmlib.losses.cmt import (
+    CheckpointMismatchError,
+    CMTLoss,
+    all_pairs,
+    cmt_targets,
+    load_student_weights,
+)
+from tvmlib.nn import MLP2D
+from tvmlib.nn.dit import DiT
+from tvmlib.train import TrainConfig, train
+from tvmlib.trajectories import (
+    T_MAX,
+    T_MIN,
+    TrajectoryCache,
+    logsnr,
+    logsnr_grid,
+    t_of_logsnr,
+    teacher_grid,
+    teacher_trajectory,
+)
+
+D = torch.float64
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests run many tiny ops; on a shared CPU one thread is several times faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _gaussian() -> GaussianFlow:
+    return GaussianFlow(torch.tensor([1.0, -0.5]), 0.5)
+
+
+def _noise(n: int = 128, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=D)
+
+
+def _exact_end(gf: GaussianFlow, noise: torch.Tensor, t: float = 0.0) -> torch.Tensor:
+    n = len(noise)
+    return gf.flow_map(noise, torch.ones(n, dtype=D), torch.full((n,), t, dtype=D))
+
+
+# ---- time grid ---------------------------------------------------------------------------
+
+def test_logsnr_grid_is_monotone_uniform_in_logsnr_with_exact_ends():
+    for steps in (1, 2, 5, 16):
+        t = logsnr_grid(steps)
+        assert t.shape == (steps + 1,) and t.dtype == D
+        assert t[0] == 1.0 and t[-1] == 0.0  # exact pure noise and exact data
+        assert bool((t[1:] < t[:-1]).all())
+    t = logsnr_grid(16)
+    lam = logsnr(t[1:-1])  # interior points, finite log-SNR
+    steps = lam[1:] - lam[:-1]
+    torch.testing.assert_close(steps, steps.mean().expand_as(steps), rtol=1e-12, atol=0)
+    # ... and they are the interior of the uniform grid between logSNR(t_max) and logSNR(t_min)
+    full = torch.linspace(float(logsnr(T_MAX)), float(logsnr(T_MIN)), 17, dtype=D)
+    torch.testing.assert_close(lam, full[1:-1], rtol=1e-12, atol=1e-12)
+    # Without exact ends the grid runs from t_max to t_min, geometric in EDM's sigma = t/(1-t)
+    t = logsnr_grid(16, exact_ends=False)
+    torch.testing.assert_close(t[[0, -1]], torch.tensor([T_MAX, T_MIN], dtype=D))
+    sigma = t / (1 - t)
+    torch.testing.assert_close(sigma[0], torch.tensor(80.0, dtype=D))
+    ratio = sigma[1:] / sigma[:-1]
+    torch.testing.assert_close(ratio, ratio.mean().expand_as(ratio), rtol=1e-10, atol=0)
+    # logSNR = log((1-t)^2 / t^2) and its inverse
+    tt = torch.tensor([0.1, 0.5, 0.9], dtype=D)
+    torch.testing.assert_close(logsnr(tt), torch.log((1 - tt) ** 2 / tt**2))
+    torch.testing.assert_close(t_of_logsnr(logsnr(tt)), tt)
+    with pytest.raises(ValueError, match="t_min < t_max"):
+        logsnr_grid(8, t_max=0.1, t_min=0.2)
+    with pytest.raises(ValueError, match="unknown grid"):
+        teacher_grid(8, "cosine")
+
+
+# ---- teacher solvers ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("solver", ["heun", "dpm++2m"])
+def test_second_order_solvers_reach_the_exact_gaussian_endpoint(solver):
+    gf, noise = _gaussian(), _noise()
+    exact = _exact_end(gf, noise)
+    out = teacher_trajectory(gf, noise, steps=512, solver=solver)
+    assert (out.x - exact).abs().max() < 1e-4
+    # every intermediate state lies on the exact trajectory psi(noise, 1, t_k)
+    for k in (64, 256, 448):
+        ref = _exact_end(gf, noise, float(out.times[k]))
+        assert (out.trajectory[k] - ref).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("solver,order", [("euler", 1), ("heun", 2), ("dpm++2m", 2)])
+def test_solver_convergence_order_on_the_logsnr_grid(solver, order):
+    gf, noise = _gaussian(), _noise()
+    exact = _exact_end(gf, noise)
+    err = [(teacher_trajectory(gf, noise, m, solver).x - exact).abs().max().item()
+           for m in (32, 64, 128)]
+    ratios = [err[0] / err[1], err[1] / err[2]]
+    for r in ratios:  # halving the log-SNR step divides the error by 2^order
+        assert 2**order * 0.8 < r < 2**order * 1.25, (solver, err)
+
+
+def test_trajectory_layout_nfe_and_guidance():
+    gf, noise = _gaussian(), _noise(16)
+    for solver, nfe in (("euler", 8), ("heun", 16), ("dpm++2m", 8), ("flowmap", 8)):
+        out = teacher_trajectory(gf, noise, steps=8, solver=solver)
+        assert out.trajectory.shape == (9, 16, 2) and out.nfe == nfe
+        assert torch.equal(out.trajectory[0], noise) and torch.equal(out.trajectory[-1], out.x)
+        torch.testing.assert_close(out.times, logsnr_grid(8))
+    # Guidance: w = 1 is the conditional field, w = 0 the unconditional one; 2 NFE per step.
+    torch.manual_seed(0)
+    net = MLP2D(hidden=32, depth=2, num_classes=3).double()
+    y = torch.tensor([0, 1, 2, 1] * 4)
+    cond = teacher_trajectory(net, noise, 6, "heun", y=y)
+    one = teacher_trajectory(net, noise, 6, "heun", y=y, cfg_scale=1.0)
+    zero = teacher_trajectory(net, noise, 6, "heun", y=y, cfg_scale=0.0)
+    null = teacher_trajectory(net, noise, 6, "heun", y=torch.full_like(y, 3))
+    torch.testing.assert_close(one.trajectory, cond.trajectory)
+    torch.testing.assert_close(zero.trajectory, null.trajectory)
+    assert one.nfe == 2 * cond.nfe == 24
+    with pytest.raises(ValueError, match="unknown teacher solver"):
+        teacher_trajectory(gf, noise, 4, "rk4")
+
+
+def test_flow_map_targets_compose_along_an_exact_trajectory():
+    """Jump i -> j then j -> k equals the direct jump i -> k, and each regression target is the
+    exact flow-map output F(x_i, t_i, t_j) = (psi(x_i, t_i, t_j) - x_i) / (t_j - t_i)."""
+    gf, noise = _gaussian(), _noise(64)
+    out = teacher_trajectory(gf, noise, steps=8, solver="flowmap")
+    traj, times = out.trajectory, out.times
+    n = noise.shape[0]
+
+    def tv(i):
+        return times[i].expand(n)
+
+    for i, j, k in ((0, 3, 8), (1, 2, 5), (2, 6, 7), (0, 1, 8)):
+        T_ij = cmt_targets(traj[i], traj[j], tv(i), tv(j))
+        T_jk = cmt_targets(traj[j], traj[k], tv(j), tv(k))
+        T_ik = cmt_targets(traj[i], traj[k], tv(i), tv(k))
+        two_jumps = traj[i] + (times[j] - times[i]) * T_ij + (times[k] - times[j]) * T_jk
+        torch.testing.assert_close(two_jumps, traj[i] + (times[k] - times[i]) * T_ik,
+                                   rtol=0, atol=1e-12)
+        torch.testing.assert_close(T_ik, gf(traj[i], tv(i), tv(k)), rtol=0, atol=1e-12)
+    k_all, l_all = all_pairs(8)
+    assert len(k_all) == 36 and bool((k_all < l_all).all())
+
+
+# ---- the CMT loss -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("endpoint_only", [False, True])
+@pytest.mark.parametrize("space", ["velocity", "sample"])
+def test_cmt_loss_is_zero_for_the_exact_flow_map(endpoint_only, space):
+    gf = _gaussian()
+    loss = CMTLoss(gf, steps=16, solver="flowmap", endpoint_only=endpoint_only, space=space)
+    value, logs = loss(gf, torch.zeros(64, 2, dtype=D))  # 4 trajectories x 16 pairs
+    assert value.item() < 1e-10 and logs["loss"].item() < 1e-10
+    # a slightly wrong student (data std 0.55 instead of 0.5) is not
+    wrong = GaussianFlow(torch.tensor([1.0, -0.5]), 0.55)
+    assert loss(wrong, torch.zeros(64, 2, dtype=D))[0].item() > 1e-4
+
+
+def test_cmt_loss_matches_a_hand_written_endpoint_loss():
+    """CM form with deterministic pairs: replay the noise and sum by hand."""
+    torch.manual_seed(0)
+    teacher = MLP2D(hidden=32, depth=2).double()
+    student = MLP2D(hidden=32, depth=2).double()
+    loss = CMTLoss(teacher, steps=6, solver="heun", endpoint_only=True)
+    torch.manual_seed(3)
+    value, _ = loss(student, torch.zeros(12, 2, dtype=D))  # 2 trajectories x 6 points
+    torch.manual_seed(3)
+    noise = torch.randn(2, 2, dtype=D)
+    out = teacher_trajectory(teacher, noise, 6, "heun")
+    terms = []
+    for k in range(6):
+        t = out.times[k].expand(2)
+        F = student(out.trajectory[k], t, torch.zeros(2, dtype=D))
+        terms.append((F - (out.x - out.trajectory[k]) / (0 - t[:, None])).square().mean(1))
+    torch.testing.assert_close(value, torch.stack(terms).mean())
+    # the gradient reaches the student only; the teacher is frozen
+    value.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert student.body[0].weight.grad.abs().sum() > 0
+
+
+def test_small_batch_and_pair_settings_raise_clear_errors():
+    loss = CMTLoss(MLP2D(hidden=16, depth=1), steps=16)
+    with pytest.raises(ValueError, match="smaller than the 16 points.*pitfall 2"):
+        loss(MLP2D(hidden=16, depth=1), torch.zeros(8, 2))
+    with pytest.raises(ValueError, match="not a multiple.*use 32 or 48"):
+        loss.num_trajectories(40)
+    assert loss.num_trajectories(128) == 8
+    with pytest.raises(ValueError, match="points must be None or 16"):
+        CMTLoss(MLP2D(), steps=16, endpoint_only=True, points=4)
+    with pytest.raises(ValueError, match="points must be in"):
+        CMTLoss(MLP2D(), steps=4, points=11)
+    k, l = CMTLoss(MLP2D(), steps=4, points=10).sample_pairs(3)  # all 10 pairs, each once
+    assert k.shape == (3, 10) and bool((k < l).all())
+    assert all(len(set(zip(k[r].tolist(), l[r].tolist()))) == 10 for r in range(3))
+
+
+# ---- carrying weights into the TVM student --------------------------------------------------
+
+def _tiny_dit(**kw) -> DiT:
+    torch.manual_seed(kw.pop("seed", 0))
+    args = dict(input_size=8, patch_size=4, in_channels=1, hidden_size=32, depth=1,
+                num_heads=2, num_classes=3)
+    return DiT(**{**args, **kw})
+
+
+def test_mid_trained_weights_load_into_student_ema_and_tvm_target(tmp_path):
+    # A real tvmlib.train checkpoint of a (mid-trained) network.
+    net = _tiny_dit()
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 3, (64,))
+
+    class Source:
+        def next_batch(self):
+            return x[:8], y[:8]
+
+    ckpt = tmp_path / "mid.pt"
+    state = train(net, CMTLoss(_tiny_dit(seed=1), steps=2, points=2), Source(),
+                  TrainConfig(steps=2, lr=1e-2, ema_decay=0.5, ckpt_path=str(ckpt),
+                              progress=False))
+    saved = torch.load(ckpt, weights_only=False)
+    assert set(saved) == {"step", "net", "ema", "opt", "loss", "source", "rng", "history"}
+    want = state.ema.module.state_dict()
+
+    student = _tiny_dit(seed=2)
+    tvm = TVMLoss(student, num_classes=3)  # its target holds the random init
+    ema = EMA(student, 0.999)
+    report = load_student_weights(ckpt, student, ema=ema, loss=tvm)
+    assert report == {"loaded": len(want), "kept_init": []}
+    for module in (student, ema.module, tvm.target.module):
+        got = module.state_dict()
+        assert set(got) == set(want)
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    # which="net" takes the raw weights; a bare state_dict works too
+    load_student_weights(ckpt, student, which="net")
+    assert all(torch.equal(student.state_dict()[k], saved["net"][k]) for k in want)
+    load_student_weights(want, student)
+    assert all(torch.equal(student.state_dict()[k], want[k]) for k in want)
+
+
+def test_wrong_checkpoints_give_a_clear_error():
+    want = _tiny_dit().state_dict()
+    with pytest.raises(CheckpointMismatchError, match=r"missing keys \(4\): beta_embedder"):
+        load_student_weights(want, _tiny_dit(guidance=True))
+    with pytest.raises(CheckpointMismatchError, match=r"shape mismatches \(1\): y_embedder"):
+        load_student_weights(want, _tiny_dit(num_classes=5))
+    extra = {**want, "extra.weight": torch.zeros(1)}
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected keys \(1\): extra.weight"):
+        load_student_weights(extra, _tiny_dit())
+    with pytest.raises(CheckpointMismatchError, match="not a state_dict"):
+        load_student_weights({"weights": want}, _tiny_dit())
+    # New parameters named explicitly keep their init
+    guided = _tiny_dit(guidance=True, seed=3)
+    before = guided.beta_embedder.mlp[0].weight.clone()
+    report = load_student_weights(want, guided, allow_missing=("beta_embedder.",))
+    assert len(report["kept_init"]) == 4
+    assert torch.equal(guided.beta_embedder.mlp[0].weight, before)
+    assert torch.equal(guided.t_embedder.mlp[0].weight, want["t_embedder.mlp.0.weight"])
+
+
+# ---- the trajectory cache -----------------------------------------------------------------
+
+def test_trajectory_cache_round_trips_exactly(tmp_path):
+    meta = {"solver": "heun", "steps": 4}
+    cache = TrajectoryCache(tmp_path / "c", meta)
+    a, b = torch.randn(5, 3, 1, 4, 4), torch.randn(5, 2, 1, 4, 4)
+    times = logsnr_grid(4)
+    cache.append(a, times, torch.tensor([0, 1, 2]))
+    cache.append(b, times, torch.tensor([2, 0]))
+    (tmp_path / "c" / "shard_000002_n9.pt.tmp").write_bytes(b"torn")  # an interrupted write
+    assert len(cache) == 5
+    traj, t, y = TrajectoryCache(tmp_path / "c", meta).load()  # reopened: meta matches
+    assert torch.equal(traj, torch.cat([a, b], dim=1)) and torch.equal(t, times)
+    assert torch.equal(y, torch.tensor([0, 1, 2, 2, 0]))
+    with pytest.raises(ValueError, match="steps: cache 4 vs run 8"):
+        TrajectoryCache(tmp_path / "c", {"solver": "heun", "steps": 8})
+
+
+def test_cmt_loss_fills_then_reuses_its_cache(tmp_path):
+    torch.manual_seed(0)
+    teacher = MLP2D(hidden=16, depth=1, num_classes=3)
+    calls = []
+    teacher.register_forward_hook(lambda *a: calls.append(1))
+    batch = (torch.zeros(16, 2), torch.tensor([0, 1, 2, 0] * 4))
+
+    def make():
+        return CMTLoss(teacher, steps=4, solver="euler", cache=tmp_path / "c",
+                       cache_trajectories=8)
+
+    first = make()
+    made = [first.trajectories(4, batch[0], batch[1]) for _ in range(2)]
+    assert len(calls) == 8 and len(TrajectoryCache(tmp_path / "c", first.cache_meta(
+        batch[0]))) == 8
+    calls.clear()
+    second = make()  # a later run: the cache is complete, the teacher is never called
+    read = [second.trajectories(4, batch[0]) for _ in range(2)]  # one full pass
+    assert not calls
+    stored = torch.cat([m[0] for m in made], dim=1)
+    got = torch.cat([r[0] for r in read], dim=1)
+    order = [next(i for i in range(8) if torch.equal(got[:, j], stored[:, i])) for j in range(8)]
+    assert sorted(order) == list(range(8))  # a permutation of the stored trajectories
+    assert torch.equal(torch.cat([r[1] for r in read]),
+                       torch.cat([m[1] for m in made])[order])
+    value, _ = second(MLP2D(hidden=16, depth=1, num_classes=3), batch)
+    assert torch.isfinite(value) and not calls and second.state_dict() == {"cursor": 12}
+    with pytest.raises(ValueError, match="solver: cache 'euler' vs run 'heun'"):
+        CMTLoss(teacher, steps=4, solver="heun", cache=tmp_path / "c",
+                cache_trajectories=8)(teacher, batch)
+
+
+def test_prefilled_pool_is_made_in_large_batches_and_read_once_per_pass(tmp_path):
+    torch.manual_seed(0)
+    teacher = MLP2D(hidden=16, depth=1, num_classes=3)
+    calls = []
+    teacher.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    like = torch.zeros(1, 2)
+    loss = CMTLoss(teacher, steps=4, solver="euler", labels="random", cache=tmp_path / "c")
+    loss.prefill(10, like, batch=4)  # 3 teacher batches of 4, 4, 2 trajectories
+    assert calls == [4] * 4 + [4] * 4 + [2] * 4
+    pool, y = loss._pool
+    assert pool.shape == (5, 10, 2) and y.shape == (10,) and int(y.max()) < 3
+    read = [loss.trajectories(5, like) for _ in range(2)]  # one pass: a permutation
+    got = torch.cat([r[0] for r in read], dim=1)
+    assert sorted(next(i for i in range(10) if torch.equal(got[:, j], pool[:, i]))
+                   for j in range(10)) == list(range(10))
+    # the same pool comes back from the cache folder without calling the teacher
+    calls.clear()
+    again = CMTLoss(teacher, steps=4, solver="euler", labels="random", cache=tmp_path / "c")
+    again.prefill(10, like, batch=4)
+    assert not calls and torch.equal(again._pool[0], pool) and torch.equal(again._pool[1], y)
+    with pytest.raises(ValueError, match="call prefill"):
+        CMTLoss(teacher, steps=4, cache=tmp_path / "d")(teacher, (torch.zeros(8, 2), None))
+
+
+# ---- the GPU experiment, at smoke size on the CPU -----------------------------------------
+
+def test_experiment_cli_smoke(tmp_path, monkeypatch):
+    from tvmlib.experiments import cmt as experiment
+
+    cfg = experiment.load_config(ROOT / "configs" / "cmt_smoke.yaml")
+    cfg["work_dir"] = str(tmp_path / "work")
+    cfg_path = tmp_path / "smoke.yaml"
+    cfg_path.write_text(json.dumps(cfg))  # JSON is YAML
+    out = tmp_path / "fig" / "05_cmt.json"
+    experiment.main(["--config", str(cfg_path), "--out", str(out), "--device", "cpu"])
+    result = json.loads(out.read_text())
+    assert set(result) == {"provenance", "runs", "stages", "config"}
+    assert set(result["runs"]) == {"scratch", "teacher_init", "cmt"}
+    steps, every = cfg["post"]["steps"], cfg["post"]["eval_every"]
+    for rows in result["runs"].values():
+        assert [r["step"] for r in rows] == list(range(0, steps + 1, every))
+        for r in rows:
+            assert set(r) == {"step", "fd_1", "fd_2", "gpu_seconds"}
+            assert r["fd_1"] > 0 and r["fd_2"] > 0
+        assert rows[0]["gpu_seconds"] == 0 and rows[-1]["gpu_seconds"] > 0
+    assert {"teacher_gpu_seconds", "mid_gpu_seconds"} <= set(result["stages"])
+    names = {p.name for p in out.parent.iterdir()}
+    assert {f"05_samples_{r}_{k}step.png" for r in result["runs"] for k in (1, 2)} <= names
+    assert "05_samples_teacher.png" in names
+    # a typo in the config is an error before any work starts
+    cfg["mid"]["pool_bach"] = 4
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['pool_bach'\] in section 'mid'"):
+        experiment.load_config(cfg_path)
