@@ -38,6 +38,10 @@ notebooks: $(STAMP)
 			--request-save-on-cell-execute --progress-bar || exit 1; \
 	done
 
+## make readme: regenerate the README's results tables from figures/*.json
+readme: $(STAMP)
+	$(PY) -m tvmlib.readme
+
 ## make lab: open JupyterLab on the notebooks
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks

@@ -1,0 +1,38 @@
+"""The README's results tables are generated from the committed JSON and match it."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tvmlib import readme
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_tables_match_the_committed_json():
+    assert readme.update(ROOT / "README.md", check=True), "run `make readme`"
+
+
+def test_tables_carry_the_json_numbers():
+    text = readme.render()
+    bench = json.loads((ROOT / "figures" / "jvp_attention_h100.json").read_text())
+    row = next(r for r in bench["rows"] if r["impl"] == "triton" and r["pass"] == "fwd_jvp_bwd"
+               and r["N"] == 4096 and r["d"] == 64)
+    assert f"| {readme._fmt(row['ms'])} |" in text
+    w2 = json.loads((ROOT / "figures" / "02_w2_vs_nfe.json").read_text())
+    assert f"| {readme._fmt(w2['results']['checkerboard']['tvm']['1'])} |" in text
+    assert bench["provenance"]["device"] in text
+
+
+def test_update_rewrites_only_the_marked_block(tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text(f"intro\n{readme.START}\nstale\n{readme.END}\noutro\n")
+    assert not readme.update(path, check=True)
+    assert not readme.update(path)
+    text = path.read_text()
+    assert text.startswith("intro\n") and text.endswith("\noutro\n") and "stale" not in text
+    assert readme.update(path, check=True)
+    path.write_text("no markers")
+    with pytest.raises(ValueError, match="results:start"):
+        readme.update(path)
