@@ -1,0 +1,222 @@
+"""The committed 2D checkpoints (tvmlib.checkpoints2d) and the sampling explorer
+(tvmlib.widgets), headless: NFE and W2 of each setting against independent recomputations,
+figure layouts, the widget wiring, and clear errors for missing or corrupt checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from tvmlib import checkpoints2d as ck  # noqa: E402
+from tvmlib.classifier import sha256_file  # noqa: E402
+from tvmlib.metrics import w2  # noqa: E402
+from tvmlib.nn import MLP2D  # noqa: E402
+from tvmlib.widgets import compare_grid, explore_2d, make_explorer, setting_data  # noqa: E402
+
+N = 200  # samples per setting: small, the tests check bookkeeping, not quality
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+# ---- committed files ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method,dataset", ck.MODELS)
+def test_committed_checkpoint_loads_and_matches_manifest(method, dataset):
+    path = ck.checkpoint_path(method, dataset)
+    entry = ck.read_manifest_2d(path.parent)[path.name]
+    assert path.stat().st_size == entry["bytes"] < 1_000_000
+    assert sha256_file(path) == entry["sha256"]
+    assert entry["command"].startswith(ck.regenerate_command(method, dataset))
+    net = ck.load_2d(method, dataset)
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert isinstance(net, MLP2D) and raw["kwargs"]["num_classes"] == net.num_classes
+    assert not net.training and not any(p.requires_grad for p in net.parameters())
+    out = net(torch.zeros(3, 2), torch.ones(3), torch.zeros(3))
+    assert out.shape == (3, 2) and torch.isfinite(out).all()
+
+
+def _copy_committed(folder: Path, method="tvm", dataset="checkerboard") -> Path:
+    src = ck.checkpoint_path(method, dataset)
+    shutil.copy(src, folder / src.name)
+    manifest = {src.name: ck.read_manifest_2d(src.parent)[src.name]}
+    (folder / ck.MANIFEST).write_text(json.dumps(manifest))
+    return folder / src.name
+
+
+def test_missing_checkpoint_names_the_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m tvmlib.checkpoints2d --only "
+                                                "tvm_checkerboard"):
+        ck.load_2d("tvm", "checkerboard", tmp_path)
+    path = _copy_committed(tmp_path)
+    (tmp_path / ck.MANIFEST).write_text("{}")  # file present, no manifest entry
+    with pytest.raises(FileNotFoundError, match="(?s)no sha256.*--only tvm_checkerboard"):
+        ck.load_2d("tvm", "checkerboard", tmp_path)
+    assert path.exists()
+
+
+def test_corrupt_checkpoint_names_the_command(tmp_path):
+    path = _copy_committed(tmp_path)
+    assert isinstance(ck.load_2d("tvm", "checkerboard", tmp_path), MLP2D)  # intact copy loads
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match="(?s)corrupt or stale.*--only tvm_checkerboard"):
+        ck.load_2d("tvm", "checkerboard", tmp_path)
+    # A file whose sha256 matches but that torch cannot read gets the same advice.
+    path.write_bytes(b"not a torch file")
+    (tmp_path / ck.MANIFEST).write_text(json.dumps({path.name: {"sha256": sha256_file(path)}}))
+    with pytest.raises(RuntimeError, match="(?s)could not load.*--only tvm_checkerboard"):
+        ck.load_2d("tvm", "checkerboard", tmp_path)
+
+
+def test_unknown_model_is_refused():
+    with pytest.raises(ValueError, match="valid: fm_checkerboard"):
+        ck.load_2d("meanflow", "spiral")
+
+
+def test_cli_writes_atomic_checkpoint_manifest_and_readme(tmp_path):
+    ck.main(["--only", "tvm_checkerboard", "--steps", "3", "--out-dir", str(tmp_path)])
+    path = tmp_path / "2d_tvm_checkerboard.pt"
+    manifest = json.loads((tmp_path / ck.MANIFEST).read_text())
+    entry = manifest[path.name]
+    assert entry["sha256"] == sha256_file(path) and entry["bytes"] == path.stat().st_size
+    assert entry["command"] == "python -m tvmlib.checkpoints2d --only tvm_checkerboard --steps 3"
+    assert entry["w2_nfe"] == 1 and entry["w2"] > 0
+    assert not list(tmp_path.glob("*.tmp"))
+    raw = torch.load(path, weights_only=True)
+    assert raw["kwargs"] == ck.model_kwargs("checkerboard", ck.Settings2D())
+    readme = (tmp_path / "README_2d.md").read_text()
+    assert path.name in readme and entry["sha256"] in readme
+    assert isinstance(ck.load_2d("tvm", "checkerboard", tmp_path), MLP2D)
+
+
+# ---- explore_2d: NFE, W2, samples against hand-written samplers ---------------------------------
+
+@torch.no_grad()
+def _euler_reference(net, noise, steps, y=None, w=None):
+    """Euler from t = 1 to 0 written out, with CFG u_null + w (u_y - u_null) when w is given."""
+    x, ts = noise.clone(), torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    for t, s in zip(ts[:-1].tolist(), ts[1:].tolist()):
+        tv = torch.full((len(x),), t)
+        u = net(x, tv, tv, y)
+        if w is not None:
+            u_null = net(x, tv, tv, torch.full_like(y, net.num_classes))
+            u = u_null + w * (u - u_null)
+        x = x + (s - t) * u
+    return x
+
+
+@torch.no_grad()
+def _jumps_reference(net, noise, steps, y=None, w=None, scaled=False):
+    """k uniform flow-map jumps x <- x + (s - t) [w] F(x, t, s, y, w), written out."""
+    x, ts = noise.clone(), torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    for t, s in zip(ts[:-1].tolist(), ts[1:].tolist()):
+        tv, sv = torch.full((len(x),), t), torch.full((len(x),), s)
+        F = net(x, tv, sv, y, None if w is None else torch.full((len(x),), w))
+        x = x + (s - t) * (w if scaled and w is not None else 1.0) * F
+    return x
+
+
+CASES = [  # method, dataset, steps, label, guidance, expected NFE
+    ("fm", "checkerboard", 4, None, None, 4),
+    ("meanflow", "checkerboard", 3, None, None, 3),
+    ("tvm", "checkerboard", 2, None, None, 2),
+    ("fm", "8gaussians", 3, None, 1.5, 6),  # CFG: 2 NFE per Euler step
+    ("fm", "8gaussians", 3, 5, 1.0, 3),  # w = 1 is plain conditional sampling: 1 NFE per step
+    ("tvm", "8gaussians", 2, 3, 2.5, 2),  # guidance is a network input: 1 NFE per jump
+]
+
+
+@pytest.mark.parametrize("method,dataset,steps,label,guidance,nfe", CASES)
+def test_explore_2d_nfe_w2_and_samples(method, dataset, steps, label, guidance, nfe):
+    fig, v = explore_2d(method, steps, seed=7, dataset=dataset, label=label, guidance=guidance,
+                        n=N, n_traj=10)
+    assert v["nfe"] == nfe and v["steps"] == steps and v["samples"].shape == (N, 2)
+    assert len(fig.axes) == 2
+    assert v["w2"] == pytest.approx(w2(v["samples"], v["reference"]), rel=1e-12)
+    noise, y, ref = setting_data(dataset, N, 7, label)
+    assert torch.equal(ref, v["reference"])
+    if label is not None:
+        assert bool((y == label).all())
+    net = ck.load_2d(method, dataset)
+    if method == "fm":
+        expected = _euler_reference(net, noise, steps, y, guidance if guidance != 1.0 else None)
+    else:
+        expected = _jumps_reference(net, noise, steps, y, guidance, scaled=method == "tvm")
+    torch.testing.assert_close(v["samples"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_reference_does_not_depend_on_the_sampling_seed():
+    _, a = explore_2d("tvm", 1, seed=0, n=N)
+    _, b = explore_2d("tvm", 1, seed=1, n=N)
+    assert torch.equal(a["reference"], b["reference"])
+    assert not torch.equal(a["samples"], b["samples"])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(method="tvm", steps=17), "1..16"),
+    (dict(method="fm", steps=129), "1..128"),
+    (dict(method="fm", steps=0), "1..128"),
+    (dict(method="tvm", steps=1, label=2), "unconditional"),
+    (dict(method="meanflow", steps=1, dataset="8gaussians"), "no 'meanflow' model"),
+    (dict(method="tvm", steps=1, dataset="8gaussians", guidance=5.0), r"w in \[1.0, 3.0\]"),
+    (dict(method="tvm", steps=1, dataset="8gaussians", label=8), "0..7"),
+])
+def test_explore_2d_rejects_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        explore_2d(n=N, **kwargs)
+
+
+def test_compare_grid_layout_and_values():
+    fig, res = compare_grid("checkerboard", steps=(1, 2), n=N)
+    assert len(fig.axes) == 3 * 3  # 3 methods x (data column + 2 step counts)
+    assert list(res) == ["fm", "meanflow", "tvm"]
+    _, single = explore_2d("meanflow", 2, 0, "checkerboard", n=N)
+    assert res["meanflow"]["2"] == {"nfe": 2, "w2": single["w2"]}
+    titles = [ax.get_title() for ax in fig.axes]
+    assert any(f"W2 {single['w2']:.3f}" in t for t in titles)
+    fig, res = compare_grid("8gaussians", steps=(1, 4), n=N)
+    assert len(fig.axes) == 2 * 3 and res["fm"]["4"]["nfe"] == 8 and res["tvm"]["4"]["nfe"] == 4
+
+
+# ---- the widgets, headless --------------------------------------------------------------------
+
+def test_make_explorer_wires_controls_to_explore_2d():
+    ex = make_explorer(n=N)
+    c = ex.controls
+    assert ex.last["method"] == "tvm" and ex.last["nfe"] == 1
+    assert c["steps"].max == 16 and c["label"].disabled and c["guidance"].disabled
+    c["method"].value = "fm"
+    assert c["steps"].max == 128
+    c["steps"].value = 100
+    assert ex.last["method"] == "fm" and ex.last["nfe"] == 100
+    c["dataset"].value = "8gaussians"
+    assert list(c["method"].options) == ["fm", "tvm"] and not c["guidance"].disabled
+    assert ex.last["dataset"] == "8gaussians" and ex.last["nfe"] == 200  # CFG 1.5: 2 NFE/step
+    c["label"].value = 4
+    c["method"].value = "tvm"
+    assert c["steps"].max == 16 and c["steps"].value == 16  # clipped to the flow-map range
+    assert ex.last["label"] == 4 and ex.last["nfe"] == 16
+    _, direct = explore_2d("tvm", 16, 0, "8gaussians", label=4, guidance=1.5, n=N)
+    assert ex.last["w2"] == direct["w2"]
+
+
+def test_data_floor_compares_two_data_sets_with_the_same_labels():
+    from tvmlib.widgets import REF_SEED, data_floor
+
+    _, y, ref = setting_data("8gaussians", N, 3)
+    other = ck.class_matched_data("8gaussians", y, torch.Generator().manual_seed(REF_SEED - 1))
+    assert data_floor("8gaussians", N, 3) == pytest.approx(w2(ref, other), rel=1e-12)
+    assert 0 < data_floor("checkerboard", N) < 0.5  # two samples of one distribution
