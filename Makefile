@@ -22,6 +22,7 @@ $(STAMP): requirements.txt pyproject.toml
 ## make test: lint + unit tests + every notebook at smoke scale (nbval) + a papermill run
 test: $(STAMP)
 	$(PY) -m ruff check tvmlib tests notebooks
+	$(PY) -m tvmlib.exercises --check
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
