@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from tvmlib.classifier import checkpoints_dir, sha256_file
+from tvmlib.classifier import checkpoints_dir, load_verified, sha256_file
 from tvmlib.data.toy2d import ToySource, num_classes, sample_toy2d
 from tvmlib.losses import FMLoss, MeanFlowLoss, TVMLoss
 from tvmlib.metrics import w2
@@ -247,21 +247,13 @@ def load_2d(method: str, dataset: str, folder: str | Path | None = None) -> MLP2
     folder = Path(folder) if folder is not None else checkpoints_dir()
     path = checkpoint_path(method, dataset, folder)
     fix = f"Regenerate it with:\n  {regenerate_command(method, dataset)}"
-    if not path.is_file():
-        raise FileNotFoundError(f"2D checkpoint {path} is missing. {fix}")
-    expected = read_manifest_2d(folder).get(path.name, {}).get("sha256")
-    if expected is None:
-        raise FileNotFoundError(f"{folder / MANIFEST} has no sha256 for {path.name}. {fix}")
-    actual = sha256_file(path)
-    if actual != expected:
-        raise RuntimeError(f"2D checkpoint {path} is corrupt or stale: sha256 {actual} != "
-                           f"{expected} recorded in {MANIFEST}. {fix}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+
+    def build(ckpt: dict) -> MLP2D:
         net = MLP2D(**ckpt["kwargs"])
         net.load_state_dict(ckpt["state_dict"])
-    except Exception as err:  # any unreadable or mismatched file gets the same advice
-        raise RuntimeError(f"could not load 2D checkpoint {path}: {err}. {fix}") from err
+        return net
+
+    net = load_verified(path, read_manifest_2d(folder), MANIFEST, "2D checkpoint", fix, build)
     return net.eval().requires_grad_(False)
 
 

@@ -127,6 +127,27 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def load_verified(path: Path, manifest: dict, manifest_name: str, what: str, fix: str,
+                  build) -> nn.Module:
+    """Check ``path`` against the sha256 that ``manifest`` records for it, then load it with
+    ``build(ckpt) -> nn.Module``. Missing file or entry: FileNotFoundError; wrong hash or an
+    unreadable file: RuntimeError; every message ends with ``fix`` (how to regenerate it)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} is missing. {fix}")
+    expected = manifest.get(path.name, {}).get("sha256")
+    if expected is None:
+        raise FileNotFoundError(f"{path.parent / manifest_name} has no sha256 for {path.name}. "
+                                f"{fix}")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise RuntimeError(f"{what} {path} is corrupt or stale: sha256 {actual} != {expected} "
+                           f"recorded in {manifest_name}. {fix}")
+    try:
+        return build(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as err:  # any unreadable or mismatched file gets the same advice
+        raise RuntimeError(f"could not load {what} {path}: {err}. {fix}") from err
+
+
 def read_manifest(folder: Path) -> dict:
     path = folder / "manifest.json"
     return json.loads(path.read_text()) if path.exists() else {}
@@ -167,21 +188,14 @@ def load_classifier(name: str, folder: str | Path | None = None,
     folder = Path(folder) if folder is not None else checkpoints_dir()
     path = folder / f"classifier_{name}.pt"
     fix = f"Regenerate it with:\n  {regenerate_command(name, out=path)}"
-    if not path.is_file():
-        raise FileNotFoundError(f"classifier weights {path} are missing. {fix}")
-    expected = read_manifest(folder).get(path.name, {}).get("sha256")
-    if expected is None:
-        raise FileNotFoundError(f"{folder / 'manifest.json'} has no sha256 for {path.name}. {fix}")
-    actual = sha256_file(path)
-    if actual != expected:
-        raise RuntimeError(f"classifier weights {path} are corrupt or stale: sha256 {actual} "
-                           f"!= {expected} recorded in manifest.json. {fix}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+
+    def build(ckpt: dict) -> SmallCNN:
         net = SmallCNN(**ckpt["config"])
         net.load_state_dict(ckpt["state_dict"])
-    except Exception as err:  # any unreadable or mismatched file gets the same advice
-        raise RuntimeError(f"could not load classifier weights {path}: {err}. {fix}") from err
+        return net
+
+    net = load_verified(path, read_manifest(folder), "manifest.json", "classifier weights",
+                        fix, build)
     return net.to(device).eval().requires_grad_(False)
 
 

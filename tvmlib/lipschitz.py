@@ -120,18 +120,24 @@ def rms(v: Tensor) -> Tensor:
     return v.to(torch.promote_types(v.dtype, torch.float32)).flatten(1).square().mean(1).sqrt()
 
 
-@torch.no_grad()
-def block_inputs(net: DiT, x: Tensor, t, s=None, y=None, w=None) -> tuple[list[Tensor], Tensor]:
-    """The token states h_i (B, N, D) entering each block in one forward pass, and c (B, D)."""
-    net = _as_dit(net)
+def _run_with_block_hooks(net: DiT, register, x: Tensor, t, s, y, w) -> list[Tensor]:
+    """One forward pass with ``register(block, store)`` hooks on every block; returns store."""
     store: list[Tensor] = []
-    hooks = [b.register_forward_pre_hook(lambda m, args: store.append(args[0].detach()))
-             for b in net.blocks]
+    hooks = [register(b, store) for b in net.blocks]
     try:
         net(x, t, s, y, w)
     finally:
         for h in hooks:
             h.remove()
+    return store
+
+
+@torch.no_grad()
+def block_inputs(net: DiT, x: Tensor, t, s=None, y=None, w=None) -> tuple[list[Tensor], Tensor]:
+    """The token states h_i (B, N, D) entering each block in one forward pass, and c (B, D)."""
+    net = _as_dit(net)
+    store = _run_with_block_hooks(net, lambda blk, st: blk.register_forward_pre_hook(
+        lambda m, args: st.append(args[0].detach())), x, t, s, y, w)
     return store, net.conditioning(x, t, s, y, w).detach()
 
 
@@ -208,15 +214,8 @@ def modulation_rms(net: DiT, x: Tensor, t, s=None, y=None, w=None,
 def block_output_rms(net: DiT, x: Tensor, t, s=None, y=None, w=None) -> Tensor:
     """RMS per sample of the token states leaving each block (the residual stream): (depth, B)."""
     net = _as_dit(net)
-    store: list[Tensor] = []
-    hooks = [b.register_forward_hook(lambda m, args, out: store.append(rms(out)))
-             for b in net.blocks]
-    try:
-        net(x, t, s, y, w)
-    finally:
-        for h in hooks:
-            h.remove()
-    return torch.stack(store)
+    return torch.stack(_run_with_block_hooks(net, lambda blk, st: blk.register_forward_hook(
+        lambda m, args, out: st.append(rms(out))), x, t, s, y, w))
 
 
 # ------------------------------------------------------------------------------ spike detection
