@@ -16,11 +16,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from tvmlib.graphs import capturing
+
 
 def check_times(t: Tensor, s: Tensor) -> None:
     """Flow maps jump backwards in time: require 0 <= s <= t <= 1 (elementwise)."""
     if t.shape != s.shape:
         raise ValueError(f"t {tuple(t.shape)} and s {tuple(s.shape)} must have the same shape")
+    if capturing():  # a CUDA graph cannot read values back to the host
+        return
     bad = (s > t) | (s < 0) | (t > 1)
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
@@ -30,7 +34,7 @@ def check_times(t: Tensor, s: Tensor) -> None:
 
 def check_guidance(w: Tensor | float | None) -> None:
     """Guidance scales must be positive (the loss is weighted by 1/w^2 and beta = 1/w)."""
-    if w is None:
+    if w is None or capturing():
         return
     w_t = torch.as_tensor(w)
     if bool((w_t <= 0).any()) or not bool(torch.isfinite(w_t).all()):

@@ -121,7 +121,8 @@ def train_config(cfg: RunConfig, world: int) -> TrainConfig:
                        grad_clip=t.grad_clip, ema_decay=t.ema_decay, log_every=t.log_every,
                        ckpt_every=t.ckpt_every, ckpt_path=str(run_dir / "checkpoint.pt"),
                        log_path=str(run_dir / "log"), seed=t.seed,
-                       micro_batches=micro_batches(cfg, world), amp=t.amp)
+                       micro_batches=micro_batches(cfg, world), amp=t.amp,
+                       cuda_graph=t.cuda_graph)
 
 
 def run(cfg: RunConfig, resume: bool = True) -> TrainState:

@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tvmlib.ema import EMA
+from tvmlib.graphs import GraphedLossBackward, check_graph_support
 
 
 @dataclass
@@ -47,6 +48,7 @@ class TrainConfig:
     micro_batches: int = 1  # gradient accumulation: micro-batches per process and step
     amp: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; "bf16"; "off"
     progress: bool | None = None  # None: on unless $CI or $TVMLIB_QUIET is set
+    cuda_graph: bool = False  # replay loss + backward as one CUDA graph (tvmlib.graphs)
 
 
 @dataclass
@@ -99,8 +101,8 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     use = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
     if cfg.amp not in ("auto", "bf16", "off"):
         raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {cfg.amp!r}")
-    if use:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if use:  # a CUDA graph must not hold autocast's per-context cache of casted weights
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not cfg.cuda_graph)
     return contextlib.nullcontext()
 
 
@@ -244,6 +246,10 @@ def train(
         load_checkpoint(cfg.ckpt_path, state, loss_fn, source)
     save = (lambda: save_checkpoint(cfg.ckpt_path, state, loss_fn, source)) \
         if cfg.ckpt_path and rank == 0 else (lambda: None)
+    graphed = None
+    if cfg.cuda_graph:
+        check_graph_support(net, loss_fn, cfg.micro_batches)
+        graphed = GraphedLossBackward(net, loss_fn, lambda: _autocast(cfg, device))
     last_finite = (None, None)  # (step, loss)
     sums: dict[str, float] = {}
     n_sum, t0 = 0, time.perf_counter()
@@ -257,15 +263,20 @@ def train(
                 at_boundary = False
                 net.train()
                 batch = source.next_batch()
-                opt.zero_grad(set_to_none=True)
+                if graphed is None:
+                    opt.zero_grad(set_to_none=True)
                 loss_sum = torch.zeros((), device=device)
                 for k in range(n_micro):
                     index = rank * n_micro + k
-                    torch.manual_seed(_micro_seed(cfg.seed, state.step, index))
+                    seed = _micro_seed(cfg.seed, state.step, index)
                     micro = _to_device(_chunk(batch, index, world * n_micro), device)
-                    with _autocast(cfg, device):
-                        loss, logs = loss_fn(net, micro)
-                    (loss / n_micro).backward()
+                    if graphed is not None:  # gradients written by the replay (n_micro == 1)
+                        loss, logs = graphed(micro, seed)
+                    else:
+                        torch.manual_seed(seed)
+                        with _autocast(cfg, device):
+                            loss, logs = loss_fn(net, micro)
+                        (loss / n_micro).backward()
                     loss_sum += loss.detach().float()
                 if world > 1:
                     dist.all_reduce(loss_sum)

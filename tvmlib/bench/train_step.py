@@ -55,8 +55,11 @@ def _short(err: BaseException) -> str:
 
 def make_step(model: str, backend: str, batch: int, device: torch.device,
               input_size: int = 32, build_on: str | None = None, amp: bool = True,
-              cfg_scale: float = 2.0, info: dict | None = None) -> Callable[[], torch.Tensor]:
-    """Build the model, loss and optimizer; return a callable running one training step."""
+              cfg_scale: float = 2.0, info: dict | None = None,
+              cuda_graph: bool = False) -> Callable[[], torch.Tensor]:
+    """Build the model, loss and optimizer; return a callable running one training step
+    (with ``cuda_graph``, loss and backward replay as one CUDA graph, as ``tvmlib.train`` does)."""
+    from tvmlib.graphs import GraphedLossBackward
     from tvmlib.losses import TVMLoss
     from tvmlib.nn.dit import dit_from_preset
 
@@ -75,11 +78,23 @@ def make_step(model: str, backend: str, batch: int, device: torch.device,
     x = torch.randn(batch, 4, input_size, input_size, device=device)  # (B, 4, 32, 32) latents
     y = torch.randint(0, 1000, (batch,), device=device)
 
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp,
+                              cache_enabled=not cuda_graph)
+
+    graphed = GraphedLossBackward(net, loss_fn, autocast) if cuda_graph else None
+    calls = [0]
+
     def step() -> torch.Tensor:
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss, _ = loss_fn(net, (x, y))
-        loss.backward()
+        calls[0] += 1
+        if graphed is not None:
+            loss, _ = graphed((x, y), seed=calls[0])
+        else:
+            opt.zero_grad(set_to_none=True)
+            torch.manual_seed(calls[0])
+            with autocast():
+                loss, _ = loss_fn(net, (x, y))
+            loss.backward()
         opt.step()
         loss_fn.after_step(net)
         return loss.detach()
@@ -111,14 +126,18 @@ def time_steps(step: Callable[[], torch.Tensor], device: torch.device, steps: in
 
 def bench_one(model: str, backend: str, batch: int, device: torch.device, steps: int = 10,
               warmup: int = 3, input_size: int = 32, build_on: str | None = None,
-              amp: bool = True, cfg_scale: float = 2.0, seed: int = 0) -> dict:
-    """Time ``steps`` TVM training steps of one (model, attention backend); never raises for
-    OOM or a missing/failed backend, which go into the row's ``status``."""
-    row = {"model": model, "backend": backend, "batch": batch, "ms_per_step": None,
+              amp: bool = True, cfg_scale: float = 2.0, seed: int = 0,
+              cuda_graph: bool = False) -> dict:
+    """Time ``steps`` TVM training steps of one (model, attention backend, graph mode); never
+    raises for OOM or a missing/failed backend, which go into the row's ``status``."""
+    row = {"model": model, "backend": backend, "batch": batch, "cuda_graph": cuda_graph,
+           "ms_per_step": None,
            "images_per_s": None, "peak_mem_gb": None, "status": "ok"}
-    if backend == "triton" and device.type != "cuda":
-        row["status"] = "unavailable: the triton backend needs a CUDA device"
-        return row
+    for needs_cuda, what in ((backend == "triton", "the triton backend"),
+                             (cuda_graph, "a CUDA graph")):
+        if needs_cuda and device.type != "cuda":
+            row["status"] = f"unavailable: {what} needs a CUDA device"
+            return row
     step = None
     try:
         torch.manual_seed(seed)
@@ -126,7 +145,7 @@ def bench_one(model: str, backend: str, batch: int, device: torch.device, steps:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         step = make_step(model, backend, batch, device, input_size, build_on, amp, cfg_scale,
-                         row)
+                         row, cuda_graph)
         times, row["loss"] = time_steps(step, device, steps, warmup)
         if not math.isfinite(row["loss"]):
             row["status"] = f"error: non-finite loss {row['loss']}"
@@ -152,14 +171,15 @@ def bench_one(model: str, backend: str, batch: int, device: torch.device, steps:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'model':<14} {'backend':<8} {'batch':>5} {'ms/step':>9} {'img/s':>8} " \
-           f"{'peak GB':>8}  status"
+    head = f"{'model':<14} {'backend':<8} {'graph':<5} {'batch':>5} {'ms/step':>9} " \
+           f"{'img/s':>8} {'peak GB':>8}  status"
     lines = [head, "-" * len(head)]
     for r in rows:
         ms, ips, mem = (format(r[k], f) if r[k] is not None else "-" for k, f in (
             ("ms_per_step", "9.1f"), ("images_per_s", "8.1f"), ("peak_mem_gb", "8.2f")))
-        lines.append(f"{r['model']:<14} {r['backend']:<8} {r['batch']:>5} {ms:>9} {ips:>8} "
-                     f"{mem:>8}  {r['status']}")
+        graph = "on" if r.get("cuda_graph") else "off"
+        lines.append(f"{r['model']:<14} {r['backend']:<8} {graph:<5} {r['batch']:>5} {ms:>9} "
+                     f"{ips:>8} {mem:>8}  {r['status']}")
     return "\n".join(lines)
 
 
@@ -177,6 +197,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--build-on", default=None, choices=["cpu", "cuda"],
                     help="device for building/initialising the model (default: --device)")
     ap.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast")
+    ap.add_argument("--graph", nargs="+", default=["off"], choices=["off", "on"],
+                    help="eager steps, CUDA-graph replay of loss + backward (tvmlib.graphs), "
+                         "or both")
     ap.add_argument("--out", default=None, help="JSON path (default figures/train_step_<gpu>.json)")
     args = ap.parse_args(argv)
     from tvmlib.paths import figures_dir
@@ -189,11 +212,14 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for model in args.models:
         for backend in args.backends:
-            row = bench_one(model, backend, args.batch, device, args.steps, args.warmup,
-                            args.input_size, args.build_on, not args.no_amp)
-            print(f"[bench] {model} {backend}: {row['status']} "
-                  f"{row['ms_per_step'] and round(row['ms_per_step'], 1)} ms/step", flush=True)
-            rows.append(row)
+            for graph in args.graph:
+                row = bench_one(model, backend, args.batch, device, args.steps, args.warmup,
+                                args.input_size, args.build_on, not args.no_amp,
+                                cuda_graph=graph == "on")
+                print(f"[bench] {model} {backend} graph {graph}: {row['status']} "
+                      f"{row['ms_per_step'] and round(row['ms_per_step'], 1)} ms/step",
+                      flush=True)
+                rows.append(row)
     results = {"rows": rows, "input_size": args.input_size, "tokens": (args.input_size // 2) ** 2,
                "amp": "off" if args.no_amp else "bf16", "steps": args.steps,
                "warmup": args.warmup, "loss": "TVMLoss(cfg_scale=2, scale_param=True)"}

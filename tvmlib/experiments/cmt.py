@@ -56,7 +56,7 @@ RUNS = ("scratch", "teacher_init", "cmt")
 SECTIONS = ("dataset", "seed", "batch_size", "work_dir", "model", "teacher", "mid", "post",
             "eval")
 _STAGE = ("steps", "lr", "warmup", "betas", "ema_decay", "grad_clip", "amp", "log_every",
-          "print_every")
+          "print_every", "cuda_graph")
 KEYS = {  # the keys each section may hold (anything else is a typo and an error)
     "": (*SECTIONS, "attn_backend", "scale"),
     "teacher": (*_STAGE, "time_sampler", "mean", "std", "label_dropout"),
@@ -127,7 +127,8 @@ def train_config(stage: dict, cfg: dict, name: str, steps: int | None = None) ->
         betas=tuple(stage.get("betas", (0.9, 0.999))), grad_clip=stage.get("grad_clip", 1.0),
         ema_decay=float(stage.get("ema_decay", 0.999)), log_every=int(stage.get("log_every", 100)),
         ckpt_path=str(work / f"{name}.pt"), log_path=str(work / f"{name}_log"),
-        seed=int(cfg["seed"]), amp=stage.get("amp", "auto"), progress=False)
+        seed=int(cfg["seed"]), amp=stage.get("amp", "auto"), progress=False,
+        cuda_graph=bool(stage.get("cuda_graph", False)))
 
 
 # ---- timing, sampling, evaluation ----------------------------------------------------------

@@ -108,6 +108,7 @@ class AblationConfig:
     grad_clip: float | None = None  # None: no clipping (the gradient norm is logged anyway)
     ema_decay: float = 0.995  # evaluation EMA
     amp: str = "auto"  # bf16 autocast on CUDA
+    cuda_graph: bool = False  # replay TVM's loss + backward as a CUDA graph (tvmlib.graphs)
     log_every: int = 2
     probe_every: int = 100
     probe_batch: int = 32  # fixed test images for d/ds f and modulation norms
@@ -332,7 +333,7 @@ def run_variant(cfg: AblationConfig, setting: Setting, variant: str, source_xy: 
     tcfg = TrainConfig(steps=steps, lr=setting.lr, betas=tuple(setting.betas),
                        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
                        ema_decay=cfg.ema_decay, log_every=cfg.log_every, seed=cfg.seed,
-                       amp=cfg.amp, progress=False)
+                       amp=cfg.amp, progress=False, cuda_graph=cfg.cuda_graph)
     probes = [{"step": 0, **measure(net, probe, cfg)}]
     holder: dict = {}
     tag = f"[{setting.name}/{variant}]"

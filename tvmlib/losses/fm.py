@@ -18,6 +18,8 @@ class FMLoss:
         num_classes: the null class index (labels are 0..num_classes-1).
     """
 
+    graph_safe = True  # no host syncs, no Python state: can run as a CUDA graph (tvmlib.graphs)
+
     def __init__(self, time_sampler: str = "uniform", mean: float = 0.0, std: float = 1.0,
                  label_dropout: float = 0.0, num_classes: int = 0):
         if time_sampler not in ("uniform", "logit_normal"):

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from tvmlib.ema import EMA
 from tvmlib.flowmap import displacement_and_dfds, velocity
+from tvmlib.graphs import capturing
 from tvmlib.interpolant import (
     expand_time,
     interpolate,
@@ -60,6 +61,8 @@ class TVMLoss:
         detach_jvp: stop gradients through d/ds f (faster, biased; TVM keeps them).
     """
 
+    graph_safe = True  # no host syncs while capturing, no Python state: see tvmlib.graphs
+
     def __init__(self, net: nn.Module, target_decay: float = 0.99, gap_mean: float = -0.8,
                  gap_std: float = 1.0, s_mean: float = -0.4, s_std: float = 1.0,
                  fm_mean: float = -0.4, fm_std: float = 1.0, frac_equal: float = 0.0,
@@ -94,7 +97,8 @@ class TVMLoss:
         """Per-sample || u_theta(x_s, s) - (w v + (1 - w) u_{theta*}(x_s, s, null)) ||^2."""
         xs = interpolate(x0, eps, s)
         v = velocity_target(x0, eps)
-        if w is not None and bool((w != 1).any()):
+        # (all w = 1 makes the target v itself; a CUDA graph capture cannot ask, so computes it)
+        if w is not None and (capturing() or bool((w != 1).any())):
             with torch.no_grad():
                 null = torch.full_like(y, self.num_classes) if y is not None else None
                 u_uncond = velocity(self.target.module, xs, s, null, torch.ones_like(w),
