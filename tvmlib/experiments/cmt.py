@@ -49,7 +49,7 @@ from tvmlib.nn.dit import DiT, dit_from_preset
 from tvmlib.paths import figures_dir, repo_root
 from tvmlib.provenance import provenance
 from tvmlib.sampling import sample_flowmap
-from tvmlib.train import TrainConfig, atomic_write_text, train
+from tvmlib.train import TrainConfig, atomic_save, atomic_write_text, train
 from tvmlib.trajectories import teacher_trajectory
 
 RUNS = ("scratch", "teacher_init", "cmt")
@@ -209,6 +209,16 @@ def evaluate(net: nn.Module, cfg: dict, noise: Tensor, y: Tensor, ref: tuple,
     return out
 
 
+def export_weights(net: nn.Module, path: Path, model_cfg: dict, num_classes: int,
+                   **meta) -> None:
+    """Save ``net``'s weights in bf16 (half of fp32's size) with what rebuilds the network:
+    ``{"state_dict", "model", "num_classes", **meta}`` (see ``tvmlib.checkpoints_images``)."""
+    sd = {k: v.detach().to("cpu", torch.bfloat16) if v.is_floating_point() else v.cpu()
+          for k, v in net.state_dict().items()}
+    atomic_save({"state_dict": sd, "model": dict(model_cfg), "num_classes": num_classes,
+                 **meta}, path)
+
+
 def save_grid(images: Tensor, path: Path, nrow: int) -> None:
     """Save images in [-1, 1] as one PNG grid (written to a temporary name, then renamed)."""
     from torchvision.utils import save_image
@@ -275,7 +285,12 @@ def run_stage(name: str, net: nn.Module, loss_fn, source, cfg: dict, stage: dict
 
 # ---- the experiment ---------------------------------------------------------------------------
 
-def run(cfg: dict, out: Path, device: torch.device, command: str) -> dict:
+EXPORTS = {"teacher": "fashion_fm_teacher.pt", "scratch": "fashion_tvm_scratch.pt",
+           "cmt": "fashion_tvm_cmt.pt"}  # file names of --export (EMA weights, bf16)
+
+
+def run(cfg: dict, out: Path, device: torch.device, command: str,
+        export: Path | None = None) -> dict:
     t_start = time.perf_counter()
     seed = int(cfg["seed"])
     work = Path(cfg["work_dir"])
@@ -326,6 +341,10 @@ def run(cfg: dict, out: Path, device: torch.device, command: str) -> dict:
                         for i in range(0, len(noise), bs)]).clamp(-1, 1)
     teacher_fd = classifier_fd(xs, ref, cfg["dataset"])
     print(f"[teacher] FD with {solver['solver']} {tr.nfe} NFE: {teacher_fd:.3f}", flush=True)
+    if export is not None:
+        export_weights(teacher, export / EXPORTS["teacher"], cfg["model"], num_classes,
+                       kind="fm", steps=int(tc["steps"]), sampler=solver,
+                       fd={f"{solver['solver']}_{tr.nfe}": teacher_fd}, command=command)
 
     # (b) mid-training -------------------------------------------------------------------------
     student = model("mid")
@@ -348,6 +367,18 @@ def run(cfg: dict, out: Path, device: torch.device, command: str) -> dict:
     _, mid_seconds = run_stage("mid", student, cmt, src, cfg, mc, clock)
     mid_seconds += pool_seconds
     del cmt, student
+
+    def write_result() -> dict:  # after each post run, so an interrupted run keeps the others
+        stages = {"teacher_gpu_seconds": teacher_seconds, "mid_gpu_seconds": mid_seconds,
+                  "teacher_fd": teacher_fd, "teacher_nfe": tr.nfe}
+        prov = provenance(command=command, seed=seed, wall_seconds=time.perf_counter() - t_start,
+                          metric=f"classifier Frechet distance ({cfg['dataset']} SmallCNN "
+                                 f"features, {len(noise)} samples vs {n_ref} test images)",
+                          gpu_seconds="CUDA-synchronised wall time of training only (evaluation "
+                                      "excluded); post-training rows count the post run alone")
+        result = {"provenance": prov, "runs": runs, "stages": stages, "config": cfg}
+        atomic_write_text(json.dumps(result, indent=1), out)
+        return result
 
     # (c) post-training from three starts ------------------------------------------------------
     pc = cfg["post"]
@@ -383,17 +414,14 @@ def run(cfg: dict, out: Path, device: torch.device, command: str) -> dict:
                                    backends["eval"])
             save_grid(grid, out.parent / f"05_samples_{name}_{k}step.png", cols)
         runs[name] = rows
+        write_result()
+        if export is not None and name in EXPORTS:
+            export_weights(ema, export / EXPORTS[name], cfg["model"], num_classes, kind="tvm",
+                           steps=int(pc["steps"]), init=name, scale_param=tvm.scale_param,
+                           fd={k: rows[-1][k] for k in ("fd_1", "fd_2")}, command=command)
         del net, tvm, state, ema
 
-    stages = {"teacher_gpu_seconds": teacher_seconds, "mid_gpu_seconds": mid_seconds,
-              "teacher_fd": teacher_fd, "teacher_nfe": tr.nfe}
-    prov = provenance(command=command, seed=seed, wall_seconds=time.perf_counter() - t_start,
-                      metric=f"classifier Frechet distance ({cfg['dataset']} SmallCNN features,"
-                             f" {len(noise)} samples vs {n_ref} test images)",
-                      gpu_seconds="CUDA-synchronised wall time of training only (evaluation "
-                                  "excluded); post-training rows count the post run alone")
-    result = {"provenance": prov, "runs": runs, "stages": stages, "config": cfg}
-    atomic_write_text(json.dumps(result, indent=1), out)
+    result = write_result()
     print(f"wrote {out} ({time.perf_counter() - t_start:.0f} s wall in all)", flush=True)
     return result
 
@@ -406,13 +434,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps "
                    "(and eval_every) by this factor, e.g. 0.5 for a half-budget run")
+    p.add_argument("--export", default=None, metavar="DIR", help="also save the EMA weights "
+                   f"(bf16) of the teacher and of two post runs as {sorted(EXPORTS.values())}")
     args = p.parse_args(argv)
     cfg = scale_steps(load_config(args.config), args.scale)
     out = Path(args.out) if args.out else figures_dir() / "05_cmt.json"
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     command = "python -m tvmlib.experiments.cmt " + " ".join(
         sys.argv[1:] if argv is None else argv)
-    return run(cfg, out, device, command)
+    return run(cfg, out, device, command, Path(args.export) if args.export else None)
 
 
 if __name__ == "__main__":
