@@ -203,6 +203,22 @@ def test_torch_func_jvp_through_module_then_backward_through_tangent():
         assert rel_err(g, r) < tol
 
 
+def test_power_iteration_probe_runs_and_func_vjp_is_refused_clearly():
+    """tvmlib.lipschitz's Jacobian power iteration (jvp + autograd.grad) works through the kernel
+    and matches the float64 reference; torch.func.vjp (functorch wrappers) gets a clear error."""
+    from tvmlib.lipschitz import jacobian_spectral_norm
+
+    gen = torch.Generator().manual_seed(9)
+    q, k, v = (rand(2, 2, 16, 16, dtype=EXACT, gen=gen) for _ in range(3))
+    sig = [jacobian_spectral_norm(lambda q_, f=f: f(q_, k, v), q, 6,
+                                  generator=torch.Generator().manual_seed(0))
+           for f in (K.attention, attention_ref)]
+    assert rel_err(sig[0], sig[1]) < (1e-10 if EXACT == torch.float64 else 1e-4)
+    _, vjp_fn = torch.func.vjp(lambda q_: K.attention(q_, k, v), q)
+    with pytest.raises(RuntimeError, match="torch.autograd.grad"):
+        vjp_fn(torch.ones_like(q))
+
+
 def test_plain_attention_and_grads_with_noncontiguous_inputs():
     """No JVP: O and the FlashAttention-2 gradients; inputs with stride(-1) != 1 are copied."""
     gen = torch.Generator().manual_seed(6)

@@ -66,19 +66,25 @@ def jacobian_spectral_norm(fn: Fn, x: Tensor, iters: int = 20, per_sample: bool 
     for the Jacobian of the whole tensor. ``return_vector`` also returns v_K (x's shape).
 
     Cost per iteration: one JVP (``torch.func.jvp``, a forward pass with tangents) and one VJP
-    (a backward pass through the graph recorded once by ``torch.func.vjp``).
+    (``torch.autograd.grad`` through the graph of one recorded forward pass).
     """
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
     if per_sample and x.dim() < 2:
         raise ValueError(f"per_sample=True needs x of shape (B, ...), got {tuple(x.shape)}")
-    x = x.detach()
-    _, vjp_fn = torch.func.vjp(fn, x)
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        y = fn(x)
+
+    def vjp(u: Tensor) -> Tensor:  # ordinary reverse mode (the Triton attention has no func.vjp)
+        (g,) = torch.autograd.grad(y, x, u, retain_graph=True, allow_unused=True)
+        return torch.zeros_like(x) if g is None else g
+
     v = _unit(_randn_like(x, generator), per_sample)
     for _ in range(iters):
-        Jv = torch.func.jvp(fn, (x,), (v,))[1]
-        v = _unit(vjp_fn(Jv)[0], per_sample)
-    sigma = _norms(torch.func.jvp(fn, (x,), (v,))[1], per_sample).detach()
+        Jv = torch.func.jvp(fn, (x.detach(),), (v,))[1]
+        v = _unit(vjp(Jv), per_sample)
+    sigma = _norms(torch.func.jvp(fn, (x.detach(),), (v,))[1], per_sample).detach()
     return (sigma, v.detach()) if return_vector else sigma
 
 

@@ -31,6 +31,7 @@ results. Output: {"provenance": {...}, "results": {"config", "settings", "refere
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -454,6 +455,37 @@ def run_ablation(cfg: AblationConfig, out: str | Path | None = None, command: st
     return doc
 
 
+def merge_results(docs: list[dict]) -> dict:
+    """One ablation document from several runs of the same experiment, e.g. a run the time
+    budget skipped, made afterwards with ``--set settings=[...]``. Later documents add (or
+    replace) (setting, variant) runs; settings must agree where they overlap; the provenance
+    keeps every part under ``parts``."""
+    if not docs:
+        raise ValueError("merge_results needs at least one document")
+    out = copy.deepcopy(docs[0])
+    res = out["results"]
+    same = ("dataset", "model", "batch_size", "cfg_scale", "target_decay", "seed", "amp")
+    for doc in docs[1:]:
+        r = doc["results"]
+        diff = [k for k in same if r["config"].get(k) != res["config"].get(k)]
+        if diff:
+            raise ValueError(f"cannot merge ablations that differ in {diff}")
+        for name, setting in r["settings"].items():
+            mine = res["settings"].setdefault(name, copy.deepcopy(setting))
+            if any(mine[k] != setting[k] for k in ("lr", "betas", "steps")):
+                raise ValueError(f"setting {name!r} differs between the documents: "
+                                 f"{mine} vs {setting}")
+            mine["variants"] = list(dict.fromkeys(mine["variants"] + setting["variants"]))
+        for name, runs in r["runs"].items():
+            res["runs"].setdefault(name, {}).update(copy.deepcopy(runs))
+        res["skipped"] += r["skipped"]
+        res["wall_s"] = res.get("wall_s", 0.0) + r.get("wall_s", 0.0)
+    res["skipped"] = [s for s in res["skipped"]
+                      if s["variant"] not in res["runs"].get(s["setting"], {})]
+    out["provenance"] = {**docs[0]["provenance"], "parts": [d["provenance"] for d in docs]}
+    return out
+
+
 # ---- plots (used by notebook 03) ----------------------------------------------------------------
 
 def smooth(values: list, window: int) -> list[float]:
@@ -500,13 +532,22 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m tvmlib.experiments.lipschitz",
                                 description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="configs/lipschitz_ablation*.yaml")
+    p.add_argument("--config", help="configs/lipschitz_ablation*.yaml")
     p.add_argument("--out", default=None, help=f"JSON path (default: figures/{DEFAULT_OUT})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a top-level config key, e.g. steps=500")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="instead of running: merge these "
+                   "result files (later ones add runs) into --out")
     args = p.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else figures_dir() / DEFAULT_OUT
+    if args.merge:
+        doc = merge_results([json.loads(Path(f).read_text()) for f in args.merge])
+        atomic_write_text(json.dumps(doc, indent=None, separators=(",", ":")), out)
+        print(f"merged {len(args.merge)} files into {out}", flush=True)
+        return doc
+    if not args.config:
+        p.error("--config is required (unless --merge is given)")
+    cfg = load_config(args.config, args.overrides)
     command = "python -m tvmlib.experiments.lipschitz " + " ".join(
         sys.argv[1:] if argv is None else argv)
     log = lambda msg: print(msg, flush=True)  # noqa: E731

@@ -28,6 +28,20 @@ def _ops() -> ModuleType:
     return importlib.import_module("tvmlib.kernels.jvp_attention")
 
 
+_FUNCTORCH_MESSAGE = (
+    "the Triton attention's backward ran under torch.func.vjp / torch.func.grad (its tensors "
+    "are functorch wrappers, which Triton kernels cannot read). The kernels support "
+    "torch.func.jvp and ordinary reverse mode: use loss.backward() or torch.autograd.grad for "
+    "the vector-Jacobian product, or attention backend 'math' for functorch transforms.")
+
+
+def _check_plain(*tensors: Tensor | None) -> None:
+    """Raise a clear error if a tensor is a functorch wrapper (torch.func.vjp / grad)."""
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    if any(t is not None and wrapped(t) for t in tensors):
+        raise RuntimeError(_FUNCTORCH_MESSAGE)
+
+
 def _zeros_if_none(t: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if t is None else t
 
@@ -52,6 +66,7 @@ class JVPAttentionFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g_o, g_t, _g_lse2, _g_mu):
         q, k, v, tq, tk, tv, o, to, lse2, mu = ctx.saved_tensors
+        _check_plain(q, g_o, g_t)
         grads = _ops().attention_backward(q, k, v, tq, tk, tv, o, to, lse2, mu, g_o, g_t,
                                           ctx.causal, ctx.scale, ctx.config)
         return (*grads, None, None, None)
@@ -81,6 +96,7 @@ class AttentionTangentFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g_t, _g_mu):
         q, k, v, tq, tk, tv, o, to, lse2, mu = ctx.saved_tensors
+        _check_plain(q, g_t)
         grads = _ops().attention_backward(q, k, v, tq, tk, tv, o, to, lse2, mu, None, g_t,
                                           ctx.causal, ctx.scale, ctx.config)
         return (*grads, None, None, None, None, None)
@@ -107,6 +123,7 @@ class AttentionFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g_o, _g_lse2):
         q, k, v, o, lse2 = ctx.saved_tensors
+        _check_plain(q, g_o)
         dq, dk, dv, *_ = _ops().attention_backward(q, k, v, None, None, None, o, None, lse2,
                                                    None, g_o, None, ctx.causal, ctx.scale,
                                                    ctx.config)
