@@ -64,15 +64,22 @@ def table_lipschitz() -> str:
     d = _load(name)
     if d is None:
         return f"*`figures/{name}` is missing: run `python -m tvmlib.experiments.lipschitz`.*"
+    res = d["results"]
     rows = []
-    for setting, variants in d["results"]["runs"].items():
+    for setting, variants in res["runs"].items():
         for variant, r in variants.items():
-            rows.append([setting, variant, f"{r['steps_done']}/{r['steps']}",
-                         r["spike_step"]["first"], r["fd"]["1"], r["fd"]["2"]])
+            rows.append([setting, r["lr"], variant, f"{r['steps_done']}/{r['steps']}",
+                         r["spike_step"]["first"], r.get("diverged_step"), r["fd"].get("1"),
+                         r["fd"].get("2")])
+    model = res["config"]["model"].get("preset") or "custom DiT"
+    floor = res.get("reference_fd") or {}
+    head = (f"TVM on Fashion-MNIST 32x32, {model}, batch {res['config']['batch_size']}; FD: "
+            f"classifier Frechet distance of {res['config']['fd_samples']} EMA samples (real "
+            f"train vs test images: {_fmt(floor.get('train_vs_test'))}).")
     note = d["provenance"].get("note", "")
-    return (_table(["setting", "variant", "steps", "first spike", "FD 1 step", "FD 2 steps"],
-                   rows) + "\n\n" + _source(name, d["provenance"])
-            + (f" {note}." if note else ""))
+    return (head + "\n\n" + _table(["setting", "lr", "variant", "steps", "first spike",
+                                     "diverged at", "FD 1 step", "FD 2 steps"], rows)
+            + "\n\n" + _source(name, d["provenance"]) + (f" {note}." if note else ""))
 
 
 def table_kernel() -> str:
@@ -111,12 +118,31 @@ def table_train_step() -> str:
     out = []
     for path in files:
         d = json.loads(path.read_text())
-        rows = [[r["model"], r["backend"], r["batch"], r["ms_per_step"], r["images_per_s"],
-                 r["peak_mem_gb"], r["status"]] for r in d["results"]["rows"]]
-        out.append(_table(["model", "attention", "batch", "ms / step", "images / s",
-                           "peak GB", "status"], rows) + "\n\n" + _source(path.name,
-                                                                          d["provenance"]))
+        rows = [[r["model"], r["backend"], "on" if r.get("cuda_graph") else "off", r["batch"],
+                 r["ms_per_step"], r["images_per_s"], r["peak_mem_gb"], r["status"]]
+                for r in d["results"]["rows"]]
+        out.append(_table(["model", "attention", "CUDA graph", "batch", "ms / step",
+                           "images / s", "peak GB", "status"], rows)
+                   + "\n\n" + _source(path.name, d["provenance"]))
     return "\n\n".join(out)
+
+
+def reach_step(rows: list[dict], target: float, key: str = "fd_1") -> int | None:
+    """The first evaluated step whose ``key`` is at most ``target`` (None: never)."""
+    return next((r["step"] for r in rows if r[key] is not None and r[key] <= target), None)
+
+
+def table_fashion_run() -> str:
+    name = "06_fashion_tvm_eval.json"
+    d = _load(name)
+    if d is None:
+        return (f"*`figures/{name}` is missing: run `configs/fashion_tvm.yaml` through "
+                "`torchrun -m tvmlib.train` and `python -m tvmlib.evaluate`.*")
+    res = d["results"]
+    rows = [[k, v["nfe"], v.get("fd")] for k, v in res["steps"].items()]
+    return (f"`{res['run']}` after {d['provenance'].get('train_step')} training steps, "
+            f"{res['num_samples']} samples from the {res['weights']} weights, w = {res['w']}:\n\n"
+            + _table(["steps", "NFE", "FD"], rows) + "\n\n" + _source(name, d["provenance"]))
 
 
 def table_cmt() -> str:
@@ -134,9 +160,17 @@ def table_cmt() -> str:
         out.append("*Fashion-MNIST on a GPU: `figures/05_cmt.json` is not produced yet "
                    "(`python -m tvmlib.experiments.cmt --config configs/cmt_fashion.yaml`).*")
     else:
-        rows = [[name, r[-1]["step"], r[-1]["fd_1"], r[-1]["fd_2"], r[-1]["gpu_seconds"]]
-                for name, r in gpu["runs"].items()]
-        out.append(_table(["start", "steps", "FD 1 step", "FD 2 steps", "GPU s"], rows)
+        target = gpu["runs"]["scratch"][-1]["fd_1"]
+        rows = [[name, r[0]["fd_1"], r[-1]["step"], r[-1]["fd_1"], r[-1]["fd_2"],
+                 reach_step(r, target), r[-1]["gpu_seconds"]] for name, r in gpu["runs"].items()]
+        st = gpu["stages"]
+        out.append(f"**Fashion-MNIST** (class-conditional {gpu['config']['model']['preset']}, "
+                   "TVM post-training from three starts; teacher: "
+                   f"{_fmt(st['teacher_gpu_seconds'])} GPU s, FD {_fmt(st['teacher_fd'])} at "
+                   f"{st['teacher_nfe']} NFE; CMT "
+                   f"mid-training: {_fmt(st['mid_gpu_seconds'])} GPU s)\n\n"
+                   + _table(["start", "FD 1 step at step 0", "steps", "FD 1 step", "FD 2 steps",
+                             "steps to scratch's final FD 1", "post GPU s"], rows)
                    + "\n\n" + _source("05_cmt.json", gpu["provenance"]))
     return "\n\n".join(out)
 
@@ -147,6 +181,7 @@ def render() -> str:
         ("Lipschitz ablation on Fashion-MNIST (notebook 03)", table_lipschitz()),
         ("JVP attention kernel (notebook 04)", table_kernel()),
         ("TVM training step, ImageNet-256 latents (notebook 06)", table_train_step()),
+        ("Fashion-MNIST through the ImageNet pipeline (notebook 06)", table_fashion_run()),
         ("CMT -> TVM (notebook 05)", table_cmt()),
     ]
     body = "\n\n".join(f"### {title}\n\n{text}" for title, text in sections)
