@@ -1,6 +1,7 @@
 """The committed 2D checkpoints (tvmlib.checkpoints2d) and the sampling explorer
 (tvmlib.widgets), headless: NFE and W2 of each setting against independent recomputations,
-figure layouts, the widget wiring, and clear errors for missing or corrupt checkpoints."""
+figure layouts, the widget wiring, and clear errors for missing or corrupt checkpoints; and the
+image side on the Fashion-MNIST checkpoints: sample counts, NFE and the FD each view shows."""
 
 from __future__ import annotations
 
@@ -16,10 +17,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from tvmlib import checkpoints2d as ck  # noqa: E402
+from tvmlib import checkpoints_fashion as ckf  # noqa: E402
 from tvmlib.classifier import sha256_file  # noqa: E402
-from tvmlib.metrics import w2  # noqa: E402
+from tvmlib.data.images import load_mnist  # noqa: E402
+from tvmlib.metrics import classifier_fd, w2  # noqa: E402
 from tvmlib.nn import MLP2D  # noqa: E402
-from tvmlib.widgets import compare_grid, explore_2d, make_explorer, setting_data  # noqa: E402
+from tvmlib.sampling import sample_flowmap  # noqa: E402
+from tvmlib.trajectories import teacher_trajectory  # noqa: E402
+from tvmlib.widgets import (  # noqa: E402
+    compare_grid,
+    compare_images,
+    explore_2d,
+    explore_images,
+    image_fd_floor,
+    image_setting,
+    make_explorer,
+    make_image_explorer,
+    setting_data,
+)
 
 N = 200  # samples per setting: small, the tests check bookkeeping, not quality
 
@@ -220,3 +235,76 @@ def test_data_floor_compares_two_data_sets_with_the_same_labels():
     other = ck.class_matched_data("8gaussians", y, torch.Generator().manual_seed(REF_SEED - 1))
     assert data_floor("8gaussians", N, 3) == pytest.approx(w2(ref, other), rel=1e-12)
     assert 0 < data_floor("checkerboard", N) < 0.5  # two samples of one distribution
+
+
+# ---- images: the Fashion-MNIST DiT-T/2 models ---------------------------------------------------
+
+N_IMG = 20  # images per setting: DiT-T/2 costs about 25 ms per image and NFE on 2 CPU cores
+
+
+def _test_class(label):
+    x, y = load_mnist("fashion-mnist", "test")
+    return x[y == label]
+
+
+@pytest.mark.parametrize("method,steps,label", [
+    ("tvm_cmt", 2, None), ("tvm_scratch", 1, 7), ("fm_teacher", 3, None)])
+def test_explore_images_samples_nfe_and_fd(method, steps, label):
+    fig, v = explore_images(method, steps, seed=5, label=label, n=N_IMG)
+    assert v["samples"].shape == (N_IMG, 1, 32, 32) and v["nfe"] == steps
+    assert v["samples"].abs().max() <= 1.0
+    # The FD shown is classifier_fd of the returned samples, to the test split or its class.
+    ref = None if label is None else _test_class(label)
+    assert v["fd"] == pytest.approx(classifier_fd(v["samples"], ref, "fashion-mnist"), rel=1e-9)
+    assert f"FD {v['fd']:.1f}" in fig.axes[0].get_title() and len(fig.axes) == 1
+    # The samples are those of the model's own sampler from image_setting's noise and labels.
+    noise, y = image_setting(N_IMG, 5, label)
+    assert torch.equal(y, v["labels"])
+    net = ckf.load_fashion(method)
+    if method == "fm_teacher":
+        expected = teacher_trajectory(net, noise, y=y, steps=steps, solver="dpm++2m",
+                                      grid="logsnr").x
+    else:
+        expected = sample_flowmap(net, noise, steps=steps, y=y).x
+    torch.testing.assert_close(v["samples"], expected.clamp(-1, 1))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(method="tvm_cmt", steps=17), "1..16"),
+    (dict(method="fm_teacher", steps=129), "1..128"),
+    (dict(method="tvm_cmt", steps=1, label=10), "0..9"),
+    (dict(method="tvm", steps=1), "valid: fm_teacher, tvm_scratch, tvm_cmt"),
+])
+def test_explore_images_rejects_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        explore_images(n=N_IMG, **kwargs)
+
+
+def test_compare_images_layout_and_values():
+    settings = (("fm_teacher", 2), ("tvm_cmt", 1))
+    fig, res = compare_images(settings, seed=1, n=N_IMG, per_class=1)
+    assert len(fig.axes) == 3  # data + 2 settings
+    floor, x, y = image_fd_floor(N_IMG, 1)
+    assert res["data"] == {"fd": floor} and torch.equal(y, image_setting(N_IMG, 1)[1])
+    _, single = explore_images("tvm_cmt", 1, 1, n=N_IMG)
+    assert res["tvm_cmt"]["1"] == {"nfe": 1, "fd": single["fd"]}
+    assert res["fm_teacher"]["2"]["nfe"] == 2
+    assert f"FD {single['fd']:.1f}" in fig.axes[2].get_title()
+
+
+def test_make_image_explorer_wires_controls_to_explore_images():
+    ex = make_image_explorer(n=10)
+    c = ex.controls
+    assert ex.last["method"] == "tvm_cmt" and ex.last["nfe"] == 1 and c["steps"].max == 16
+    assert not c["steps"].continuous_update  # one render per release, not per slider tick
+    assert ex._repr_mimebundle_()["image/jpeg"]  # static views get the last figure
+    c["method"].value = "fm_teacher"
+    assert c["steps"].max == 128 and ex.last["method"] == "fm_teacher"
+    c["steps"].value = 20
+    c["label"].value = 4
+    assert ex.last["nfe"] == 20 and ex.last["label"] == 4
+    c["method"].value = "tvm_scratch"
+    assert c["steps"].max == 16 and c["steps"].value == 16  # clipped to the jump range
+    assert ex.last["method"] == "tvm_scratch" and ex.last["nfe"] == 16
+    _, direct = explore_images("tvm_scratch", 16, 0, label=4, n=10)
+    assert ex.last["fd"] == direct["fd"] and ex.last["samples"].shape == (10, 1, 32, 32)

@@ -212,7 +212,7 @@ def evaluate(net: nn.Module, cfg: dict, noise: Tensor, y: Tensor, ref: tuple,
 def export_weights(net: nn.Module, path: Path, model_cfg: dict, num_classes: int,
                    **meta) -> None:
     """Save ``net``'s weights in bf16 (half of fp32's size) with what rebuilds the network:
-    ``{"state_dict", "model", "num_classes", **meta}`` (see ``tvmlib.checkpoints_images``)."""
+    ``{"state_dict", "model", "num_classes", **meta}`` (see ``tvmlib.checkpoints_fashion``)."""
     sd = {k: v.detach().to("cpu", torch.bfloat16) if v.is_floating_point() else v.cpu()
           for k, v in net.state_dict().items()}
     atomic_save({"state_dict": sd, "model": dict(model_cfg), "num_classes": num_classes,
