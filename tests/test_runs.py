@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tvmlib.config import ConfigError, config_from_dict, load_config
-from tvmlib.runs import micro_batches
+from tvmlib.runs import micro_batches, run, train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "toy_tvm_smoke.yaml"
@@ -48,6 +48,16 @@ def test_overrides_and_batch_split():
     assert micro_batches(cfg, world=2) == 4 and micro_batches(cfg, world=8) == 1
     with pytest.raises(ValueError, match="multiple of"):
         micro_batches(config_from_dict({"train": {"global_batch": 64, "per_gpu_batch": 24}}), 2)
+
+
+def test_cuda_graph_option_reaches_the_loop_and_is_refused_on_cpu(tmp_path):
+    cfg = load_config(SMOKE, ["train.cuda_graph=true", f"out_dir={tmp_path}"])
+    assert train_config(cfg, world=1).cuda_graph is True
+    with pytest.raises(ConfigError, match="train.cuda_graph"):
+        load_config(SMOKE, ["train.cuda_graph=3"])
+    if not torch.cuda.is_available():  # on a GPU the same run would train with the graph
+        with pytest.raises(ValueError, match="CUDA device"):
+            run(cfg)
 
 
 def _cli(tmp_path, name, nproc, extra=()):
