@@ -76,7 +76,7 @@ class TrainSection:
     seed: int = 0
     amp: str = "auto"
     tf32: bool = False  # TF32 matmuls/convolutions on CUDA (TVM: off)
-    cuda_graph: bool = False  # replay loss + backward as a CUDA graph (one micro-batch per step)
+    cuda_graph: bool = False  # replay loss + backward as a CUDA graph (tvmlib.graphs)
 
 
 @dataclass

@@ -20,8 +20,9 @@ step is fixed: the same shapes, the same Python branches, the same tensors. Henc
   (:func:`capturing`);
 - the random draws of the loss come from the CUDA generator, re-seeded before every replay
   (``torch.manual_seed(seed)``), so a step's noise depends on (seed) alone, as in eager mode;
-- gradients are *written* (not accumulated) by every replay, into tensors the graph owns:
-  never set ``p.grad = None`` between replays (``optimizer.zero_grad`` is not needed).
+- gradients are *accumulated* into static ``p.grad`` tensors by every replay, scaled by
+  ``1 / micro_batches``, so a step is ``zero_grad()`` then one replay per micro-batch; never set
+  ``p.grad = None`` between replays (use :meth:`GraphedLossBackward.zero_grad`).
 """
 
 from __future__ import annotations
@@ -43,10 +44,8 @@ def check_graph_support(net: nn.Module, loss_fn, micro_batches: int = 1) -> None
     if device.type != "cuda":
         raise ValueError(f"cuda_graph needs the network on a CUDA device, it is on {device}; "
                          "set cuda_graph: false for CPU runs")
-    if micro_batches != 1:
-        raise ValueError(f"cuda_graph replays one micro-batch per step (gradients are written, "
-                         f"not accumulated), got micro_batches={micro_batches}; set "
-                         "cuda_graph: false or raise the per-GPU batch")
+    if micro_batches < 1:
+        raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
     if not getattr(loss_fn, "graph_safe", False):
         raise ValueError(f"{type(loss_fn).__name__} is not marked graph_safe (it may keep "
                          "Python-side state or synchronise with the host); set cuda_graph: false")
@@ -79,12 +78,15 @@ class GraphedLossBackward:
         net: the trained network (on CUDA).
         loss_fn: ``loss_fn(net, batch) -> (loss, logs)`` with ``graph_safe = True``.
         autocast: a zero-argument factory of the autocast context (or a null context).
+        micro_batches: replays per optimizer step; each adds loss / micro_batches to the grads.
         warmup: eager iterations on a side stream before the capture (lazy initialisations
             of cuBLAS, autograd and Triton must not happen inside the capture).
     """
 
-    def __init__(self, net: nn.Module, loss_fn: Callable, autocast: Callable, warmup: int = 2):
+    def __init__(self, net: nn.Module, loss_fn: Callable, autocast: Callable,
+                 micro_batches: int = 1, warmup: int = 2):
         self.net, self.loss_fn, self.autocast, self.warmup = net, loss_fn, autocast, warmup
+        self.micro_batches = micro_batches
         self.params = [p for p in net.parameters() if p.requires_grad]
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static = None
@@ -94,8 +96,14 @@ class GraphedLossBackward:
     def _forward_backward(self) -> tuple[Tensor, dict[str, Tensor]]:
         with self.autocast():
             loss, logs = self.loss_fn(self.net, self.static)
-        loss.backward()
+        (loss / self.micro_batches).backward()
         return loss.detach(), {k: v.detach() for k, v in logs.items()}
+
+    def zero_grad(self) -> None:
+        """Zero the static gradients in place (start of an optimizer step)."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if grads:
+            torch._foreach_zero_(grads)
 
     def _capture(self, batch, seed: int) -> None:
         self.static = _clone(batch)
@@ -108,15 +116,15 @@ class GraphedLossBackward:
                     p.grad = None
                 self._forward_backward()
         torch.cuda.current_stream().wait_stream(side)
-        for p in self.params:
-            p.grad = None  # the captured backward then *assigns* fresh gradients on each replay
+        for p in self.params:  # static gradients: the captured backward adds into them
+            p.grad = torch.zeros_like(p)
         self.graph = torch.cuda.CUDAGraph()
         torch.manual_seed(seed)
         with torch.cuda.graph(self.graph):
             self.loss, self.logs = self._forward_backward()
 
     def __call__(self, batch, seed: int) -> tuple[Tensor, dict[str, Tensor]]:
-        """Run loss and backward on ``batch`` with the loss's noise seeded by ``seed``."""
+        """Add the gradients of loss / micro_batches on ``batch`` (noise seeded by ``seed``)."""
         if self.graph is None:
             self._capture(batch, seed)
         _copy_into(self.static, batch)

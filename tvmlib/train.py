@@ -249,7 +249,8 @@ def train(
     graphed = None
     if cfg.cuda_graph:
         check_graph_support(net, loss_fn, cfg.micro_batches)
-        graphed = GraphedLossBackward(net, loss_fn, lambda: _autocast(cfg, device))
+        graphed = GraphedLossBackward(net, loss_fn, lambda: _autocast(cfg, device),
+                                      cfg.micro_batches)
     last_finite = (None, None)  # (step, loss)
     sums: dict[str, float] = {}
     n_sum, t0 = 0, time.perf_counter()
@@ -265,12 +266,14 @@ def train(
                 batch = source.next_batch()
                 if graphed is None:
                     opt.zero_grad(set_to_none=True)
+                else:
+                    graphed.zero_grad()
                 loss_sum = torch.zeros((), device=device)
                 for k in range(n_micro):
                     index = rank * n_micro + k
                     seed = _micro_seed(cfg.seed, state.step, index)
                     micro = _to_device(_chunk(batch, index, world * n_micro), device)
-                    if graphed is not None:  # gradients written by the replay (n_micro == 1)
+                    if graphed is not None:  # the replay adds loss / n_micro's gradients
                         loss, logs = graphed(micro, seed)
                     else:
                         torch.manual_seed(seed)

@@ -88,6 +88,7 @@ def make_step(model: str, backend: str, batch: int, device: torch.device,
     def step() -> torch.Tensor:
         calls[0] += 1
         if graphed is not None:
+            graphed.zero_grad()
             loss, _ = graphed((x, y), seed=calls[0])
         else:
             opt.zero_grad(set_to_none=True)
