@@ -75,6 +75,14 @@ def model_info(name: str) -> FashionModel:
     return MODELS[name]
 
 
+def check_steps(name: str, steps: int) -> str:
+    """Raise ValueError unless ``steps`` is in 1..MAX_STEPS for model ``name``; returns its kind."""
+    kind = model_info(name).kind
+    if not 1 <= steps <= MAX_STEPS[kind]:
+        raise ValueError(f"steps for {name} ({kind}) must be in 1..{MAX_STEPS[kind]}, got {steps}")
+    return kind
+
+
 def checkpoint_path(name: str, folder: str | Path | None = None) -> Path:
     folder = Path(folder) if folder is not None else checkpoints_dir()
     return folder / model_info(name).file
@@ -123,9 +131,7 @@ def sample_fashion(name: str, net: DiT, noise: Tensor, steps: int, y: Tensor,
       each (``tvmlib.experiments.cmt.flowmap_samples``, as in the GPU evaluation).
     Samples are clamped to [-1, 1]; ``batch`` bounds the memory of one network call.
     """
-    kind = model_info(name).kind
-    if not 1 <= steps <= MAX_STEPS[kind]:
-        raise ValueError(f"steps for {name} ({kind}) must be in 1..{MAX_STEPS[kind]}, got {steps}")
+    kind = check_steps(name, steps)
     if noise.shape[1:] != (1, 32, 32) or y.shape != (len(noise),):
         raise ValueError(f"noise must be (B, 1, 32, 32) with labels (B,), got "
                          f"{tuple(noise.shape)} and {tuple(y.shape)}")

@@ -1,11 +1,12 @@
 """CUDA-graph replay of a training step's loss forward and backward.
 
 TVM's step (a forward-mode JVP through the network, two target passes, and a backward through the
-JVP) issues tens of thousands of small GPU kernels; for DiTs up to about DiT-B the GPU then waits
-on Python and the CUDA launch queue, not on arithmetic. A CUDA graph records those kernels once
-and replays them with a single launch:
+JVP) issues tens of thousands of small GPU kernels; for small DiTs the GPU then waits on Python
+and the CUDA launch queue, not on arithmetic. A CUDA graph records those kernels once and
+replays them with a single launch:
 
     step = GraphedLossBackward(net, loss_fn, autocast)
+    step.zero_grad()
     loss, logs = step(batch, seed)      # the first call warms up and captures, then replays
     # p.grad now holds this batch's gradients; clip, optimizer.step() and EMAs run eagerly
 

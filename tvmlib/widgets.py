@@ -309,9 +309,7 @@ def get_image_model(method: str, folder: str | Path | None = None) -> nn.Module:
 
 
 def _check_image_setting(method: str, steps: int, label: int | None, n: int) -> None:
-    kind = ckf.model_info(method).kind  # raises on an unknown name, listing the valid ones
-    if not 1 <= steps <= ckf.MAX_STEPS[kind]:
-        raise ValueError(f"steps for {method} must be in 1..{ckf.MAX_STEPS[kind]}, got {steps}")
+    ckf.check_steps(method, steps)  # also rejects an unknown name, listing the valid ones
     if label is not None and not 0 <= label < ckf.NUM_CLASSES:
         raise ValueError(f"label must be in 0..{ckf.NUM_CLASSES - 1} or None (all classes), "
                          f"got {label}")
