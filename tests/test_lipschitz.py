@@ -248,9 +248,12 @@ def test_configs_load_and_runs_go_round_robin():
         assert {s.name for s in cfg.settings} >= {"base", "stress"}
         assert all(v in exp.VARIANTS for s in cfg.settings for v in s.variants)
     full = exp.load_config(ROOT / "configs" / "lipschitz_ablation.yaml")
-    assert all({"off", "on"} <= set(s.variants) for s in full.settings)  # singles: notebook 03
+    by_name = {s.name: s for s in full.settings}
+    assert all({"off", "on"} <= set(by_name[n].variants) for n in ("base", "stress"))
+    assert set(by_name["stress_alone"].variants) == set(exp.SWITCHES)  # each change alone
     runs = [(s.name, v) for s, v in full.runs()]
-    assert runs[:4] == [("base", "off"), ("stress", "off"), ("base", "on"), ("stress", "on")]
+    assert runs[:4] == [("base", "off"), ("stress", "off"), ("stress_alone", "qk_norm"),
+                        ("base", "on")]
     assert len(runs) == sum(len(s.variants) for s in full.settings)
     assert exp.VARIANTS["qk_norm"] == LipschitzConfig(rmsnorm=False, qk_norm=True,
                                                       mod_norm=False, spectral_init=False)
