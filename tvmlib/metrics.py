@@ -100,9 +100,10 @@ def classifier_features(images: Tensor, dataset: str, batch_size: int = 1000) ->
 _REAL_STATS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
 
-def real_stats(dataset: str, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) of the classifier features of a real split, cached in memory per
-    (data set, split, weights file version)."""
+def real_stats(dataset: str, split: str = "test",
+               device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of the classifier features of a real split, computed on ``device`` and
+    cached in memory per (data set, split, weights file version)."""
     from tvmlib.classifier import checkpoints_dir
     from tvmlib.data.images import load_mnist
 
@@ -110,7 +111,7 @@ def real_stats(dataset: str, split: str = "test") -> tuple[np.ndarray, np.ndarra
     key = (dataset, split, weights.stat().st_mtime_ns if weights.exists() else None)
     if key not in _REAL_STATS:
         x, _ = load_mnist(dataset, split)
-        _REAL_STATS[key] = feature_stats(classifier_features(x, dataset))
+        _REAL_STATS[key] = feature_stats(classifier_features(x.to(device), dataset))
     return _REAL_STATS[key]
 
 
@@ -126,7 +127,7 @@ def classifier_fd(images_a: Tensor, images_b_or_stats=None, dataset: str = "mnis
     """
     mu_a, sigma_a = feature_stats(classifier_features(images_a, dataset))
     if images_b_or_stats is None:
-        mu_b, sigma_b = real_stats(dataset, "test")
+        mu_b, sigma_b = real_stats(dataset, "test", images_a.device)
     elif torch.is_tensor(images_b_or_stats):
         mu_b, sigma_b = feature_stats(classifier_features(images_b_or_stats, dataset))
     else:
