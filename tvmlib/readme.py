@@ -73,7 +73,8 @@ def table_lipschitz() -> str:
                          r["fd"].get("2")])
     model = res["config"]["model"].get("preset") or "custom DiT"
     floor = res.get("reference_fd") or {}
-    head = (f"TVM on Fashion-MNIST 32x32, {model}, batch {res['config']['batch_size']}; FD: "
+    head = (f"TVM on Fashion-MNIST 32x32, {model}, batch {res['config']['batch_size']}, "
+            f"{res['config'].get('attn_backend', 'math')} attention; FD: "
             f"classifier Frechet distance of {res['config']['fd_samples']} EMA samples (real "
             f"train vs test images: {_fmt(floor.get('train_vs_test'))}).")
     note = d["provenance"].get("note", "")
