@@ -1,5 +1,6 @@
 """tvmlib.nn.dit: TVM's Lipschitz switches, init, conditioning, shapes, JVP in s, presets."""
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -111,8 +112,14 @@ def test_mod_norm_every_chunk_has_unit_rms(monkeypatch):
     for chunks, named in zip(seen, mods):
         for a, b in zip(chunks, named.values()):
             torch.testing.assert_close(a, b)
-    raw = net.modulations(x, t, s, y, normalized=False)[0]["scale_msa"]
+    raw_all = net.modulations(x, t, s, y, normalized=False)
+    raw = raw_all[0]["scale_msa"]
     assert (raw.square().mean(-1).sqrt() - 1).abs().min().item() > 0.1  # not normalized
+    for raw_chunks, chunks in zip(raw_all, mods):  # each chunk by its own RMS, in float64
+        for r, c in zip(raw_chunks.values(), chunks.values()):
+            r = r.double()
+            ref = r / (r.square().mean(-1, keepdim=True) + 1e-6).sqrt()
+            torch.testing.assert_close(c.double(), ref, atol=1e-5, rtol=1e-5)
 
 
 def _linears_by_role(net: DiT):
@@ -330,3 +337,22 @@ def test_tiny_preset_runs_on_mnist_shapes():
     assert net.blocks[0].attn.head_dim == 64 and len(net.blocks) == 6
     out = net(torch.randn(2, 1, 28, 28), 0.5, 0.2, torch.tensor([3, 10]))
     assert out.shape == (2, 1, 28, 28)
+
+
+# ---- operator count of a TVM step per variant (tvmlib.bench.op_count) ---------------------------
+def test_op_count_per_variant(tmp_path):
+    from tvmlib.bench import op_count
+
+    out = tmp_path / "ops.json"
+    res = op_count.main(["--preset", "DiT-T/8", "--variants", "off", "spectral_init", "mod_norm",
+                         "on", "--out", str(out)])
+    ops = {r["variant"]: r["top_level"] for r in res["rows"]}
+    assert json.loads(out.read_text())["results"]["rows"] == res["rows"]
+    assert ops["spectral_init"] == ops["off"]  # an initialisation adds no operator
+    assert ops["off"] < ops["mod_norm"] < ops["on"]
+    # mod_norm normalizes each layer's chunks in one call (about 60 operators per layer for
+    # forward, JVP and backward); one call per chunk cost about 300
+    layers = len(dit_from_preset("DiT-T/8").blocks) + 1
+    assert ops["mod_norm"] - ops["off"] < 120 * layers
+    with pytest.raises(ValueError, match="unknown variant"):
+        op_count.count_step_ops("DiT-T/8", "of")
