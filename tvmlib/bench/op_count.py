@@ -28,9 +28,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from tvmlib.experiments.lipschitz import VARIANTS
-from tvmlib.losses import TVMLoss
-from tvmlib.nn.dit import dit_from_preset
+from tvmlib.experiments.lipschitz import VARIANTS, AblationConfig, build_loss, build_model
 from tvmlib.provenance import figures_dir, provenance
 from tvmlib.train import atomic_write_text
 
@@ -46,15 +44,14 @@ def _nested(event) -> bool:
 
 
 def count_step_ops(preset: str, variant: str, batch: int = 2, seed: int = 0) -> dict:
-    """{"top_level", "all"}: aten operators of one TVM loss + backward of a class- and
-    guidance-conditioned ``preset`` DiT on 32x32x1 images with the ``variant``'s changes."""
+    """{"top_level", "all"}: aten operators of one TVM loss + backward of the Lipschitz
+    ablation's model and loss (``tvmlib.experiments.lipschitz``) with a ``preset`` DiT and the
+    ``variant``'s changes, on 32x32x1 images of 10 classes."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
-    torch.manual_seed(seed)
-    net = dit_from_preset(preset, input_size=32, in_channels=1, num_classes=10, guidance=True,
-                          lipschitz=VARIANTS[variant], attn_backend="math")
-    loss_fn = TVMLoss(net, target_decay=0.99, num_classes=10, label_dropout=0.1, cfg_scale=2.0,
-                      scale_param=True)
+    cfg = AblationConfig(model={"preset": preset}, attn_backend="math", seed=seed)
+    net = build_model(cfg, variant, num_classes=10)
+    loss_fn = build_loss(cfg, net, num_classes=10)
     data = (torch.randn(batch, 1, 32, 32), torch.randint(0, 10, (batch,)))  # (B, 1, 32, 32), (B,)
 
     def step() -> None:

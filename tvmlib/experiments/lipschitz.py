@@ -224,6 +224,13 @@ def build_model(cfg: AblationConfig, variant: str, num_classes: int) -> DiT:
     return dit_from_preset(preset, **kwargs) if preset else DiT(**kwargs)
 
 
+def build_loss(cfg: AblationConfig, net: DiT, num_classes: int) -> TVMLoss:
+    """TVM's loss as the ablation trains ``net``: constant w = ``cfg.cfg_scale`` (folded CFG),
+    the scaled parameterization, label dropout and the EMA target."""
+    return TVMLoss(net, target_decay=cfg.target_decay, num_classes=num_classes,
+                   label_dropout=cfg.label_dropout, cfg_scale=cfg.cfg_scale, scale_param=True)
+
+
 @dataclass
 class Probe:
     """A fixed batch for measurements: test images, noise, (t, s), labels and w."""
@@ -328,8 +335,7 @@ def run_variant(cfg: AblationConfig, setting: Setting, variant: str, source_xy: 
     num_classes = int(y.max()) + 1
     steps = setting.steps or cfg.steps
     net = build_model(cfg, variant, num_classes).to(device)
-    loss_fn = TVMLoss(net, target_decay=cfg.target_decay, num_classes=num_classes,
-                      label_dropout=cfg.label_dropout, cfg_scale=cfg.cfg_scale, scale_param=True)
+    loss_fn = build_loss(cfg, net, num_classes)
     source = TensorSource(x, y, cfg.batch_size, seed=cfg.seed)
     tcfg = TrainConfig(steps=steps, lr=setting.lr, betas=tuple(setting.betas),
                        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
