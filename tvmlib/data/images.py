@@ -1,5 +1,5 @@
 """Image data sets: MNIST / Fashion-MNIST from IDX files, ImageNet-style folders, and a
-replayable in-memory batch stream for ``tvmlib.train``.
+replayable in-memory batch stream for ``tvmlib.training.loop``.
 
 Every image is a float32 tensor in [-1, 1] (the data end t = 0 of the path
 x_t = (1 - t) x0 + t eps). MNIST-like images are zero-padded from 28x28 to 32x32 (2 pixels on
@@ -7,7 +7,7 @@ each side, with the value of a black pixel, -1) so that a DiT with patch size 2 
 
 Where the IDX files are looked for (first hit wins), for ``name`` in {"mnist", "fashion-mnist"}:
 ``<dir>/<name>/`` and then torchvision's layout ``<dir>/MNIST/raw/`` or
-``<dir>/FashionMNIST/raw/``, for each ``<dir>`` in ``tvmlib.paths.data_dirs()``
+``<dir>/FashionMNIST/raw/``, for each ``<dir>`` in ``tvmlib.utils.paths.data_dirs()``
 (``$TVMLIB_DATA``, then the repository's ``data/``); in each folder the canonical file name
 with ``.gz`` first, then the raw file. See ``data/README.md``.
 """
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tvmlib.paths import data_dirs, repo_root
+from tvmlib.utils.paths import data_dirs, repo_root
 
 # name -> torchvision class name (also its folder name under the download root)
 MNIST_LIKE = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
@@ -155,7 +155,7 @@ def image_folder(root: str | Path, resolution: int):
 
 
 class TensorSource:
-    """An endless, replayable stream of batches from in-memory tensors, for ``tvmlib.train``.
+    """An endless, replayable stream of batches from in-memory tensors, for ``tvmlib.training.loop``.
 
     The index stream is a concatenation of random permutations of range(N), one per epoch,
     drawn from the source's own ``torch.Generator``; batches are consecutive chunks of it (a

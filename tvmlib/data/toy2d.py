@@ -78,7 +78,7 @@ def sample_toy2d(
 
 
 class ToySource:
-    """An endless, replayable stream of toy batches for ``tvmlib.train``.
+    """An endless, replayable stream of toy batches for ``tvmlib.training.loop``.
 
     ``next_batch()`` returns (x (B, 2), y (B,) or None; ``labels=False`` drops labels for an
     unconditional model); the generator state is checkpointed so a

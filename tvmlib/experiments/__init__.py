@@ -1,5 +1,6 @@
-"""Experiment scripts (CLIs) that produce the committed results under ``figures/``.
+"""Experiments: the one runner for a run or a YAML list of runs (``configs/experiments/``), and
+reading its results."""
 
-Each is run as ``python -m tvmlib.experiments.<name> --config configs/<name>_*.yaml`` and writes
-a JSON file with its provenance; notebooks only load and plot those files.
-"""
+from tvmlib.experiments.runner import run_experiment, train_run
+
+__all__ = ["run_experiment", "train_run"]

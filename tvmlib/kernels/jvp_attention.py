@@ -563,7 +563,7 @@ def interpreting() -> bool:
 
 
 def default_config(head_d: int, dtype: torch.dtype = torch.bfloat16) -> AttentionConfig:
-    """Tile sizes; 16-bit ones from a sweep on an H100 (``tvmlib.bench.attention --sweep``).
+    """Tile sizes; 16-bit ones from a sweep on an H100 (``tvmlib.apps.bench.attention --sweep``).
 
     In the interpreter, and for fp32 (IEEE dots run on the FMA units, not the tensor cores),
     small tiles keep the cost and the compile time low.

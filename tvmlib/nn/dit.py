@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tvmlib.nn.attention import attention, check_backend
-from tvmlib.nn.embedding import per_sample, sinusoidal_embedding
+from tvmlib.nn.embedding import per_sample, sincos_pos_embed_2d, sinusoidal_embedding
 
 EPS = 1e-6  # DiT's LayerNorm eps, also used by every RMSNorm here (as in TVM)
 MOD_NAMES = ("shift_msa", "scale_msa", "gate_msa", "shift_mlp", "scale_mlp", "gate_mlp")
@@ -185,29 +185,6 @@ def _chunks(mod: Tensor, n: int, normalize: bool) -> tuple[Tensor, ...]:
     if normalize:
         chunks = F.rms_norm(chunks, (chunks.shape[-1],), eps=EPS)
     return chunks.unbind(-2)
-
-
-def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> Tensor:
-    """Fixed 2D sin-cos position embedding (grid_h * grid_w, dim), row-major token order.
-
-    Half of the channels encode the row, half the column; each half is [sin(p f_k), cos(p f_k)]
-    with f_k = 10000^(-k / (dim/4)), k = 0..dim/4 - 1.
-    """
-    if dim % 4:
-        raise ValueError(f"2D sin-cos position embedding needs dim divisible by 4, got {dim}")
-    quarter = dim // 4
-    freqs = 10000.0 ** (-torch.arange(quarter, dtype=torch.float64) / quarter)  # (dim/4,)
-    rows, cols = torch.meshgrid(
-        torch.arange(grid_h, dtype=torch.float64),
-        torch.arange(grid_w, dtype=torch.float64),
-        indexing="ij",
-    )
-
-    def one_axis(pos: Tensor) -> Tensor:  # (N,) -> (N, dim/2)
-        args = pos.reshape(-1, 1) * freqs[None]
-        return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
-
-    return torch.cat([one_axis(rows), one_axis(cols)], dim=1).float()  # (N, dim)
 
 
 class DiT(nn.Module):
@@ -404,96 +381,18 @@ def _spectral_(weight: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------ presets
-# Name = size / patch. DiT-T ("tiny") is this project's addition for CPU notebooks: depth 6,
-# hidden 192, 3 heads (head dim 64, like S, B and XL_2_18h), about 1/4 of DiT-S's width.
-
-
-def DiT_T_2(**kwargs) -> DiT:
-    return DiT(depth=6, hidden_size=192, num_heads=3, patch_size=2, **kwargs)
-
-
-def DiT_T_4(**kwargs) -> DiT:
-    return DiT(depth=6, hidden_size=192, num_heads=3, patch_size=4, **kwargs)
-
-
-def DiT_T_8(**kwargs) -> DiT:
-    return DiT(depth=6, hidden_size=192, num_heads=3, patch_size=8, **kwargs)
-
-
-def DiT_S_2(**kwargs) -> DiT:
-    return DiT(depth=12, hidden_size=384, num_heads=6, patch_size=2, **kwargs)
-
-
-def DiT_S_4(**kwargs) -> DiT:
-    return DiT(depth=12, hidden_size=384, num_heads=6, patch_size=4, **kwargs)
-
-
-def DiT_S_8(**kwargs) -> DiT:
-    return DiT(depth=12, hidden_size=384, num_heads=6, patch_size=8, **kwargs)
-
-
-def DiT_B_2(**kwargs) -> DiT:
-    return DiT(depth=12, hidden_size=768, num_heads=12, patch_size=2, **kwargs)
-
-
-def DiT_B_4(**kwargs) -> DiT:
-    return DiT(depth=12, hidden_size=768, num_heads=12, patch_size=4, **kwargs)
-
-
-def DiT_B_8(**kwargs) -> DiT:
-    return DiT(depth=12, hidden_size=768, num_heads=12, patch_size=8, **kwargs)
-
-
-def DiT_L_2(**kwargs) -> DiT:
-    return DiT(depth=24, hidden_size=1024, num_heads=16, patch_size=2, **kwargs)
-
-
-def DiT_L_4(**kwargs) -> DiT:
-    return DiT(depth=24, hidden_size=1024, num_heads=16, patch_size=4, **kwargs)
-
-
-def DiT_L_8(**kwargs) -> DiT:
-    return DiT(depth=24, hidden_size=1024, num_heads=16, patch_size=8, **kwargs)
-
-
-def DiT_XL_2(**kwargs) -> DiT:
-    return DiT(depth=28, hidden_size=1152, num_heads=16, patch_size=2, **kwargs)
-
-
-def DiT_XL_4(**kwargs) -> DiT:
-    return DiT(depth=28, hidden_size=1152, num_heads=16, patch_size=4, **kwargs)
-
-
-def DiT_XL_8(**kwargs) -> DiT:
-    return DiT(depth=28, hidden_size=1152, num_heads=16, patch_size=8, **kwargs)
-
-
-def DiT_XL_2_18h(**kwargs) -> DiT:
-    """TVM's model: DiT-XL/2 with 18 heads of dim 64 instead of 16 of dim 72 ([P] App. F.1)."""
-    return DiT(depth=28, hidden_size=1152, num_heads=18, patch_size=2, **kwargs)
-
-
-DIT_PRESETS = {
-    "DiT-T/2": DiT_T_2, "DiT-T/4": DiT_T_4, "DiT-T/8": DiT_T_8,
-    "DiT-S/2": DiT_S_2, "DiT-S/4": DiT_S_4, "DiT-S/8": DiT_S_8,
-    "DiT-B/2": DiT_B_2, "DiT-B/4": DiT_B_4, "DiT-B/8": DiT_B_8,
-    "DiT-L/2": DiT_L_2, "DiT-L/4": DiT_L_4, "DiT-L/8": DiT_L_8,
-    "DiT-XL/2": DiT_XL_2, "DiT-XL/4": DiT_XL_4, "DiT-XL/8": DiT_XL_8,
-    "DiT-XL/2-18h": DiT_XL_2_18h,
-}
+# Name = size / patch: (depth, hidden_size, num_heads). DiT-T ("tiny") is this project's addition
+# for CPU notebooks: head dim 64 like S, B and XL/2-18h, a quarter of DiT-S's width.
+_SIZES = {"T": (6, 192, 3), "S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16),
+          "XL": (28, 1152, 16)}
+DIT_PRESETS = {f"DiT-{size}/{p}": {"depth": d, "hidden_size": h, "num_heads": n, "patch_size": p}
+               for size, (d, h, n) in _SIZES.items() for p in (2, 4, 8)}
+# TVM's model: DiT-XL/2 with 18 heads of dim 64 instead of 16 of dim 72 ([P] App. F.1).
+DIT_PRESETS["DiT-XL/2-18h"] = {"depth": 28, "hidden_size": 1152, "num_heads": 18, "patch_size": 2}
 
 
 def dit_from_preset(name: str, **kwargs) -> DiT:
-    """Build a preset by name ("DiT-S/2", ...; underscores as in ``DiT_S_2`` also accepted)."""
-    key = name if name in DIT_PRESETS else _preset_key(name)
-    if key not in DIT_PRESETS:
+    """``DiT(**DIT_PRESETS[name], **kwargs)`` for a preset name such as "DiT-S/2"."""
+    if name not in DIT_PRESETS:
         raise ValueError(f"unknown DiT preset {name!r}; valid presets: {list(DIT_PRESETS)}")
-    return DIT_PRESETS[key](**kwargs)
-
-
-def _preset_key(name: str) -> str:
-    """"DiT_XL_2_18h" -> "DiT-XL/2-18h"."""
-    parts = name.split("_")
-    if len(parts) < 3:
-        return name
-    return f"{parts[0]}-{parts[1]}/" + "-".join(parts[2:])
+    return DiT(**DIT_PRESETS[name], **kwargs)

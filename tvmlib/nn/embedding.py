@@ -1,4 +1,4 @@
-"""Sinusoidal embeddings of scalar conditioning (t, the gap t - s, 1/w)."""
+"""Sinusoidal embeddings of scalar conditioning (t, the gap t - s, 1/w) and of 2D positions."""
 
 from __future__ import annotations
 
@@ -35,3 +35,26 @@ def per_sample(v: Tensor | float, B: int, x: Tensor, name: str) -> Tensor:
     if v.shape != (B,):
         raise ValueError(f"{name} must be a scalar or of shape ({B},), got {tuple(v.shape)}")
     return v
+
+
+def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> Tensor:
+    """Fixed 2D sin-cos position embedding (grid_h * grid_w, dim), row-major token order.
+
+    Half of the channels encode the row, half the column; each half is [sin(p f_k), cos(p f_k)]
+    with f_k = 10000^(-k / (dim/4)), k = 0..dim/4 - 1.
+    """
+    if dim % 4:
+        raise ValueError(f"2D sin-cos position embedding needs dim divisible by 4, got {dim}")
+    quarter = dim // 4
+    freqs = 10000.0 ** (-torch.arange(quarter, dtype=torch.float64) / quarter)  # (dim/4,)
+    rows, cols = torch.meshgrid(
+        torch.arange(grid_h, dtype=torch.float64),
+        torch.arange(grid_w, dtype=torch.float64),
+        indexing="ij",
+    )
+
+    def one_axis(pos: Tensor) -> Tensor:  # (N,) -> (N, dim/2)
+        args = pos.reshape(-1, 1) * freqs[None]
+        return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+    return torch.cat([one_axis(rows), one_axis(cols)], dim=1).float()  # (N, dim)

@@ -1,0 +1,238 @@
+"""Benchmark of one TVM training step of a DiT on ImageNet-256-sized latents, per attention
+backend: time per step, images per second and peak GPU memory.
+
+    python -m tvmlib.apps.bench.train_step [--models DiT-B/2 DiT-XL/2-18h] [--batch 32]
+        [--backends math triton] [--steps 10] [--warmup 3] [--out figures/train_step_<gpu>.json]
+    python -m tvmlib.apps.bench.train_step --device cpu --models DiT-T/2 --batch 2 --input-size 8 \\
+        --steps 2 --warmup 1 --out /tmp/train_step_cpu.json          (a seconds-long CPU check)
+
+One step is what ``tvmlib.training.loop`` does per micro-batch for the paper's runs: ``TVMLoss`` with
+constant w = 2 (``cfg_scale``), the scaled parameterization, label dropout 0.1 and the EMA
+target, forward + JVP + backward under bf16 autocast, an AdamW step (lr 1e-4, betas
+(0.9, 0.95)) and the target update, on random latents (B, 4, 32, 32) = 256 tokens at patch 2 and
+random labels of 1000 classes. The time is the median over ``--steps`` steps (CUDA events)
+after ``--warmup`` steps; peak memory is ``torch.cuda.max_memory_allocated``. Each
+(model, backend) row records its status: ``ok``, ``oom`` (out of memory), ``unavailable: ...``
+(e.g. the Triton kernel cannot be imported) or ``error: ...``; one failing row never stops the
+others. The model is built directly on the GPU (``--build-on``), since the spectral init's SVDs
+of an XL model take a while on a CPU. Results: ``{"provenance", "results": {"rows": [...]}}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODELS = ["DiT-B/2", "DiT-XL/2-18h"]
+DEFAULT_BACKENDS = ["math", "triton"]
+
+
+def device_slug(device: torch.device) -> str:
+    """"nvidia-h100-80gb-hbm3" from the GPU name, or "cpu"."""
+    if device.type != "cuda":
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _short(err: BaseException) -> str:
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+
+
+def make_step(model: str, backend: str, batch: int, device: torch.device,
+              input_size: int = 32, build_on: str | None = None, amp: bool = True,
+              cfg_scale: float = 2.0, info: dict | None = None,
+              cuda_graph: bool = False) -> Callable[[], torch.Tensor]:
+    """Build the model, loss and optimizer; return a callable running one training step
+    (with ``cuda_graph``, loss and backward replay as one CUDA graph, as ``tvmlib.training.loop`` does)."""
+    from tvmlib.training.graphs import GraphedLossBackward
+    from tvmlib.core.losses import TVMLoss
+    from tvmlib.nn.dit import dit_from_preset
+
+    info = {} if info is None else info
+    t0 = time.perf_counter()
+    with torch.device(build_on or device):
+        net = dit_from_preset(model, input_size=input_size, in_channels=4, num_classes=1000,
+                              guidance=True, attn_backend=backend)
+    net = net.to(device)
+    _sync(device)
+    info["build_seconds"] = time.perf_counter() - t0
+    info["params"] = sum(p.numel() for p in net.parameters())
+    loss_fn = TVMLoss(net, num_classes=1000, label_dropout=0.1, cfg_scale=cfg_scale,
+                      scale_param=True)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0)
+    x = torch.randn(batch, 4, input_size, input_size, device=device)  # (B, 4, 32, 32) latents
+    y = torch.randint(0, 1000, (batch,), device=device)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp,
+                              cache_enabled=not cuda_graph)
+
+    graphed = GraphedLossBackward(net, loss_fn, autocast) if cuda_graph else None
+    calls = [0]
+
+    def step() -> torch.Tensor:
+        calls[0] += 1
+        if graphed is not None:
+            graphed.zero_grad()
+            loss, _ = graphed((x, y), seed=calls[0])
+        else:
+            opt.zero_grad(set_to_none=True)
+            torch.manual_seed(calls[0])
+            with autocast():
+                loss, _ = loss_fn(net, (x, y))
+            loss.backward()
+        opt.step()
+        loss_fn.after_step(net)
+        return loss.detach()
+
+    return step
+
+
+def time_steps(step: Callable[[], torch.Tensor], device: torch.device, steps: int,
+               warmup: int) -> tuple[list[float], float]:
+    """(milliseconds of each timed step, last loss); CUDA events on a GPU."""
+    for _ in range(warmup):
+        loss = step()
+    times = []
+    for _ in range(steps):
+        if device.type == "cuda":
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            loss = step()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t = time.perf_counter()
+            loss = step()
+            times.append(1e3 * (time.perf_counter() - t))
+    return times, float(loss)
+
+
+def bench_one(model: str, backend: str, batch: int, device: torch.device, steps: int = 10,
+              warmup: int = 3, input_size: int = 32, build_on: str | None = None,
+              amp: bool = True, cfg_scale: float = 2.0, seed: int = 0,
+              cuda_graph: bool = False) -> dict:
+    """Time ``steps`` TVM training steps of one (model, attention backend, graph mode); never
+    raises for OOM or a missing/failed backend, which go into the row's ``status``."""
+    row = {"model": model, "backend": backend, "batch": batch, "cuda_graph": cuda_graph,
+           "ms_per_step": None,
+           "images_per_s": None, "peak_mem_gb": None, "status": "ok"}
+    for needs_cuda, what in ((backend == "triton", "the triton backend"),
+                             (cuda_graph, "a CUDA graph")):
+        if needs_cuda and device.type != "cuda":
+            row["status"] = f"unavailable: {what} needs a CUDA device"
+            return row
+    step = None
+    try:
+        torch.manual_seed(seed)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        step = make_step(model, backend, batch, device, input_size, build_on, amp, cfg_scale,
+                         row, cuda_graph)
+        times, row["loss"] = time_steps(step, device, steps, warmup)
+        if not math.isfinite(row["loss"]):
+            row["status"] = f"error: non-finite loss {row['loss']}"
+        row["ms_per_step"] = statistics.median(times)
+        row["ms_all"] = times
+        row["images_per_s"] = batch / (row["ms_per_step"] / 1e3)
+        if device.type == "cuda":
+            row["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+    except torch.OutOfMemoryError as err:
+        row["status"] = "oom"
+        row["detail"] = _short(err)
+    except RuntimeError as err:
+        unavailable = "is unavailable" in str(err)
+        row["status"] = ("unavailable: " if unavailable else "error: ") + _short(err)
+    except Exception as err:  # any other failure of this row is recorded, the others still run
+        row["status"] = "error: " + _short(err)
+    finally:
+        step = None
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'model':<14} {'backend':<8} {'graph':<5} {'batch':>5} {'ms/step':>9} " \
+           f"{'img/s':>8} {'peak GB':>8}  status"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ms, ips, mem = (format(r[k], f) if r[k] is not None else "-" for k, f in (
+            ("ms_per_step", "9.1f"), ("images_per_s", "8.1f"), ("peak_mem_gb", "8.2f")))
+        graph = "on" if r.get("cuda_graph") else "off"
+        lines.append(f"{r['model']:<14} {r['backend']:<8} {graph:<5} {r['batch']:>5} {ms:>9} "
+                     f"{ips:>8} {mem:>8}  {r['status']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m tvmlib.apps.bench.train_step", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS, help="DiT presets")
+    ap.add_argument("--backends", nargs="+", default=DEFAULT_BACKENDS,
+                    choices=["math", "sdpa", "triton"], help="attention backends")
+    ap.add_argument("--batch", type=int, default=32, help="images per step (one GPU)")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps (median)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--input-size", type=int, default=32, help="latent side (32 = 256 px)")
+    ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    ap.add_argument("--build-on", default=None, choices=["cpu", "cuda"],
+                    help="device for building/initialising the model (default: --device)")
+    ap.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast")
+    ap.add_argument("--graph", nargs="+", default=["off"], choices=["off", "on"],
+                    help="eager steps, CUDA-graph replay of loss + backward (tvmlib.training.graphs), "
+                         "or both")
+    ap.add_argument("--out", default=None, help="JSON path (default figures/train_step_<gpu>.json)")
+    args = ap.parse_args(argv)
+    from tvmlib.utils.paths import figures_dir
+    from tvmlib.utils.provenance import provenance
+    from tvmlib.training.loop import atomic_write_text
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # TVM trains with TF32 off
+    rows = []
+    for model in args.models:
+        for backend in args.backends:
+            for graph in args.graph:
+                row = bench_one(model, backend, args.batch, device, args.steps, args.warmup,
+                                args.input_size, args.build_on, not args.no_amp,
+                                cuda_graph=graph == "on")
+                print(f"[bench] {model} {backend} graph {graph}: {row['status']} "
+                      f"{row['ms_per_step'] and round(row['ms_per_step'], 1)} ms/step",
+                      flush=True)
+                rows.append(row)
+    results = {"rows": rows, "input_size": args.input_size, "tokens": (args.input_size // 2) ** 2,
+               "amp": "off" if args.no_amp else "bf16", "steps": args.steps,
+               "warmup": args.warmup, "loss": "TVMLoss(cfg_scale=2, scale_param=True)"}
+    command = "python -m tvmlib.apps.bench.train_step " + " ".join(
+        sys.argv[1:] if argv is None else argv)
+    prov = provenance(command=command.strip(), seed=0, gpu=device_slug(device))
+    out = Path(args.out) if args.out else figures_dir() / f"train_step_{device_slug(device)}.json"
+    atomic_write_text(json.dumps({"provenance": prov, "results": results}, indent=1), out)
+    print(format_table(rows))
+    print(f"[bench] {prov['device']}: results written to {out}", flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Results tables for the README, generated from the committed JSON under ``figures/``.
+
+    python -m tvmlib.apps.readme          # rewrite the block between the README's result markers
+    python -m tvmlib.apps.readme --check  # exit 1 if the README is out of date with the JSON
+
+No number in the README is typed by hand: every table is rendered here from a results file,
+and each table names the file and the device that produced it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tvmlib.utils.paths import repo_root
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _load(name: str) -> dict | None:
+    path = repo_root() / "figures" / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _fmt(x, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}" if abs(x) < 1000 else f"{x:.0f}"
+    return str(x)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _source(name: str, prov: dict) -> str:
+    return (f"*From `figures/{name}` ({prov.get('device', '?')}, torch {prov.get('torch', '?')}, "
+            f"commit `{str(prov.get('commit', '?'))[:10]}`).*")
+
+
+def table_2d() -> str:
+    name = "02_w2_vs_nfe.json"
+    d = _load(name)
+    if d is None:
+        return f"*`figures/{name}` is missing: run notebook 02.*"
+    out = []
+    for dataset, res in d["results"].items():
+        nfes = sorted({int(k) for m in ("fm_euler", "meanflow", "tvm") for k in res.get(m, {})})
+        rows = [[label] + [res.get(m, {}).get(str(n)) for n in nfes]
+                for m, label in (("fm_euler", "FM, Euler"), ("meanflow", "MeanFlow"),
+                                 ("tvm", "TVM"))]
+        out.append(f"**{dataset}** (W2 to data; two data sets are {_fmt(res['data_floor'])} "
+                   "apart)\n\n" + _table(["method"] + [f"NFE {n}" for n in nfes], rows))
+    return "\n\n".join(out) + "\n\n" + _source(name, d["provenance"])
+
+
+def table_lipschitz() -> str:
+    name = "03_lipschitz_ablation.json"
+    d = _load(name)
+    if d is None:
+        return f"*`figures/{name}` is missing: run `python -m tvmlib.experiments.lipschitz`.*"
+    res = d["results"]
+    rows = []
+    for setting, variants in res["runs"].items():
+        for variant, r in variants.items():
+            rows.append([setting, r["lr"], variant, f"{r['steps_done']}/{r['steps']}",
+                         r["spike_step"]["first"], r.get("diverged_step"), r["fd"].get("1"),
+                         r["fd"].get("2")])
+    model = res["config"]["model"].get("preset") or "custom DiT"
+    floor = res.get("reference_fd") or {}
+    head = (f"TVM on Fashion-MNIST 32x32, {model}, batch {res['config']['batch_size']}, "
+            f"{res['config'].get('attn_backend', 'math')} attention; FD: "
+            f"classifier Frechet distance of {res['config']['fd_samples']} EMA samples (real "
+            f"train vs test images: {_fmt(floor.get('train_vs_test'))}).")
+    note = d["provenance"].get("note", "")
+    return (head + "\n\n" + _table(["setting", "lr", "variant", "steps", "first spike",
+                                     "diverged at", "FD 1 step", "FD 2 steps"], rows)
+            + "\n\n" + _source(name, d["provenance"]) + (f" {note}." if note else ""))
+
+
+def table_kernel() -> str:
+    name = "jvp_attention_h100.json"
+    d = _load(name)
+    if d is None:
+        return f"*`figures/{name}` is missing: run `python -m tvmlib.apps.bench.attention`.*"
+    cells: dict[tuple, dict] = {}
+    for r in d["rows"]:
+        shape = (r["B"], r["H"], r["N"], r["d"])
+        key = {("triton", "fwd_jvp_bwd"): "triton", ("triton_func", "fwd_jvp_bwd"): "func",
+               ("math", "fwd_jvp_bwd"): "math", ("sdpa_flash", "fwd_bwd"): "sdpa"}.get(
+                   (r["impl"], r["pass"]))
+        if key:
+            cells.setdefault(shape, {})[key] = r
+    rows = []
+    for shape, c in cells.items():
+        ms = {k: (v["ms"] if not v.get("error") else None) for k, v in c.items()}
+        mem = {k: v["peak_mem_mb"] for k, v in c.items()}
+        speedup = ms["math"] / ms["triton"] if ms.get("math") and ms.get("triton") else None
+        rows.append(["x".join(map(str, shape)), ms.get("triton"), ms.get("func"),
+                     ms.get("math"), ms.get("sdpa"), speedup,
+                     c["triton"]["tflops"] if "triton" in c else None,
+                     mem.get("triton"), mem.get("math")])
+    header = ["B x H x N x d", "ours ms", "via torch.func ms", "math ms", "SDPA flash ms*",
+              "speed-up vs math", "ours TFLOP/s", "ours MB", "math MB"]
+    return (_table(header, rows) + "\n\nForward + JVP + backward through both outputs, bf16. "
+            "*SDPA flash is forward + backward without any JVP (the speed-of-light reference).\n\n"
+            + _source(name, d["provenance"]))
+
+
+def table_train_step() -> str:
+    files = sorted((repo_root() / "figures").glob("train_step_*.json"))
+    if not files:
+        return "*No `figures/train_step_*.json`: run `python -m tvmlib.apps.bench.train_step`.*"
+    out = []
+    for path in files:
+        d = json.loads(path.read_text())
+        rows = [[r["model"], r["backend"], "on" if r.get("cuda_graph") else "off", r["batch"],
+                 r["ms_per_step"], r["images_per_s"], r["peak_mem_gb"], r["status"]]
+                for r in d["results"]["rows"]]
+        out.append(_table(["model", "attention", "CUDA graph", "batch", "ms / step",
+                           "images / s", "peak GB", "status"], rows)
+                   + "\n\n" + _source(path.name, d["provenance"]))
+    return "\n\n".join(out)
+
+
+def reach_step(rows: list[dict], target: float, key: str = "fd_1") -> int | None:
+    """The first evaluated step whose ``key`` is at most ``target`` (None: never)."""
+    return next((r["step"] for r in rows if r[key] is not None and r[key] <= target), None)
+
+
+def table_fashion_run() -> str:
+    name = "06_fashion_tvm_eval.json"
+    d = _load(name)
+    if d is None:
+        return (f"*`figures/{name}` is missing: run `configs/fashion_tvm.yaml` through "
+                "`torchrun -m tvmlib.training.loop` and `python -m tvmlib.evaluate`.*")
+    res = d["results"]
+    rows = [[k, v["nfe"], v.get("fd")] for k, v in res["steps"].items()]
+    return (f"`{res['run']}` after {d['provenance'].get('train_step')} training steps, "
+            f"{res['num_samples']} samples from the {res['weights']} weights, w = {res['w']}:\n\n"
+            + _table(["steps", "NFE", "FD"], rows) + "\n\n" + _source(name, d["provenance"]))
+
+
+def table_cmt() -> str:
+    out = []
+    d = _load("05_cmt_2d.json")
+    if d is not None:
+        rows = []
+        for start, curve in d["results"]["curves"].items():
+            rows.append([start, curve[0]["w2_1"], curve[-1]["w2_1"], curve[-1]["step"]])
+        out.append("**2D checkerboard** (1-jump W2 to data during TVM post-training)\n\n"
+                   + _table(["start", "W2 at step 0", "W2 at the end", "steps"], rows)
+                   + "\n\n" + _source("05_cmt_2d.json", d["provenance"]))
+    gpu = _load("05_cmt.json")
+    if gpu is None:
+        out.append("*Fashion-MNIST on a GPU: `figures/05_cmt.json` is not produced yet "
+                   "(`python -m tvmlib.experiments.cmt --config configs/cmt_fashion.yaml`).*")
+    else:
+        target = gpu["runs"]["scratch"][-1]["fd_1"]
+        rows = [[name, r[0]["fd_1"], r[-1]["step"], r[-1]["fd_1"], r[-1]["fd_2"],
+                 reach_step(r, target), r[-1]["gpu_seconds"]] for name, r in gpu["runs"].items()]
+        st = gpu["stages"]
+        out.append(f"**Fashion-MNIST** (class-conditional {gpu['config']['model']['preset']}, "
+                   "TVM post-training from three starts; teacher: "
+                   f"{_fmt(st['teacher_gpu_seconds'])} GPU s, FD {_fmt(st['teacher_fd'])} at "
+                   f"{st['teacher_nfe']} NFE; CMT "
+                   f"mid-training: {_fmt(st['mid_gpu_seconds'])} GPU s)\n\n"
+                   + _table(["start", "FD 1 step at step 0", "steps", "FD 1 step", "FD 2 steps",
+                             "steps to scratch's final FD 1", "post GPU s"], rows)
+                   + "\n\n" + _source("05_cmt.json", gpu["provenance"]))
+    return "\n\n".join(out)
+
+
+def render() -> str:
+    sections = [
+        ("2D: W2 vs NFE (notebook 02)", table_2d()),
+        ("Lipschitz ablation on Fashion-MNIST (notebook 03)", table_lipschitz()),
+        ("JVP attention kernel (notebook 04)", table_kernel()),
+        ("TVM training step, ImageNet-256 latents (notebook 06)", table_train_step()),
+        ("Fashion-MNIST through the ImageNet pipeline (notebook 06)", table_fashion_run()),
+        ("CMT -> TVM (notebook 05)", table_cmt()),
+    ]
+    body = "\n\n".join(f"### {title}\n\n{text}" for title, text in sections)
+    note = "<!-- generated by `make readme` (python -m tvmlib.apps.readme): do not edit -->"
+    return f"{START}\n{note}\n\n{body}\n\n{END}"
+
+
+def update(readme: Path, check: bool = False) -> bool:
+    """Rewrite the marked block; return True if the file was (or would be) unchanged."""
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise ValueError(f"{readme} has no {START} ... {END} block")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = head + render() + tail
+    if not check and new != text:
+        readme.write_text(new)
+    return new == text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tvmlib.apps.readme", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="fail if the README is out of date")
+    args = ap.parse_args(argv)
+    same = update(repo_root() / "README.md", check=args.check)
+    if args.check and not same:
+        print("README results are out of date with figures/*.json: run `make readme`",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

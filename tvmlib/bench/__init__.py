@@ -1,1 +1,0 @@
-"""GPU benchmarks that write result files under figures/ (run as ``python -m tvmlib.bench.X``)."""

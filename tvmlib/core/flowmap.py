@@ -1,0 +1,90 @@
+"""The flow map and its s-derivative (TVM paper Sec. 2-4).
+
+A network F_theta(x, t, s) defines the displacement from time t to an earlier time s <= t,
+
+    f_theta(x_t, t, s) = (s - t) F_theta(x_t, t, s)          (Eq. 4)
+    f_theta(x_t, t, s) = (s - t) w F_theta(x_t, t, s, c, w)  (scaled parameterization, Sec. 4)
+
+so that x_s = x_t + f_theta. Its velocity is u_theta(x, t) = d/ds f_theta |_{s=t} = F_theta(x, t, t)
+(times w when scaled). TVM's terminal-velocity term needs d/ds f_theta = F + (s - t) d/ds F
+(Eq. 17), computed here with one forward-mode JVP whose tangent is 1 on s and 0 on x and t.
+Gradients flow through the JVP output (TVM's choice; MeanFlow and sCM stop them).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from tvmlib.utils.cuda import capturing
+
+
+def check_times(t: Tensor, s: Tensor) -> None:
+    """Flow maps jump backwards in time: require 0 <= s <= t <= 1 (elementwise)."""
+    if t.shape != s.shape:
+        raise ValueError(f"t {tuple(t.shape)} and s {tuple(s.shape)} must have the same shape")
+    if capturing():  # a CUDA graph cannot read values back to the host
+        return
+    bad = ~((s <= t) & (s >= 0) & (t <= 1))  # NaN fails every comparison
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"flow maps need 0 <= s <= t <= 1; sample {i} has t={float(t[i]):.4g}, "
+                         f"s={float(s[i]):.4g}")
+
+
+def check_guidance(w: Tensor | float | None) -> None:
+    """Guidance scales must be positive (the loss is weighted by 1/w^2 and beta = 1/w)."""
+    if w is None or capturing():
+        return
+    w_t = torch.as_tensor(w)
+    if bool((w_t <= 0).any()) or not bool(torch.isfinite(w_t).all()):
+        raise ValueError(f"guidance scale w must be finite and > 0, got min {float(w_t.min())}")
+
+
+def _out_scale(w: Tensor | float | None, scale_param: bool, x: Tensor) -> Tensor | float:
+    if not scale_param or w is None:
+        return 1.0
+    w = torch.as_tensor(w, dtype=x.dtype, device=x.device)
+    return w.view(-1, *([1] * (x.dim() - 1))) if w.dim() == 1 else w
+
+
+def _bcast(t: Tensor, x: Tensor) -> Tensor:
+    return t.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+
+
+def displacement(net: nn.Module, x: Tensor, t: Tensor, s: Tensor, y: Tensor | None = None,
+                 w: Tensor | float | None = None, scale_param: bool = False) -> Tensor:
+    """f_theta(x, t, s) = (s - t) [w] F_theta(x, t, s, y, w).   x: (B, ...), t, s: (B,)."""
+    F = net(x, t, s, y, w)
+    return _bcast(s - t, x) * _out_scale(w, scale_param, x) * F
+
+
+def flow_map(net: nn.Module, x: Tensor, t: Tensor, s: Tensor, y: Tensor | None = None,
+             w: Tensor | float | None = None, scale_param: bool = False) -> Tensor:
+    """x_s = x_t + f_theta(x_t, t, s)."""
+    check_times(t, s)
+    return x + displacement(net, x, t, s, y, w, scale_param)
+
+
+def velocity(net: nn.Module, x: Tensor, t: Tensor, y: Tensor | None = None,
+             w: Tensor | float | None = None, scale_param: bool = False) -> Tensor:
+    """u_theta(x, t) = [w] F_theta(x, t, t, y, w): the instantaneous velocity of the flow map."""
+    return _out_scale(w, scale_param, x) * net(x, t, t, y, w)
+
+
+def displacement_and_dfds(net: nn.Module, x: Tensor, t: Tensor, s: Tensor,
+                          y: Tensor | None = None, w: Tensor | float | None = None,
+                          scale_param: bool = False) -> tuple[Tensor, Tensor]:
+    """(f_theta(x, t, s), d/ds f_theta(x, t, s)) from one ``torch.func.jvp`` (Eq. 17).
+
+    The tangent is 1 on s and 0 on x and t, so the JVP differentiates only through the network's
+    gap input t - s and the (s - t) prefactor. Both outputs carry gradients w.r.t. the network
+    parameters (double-mode AD: reverse through forward).
+    """
+    check_times(t, s)
+    check_guidance(w)
+
+    def f_of_s(s_: Tensor) -> Tensor:
+        return displacement(net, x, t, s_, y, w, scale_param)
+
+    return torch.func.jvp(f_of_s, (s,), (torch.ones_like(s),))

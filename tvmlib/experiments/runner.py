@@ -1,0 +1,303 @@
+"""The one runner: a run (one config) or an experiment (a YAML list of runs) built, trained,
+evaluated during and after training, with its results written after every run.
+
+A run may start from another's weights (``init``) and a CMT run names its teacher
+(``loss.teacher``): either is the name of an earlier run of the experiment or a run folder
+(``config.yaml`` + ``checkpoint.pt``) or checkpoint file. The GPU seconds of those runs are the
+run's ``upstream_s``, so ``total_s`` counts every stage that a result needed (CMT -> TVM pays for
+the teacher and the mid-training).
+
+Results: ``{"provenance", "results": {"experiment", "config", "runs": {name: record},
+"reference_fd", "wall_s"}}`` with one record per run (see :func:`run_record`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from tvmlib.evaluation.evaluate import evaluate_net, sample_grids
+from tvmlib.evaluation.features import metric_setup
+from tvmlib.evaluation.lipschitz import first_spike, make_probe, measure
+from tvmlib.training.build import Built, build, load_run, resolve_device
+from tvmlib.training.config import ExperimentConfig, RunConfig, config_to_dict
+from tvmlib.training.loop import TrainState, train
+from tvmlib.training.weights import load_weights
+from tvmlib.utils.atomic import atomic_write_json, atomic_write_text
+from tvmlib.utils.cuda import GpuClock
+from tvmlib.utils.paths import figures_dir, repo_root
+
+CURVE_KEYS = ("loss", "terminal", "fm", "grad_norm", "lr")
+
+
+def resolve(ref: str, done: dict[str, Path]) -> Path:
+    """A run reference: an earlier run's name (its folder), else a path (folder or file)."""
+    if ref in done:
+        return done[ref]
+    path = Path(ref)
+    if not path.exists():
+        raise FileNotFoundError(f"{ref!r} is neither an earlier run of this experiment "
+                                f"({', '.join(done) or 'none yet'}) nor an existing path")
+    return path
+
+
+def _checkpoint(path: Path) -> Path:
+    return path / "checkpoint.pt" if path.is_dir() else path
+
+
+def sample_shape(cfg: RunConfig) -> tuple[int, ...]:
+    m = cfg.model
+    return (m.in_channels,) if m.preset == "MLP2D" else (m.in_channels, m.input_size,
+                                                          m.input_size)
+
+
+def start_run(cfg: RunConfig, device: torch.device | None = None, world: int = 1,
+              done: dict[str, Path] | None = None, log: Callable = print) -> tuple[Built, float]:
+    """Build the run, load its teacher and initial weights, make CMT's trajectory pool, and
+    write ``config.yaml``; returns (what it trains with, the GPU seconds of the setup)."""
+    done, device = done or {}, resolve_device(device or cfg.device)
+    clock = GpuClock(device).begin()
+    teacher = None
+    if cfg.loss.name == "cmt":
+        if not cfg.loss.teacher:
+            raise ValueError(f"{cfg.name}: loss.name cmt needs loss.teacher (a run)")
+        _, teacher = load_run(resolve(cfg.loss.teacher, done), "ema", device)
+    built = build(cfg, device, world, teacher)
+    if cfg.init:
+        load_weights(_checkpoint(resolve(cfg.init, done)), built.net,
+                     loss=built.loss if hasattr(built.loss, "reset_target") else None)
+    if cfg.loss.name == "cmt" and cfg.loss.pool:
+        n = cfg.train.steps * built.loss.num_trajectories(cfg.train.global_batch)
+        built.loss.prefill(n, torch.zeros(1, *sample_shape(cfg), device=device),
+                           batch=cfg.loss.pool_batch)
+        log(f"[{cfg.name}] {n} teacher trajectories made up front")
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(_yaml(config_to_dict(cfg)), cfg.run_dir / "config.yaml")
+    return built, clock.seconds()
+
+
+def _yaml(values: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(values, sort_keys=False)
+
+
+def train_run(cfg: RunConfig, resume: bool = True, device: torch.device | None = None,
+              world: int = 1, done: dict[str, Path] | None = None, log: Callable = print,
+              **train_kw) -> TrainState:
+    """Train one run in ``cfg.run_dir`` (resuming from its checkpoint if ``resume``);
+    ``train_kw`` goes to ``tvmlib.training.loop.train`` (eval_fn, eval_every, callback)."""
+    built, _ = start_run(cfg, device, world, done, log)
+    n = sum(p.numel() for p in built.net.parameters())
+    log(f"[{cfg.name}] {n:,} params on {built.device}, {cfg.train.steps} steps of global batch "
+        f"{cfg.train.global_batch} ({built.loop.micro_batches} micro-batches x {world} "
+        "process(es))")
+    return train(built.net, built.loss, built.source, built.loop, resume=resume, **train_kw)
+
+
+# ---- evaluation during training -------------------------------------------------------------
+
+class Monitor:
+    """The runner's ``eval_fn``: Frechet distances every ``eval.every`` steps (and at step 0)
+    and Lipschitz probes every ``eval.probe_every`` steps, outside the training clock."""
+
+    def __init__(self, cfg: RunConfig, built: Built, log: Callable = print):
+        self.cfg, self.built, self.log = cfg, built, log
+        e = cfg.eval
+        self.metric = metric_setup(cfg, built.device) if e.every and e.metric != "none" \
+            else (None, None, None)
+        self.probe = self._probe() if e.probe_every else None
+        self.evals: list[dict] = []
+        self.probes: list[dict] = []
+        self.state: TrainState | None = None
+
+    def _probe(self):
+        from tvmlib.data.images import load_mnist
+
+        x, y = load_mnist(self.cfg.data.dataset, "test")
+        w = self.cfg.loss.cfg_scale or 1.0
+        return make_probe(x, y, self.cfg.eval.probe_batch, w, self.cfg.train.seed,
+                          self.built.device)
+
+    def weights(self, state: TrainState, which: str):
+        return {"ema": lambda: state.ema.module, "net": lambda: state.net,
+                "target": lambda: self.built.loss.target.module}[which]()
+
+    def fd(self, net, step: int, seconds: float) -> dict:
+        features, ref, _ = self.metric
+        rows = evaluate_net(net, self.cfg, features, ref)
+        row = {"step": step, "train_s": seconds,
+               **{f"fd_{k}": r.get("fd") for k, r in rows.items()}}
+        self.evals.append(row)
+        self.log(f"[{self.cfg.name}] step {step}: " + ", ".join(
+            f"{k} {v:.4g}" for k, v in row.items() if k.startswith("fd_") and v is not None))
+        return row
+
+    def probe_now(self, net, step: int) -> None:
+        e = self.cfg.eval
+        self.probes.append({"step": step, **measure(net, self.probe, e.lipschitz_batch,
+                                                    e.power_iters, self.cfg.train.seed)})
+
+    def start(self, net) -> None:
+        if self.cfg.eval.every and self.metric[0] is not None:
+            self.fd(net, 0, 0.0)
+        if self.probe is not None:
+            self.probe_now(net, 0)
+
+    def __call__(self, state: TrainState) -> dict:
+        self.state, e, step = state, self.cfg.eval, state.step
+        end = step == self.cfg.train.steps or state.stopped is not None
+        out = {}
+        if self.probe is not None and (step % e.probe_every == 0 or end):
+            self.probe_now(state.net, step)
+        if e.every and self.metric[0] is not None and (step % e.every == 0 or end):
+            out = self.fd(self.weights(state, e.weights[0]), step, state.train_seconds)
+            out = {k: v for k, v in out.items() if k.startswith("fd_")}
+        return out
+
+
+def _columns(rows: list[dict]) -> dict[str, list]:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return {k: [_round(r.get(k)) for r in rows] for k in keys}
+
+
+def _round(v):
+    if isinstance(v, list):
+        return [_round(a) for a in v]
+    if isinstance(v, bool) or v is None or isinstance(v, (int, str)):
+        return v
+    return float(f"{float(v):.6g}") if math.isfinite(float(v)) else None
+
+
+def spikes(curves: dict, e) -> dict:
+    """First spike step of the loss and of the gradient norm (``first_spike``), and the first."""
+    out = {}
+    for key in ("loss", "grad_norm"):
+        vals = [math.nan if v is None else v for v in curves.get(key, [])]
+        i = first_spike(vals, k=e.spike_k, window=e.spike_window, warmup=e.spike_warmup)
+        out[key] = None if i is None else curves["step"][i]
+    found = [v for v in out.values() if v is not None]
+    out["first"] = min(found) if found else None
+    return out
+
+
+# ---- one run of an experiment ---------------------------------------------------------------
+
+def run_record(cfg: RunConfig, done: dict[str, Path], upstream: dict[str, float],
+               log: Callable = print) -> dict:
+    """Train and evaluate one run of an experiment; returns its record: config, steps done,
+    ``stopped`` / ``diverged_step``, seconds (``setup_s``, ``train_s``, ``upstream_s`` of the runs
+    it starts from, ``total_s``), ``curves`` (the training log), ``evals`` (FD during training),
+    ``probes``, ``spike_step`` and ``final`` ({weights: {steps: FD}} at the end)."""
+    t0 = time.perf_counter()
+    built, setup_s = start_run(cfg, None, 1, done, log)
+    monitor = Monitor(cfg, built, log)
+    monitor.start(built.net)
+    diverged, state = None, None
+    try:
+        state = train(built.net, built.loss, built.source, built.loop, resume=False,
+                      eval_fn=monitor, eval_every=1)
+    except FloatingPointError as err:
+        state = monitor.state
+        diverged = (state.step if state else 0) + 1
+        log(f"[{cfg.name}] diverged: {err}")
+    history = [r for r in (state.history if state else []) if "loss" in r]
+    curves = _columns([{k: r.get(k) for k in ("step", *CURVE_KEYS) if k in r} for r in history])
+    refs = [r for r in (cfg.init, cfg.loss.teacher if cfg.loss.name == "cmt" else None) if r]
+    up = sum(upstream.get(r, 0.0) for r in dict.fromkeys(refs))
+    train_s = state.train_seconds if state else 0.0
+    final = {} if diverged or state is None else _final(cfg, built, monitor, state)
+    if state is not None and not diverged and cfg.data.dataset in ("mnist", "fashion-mnist"):
+        sample_grids(state.ema.module, cfg, cfg.run_dir)
+    rec = {"name": cfg.name, "config": config_to_dict(cfg),
+           "params": sum(p.numel() for p in built.net.parameters()),
+           "steps": cfg.train.steps, "steps_done": state.step if state else 0,
+           "stopped": state.stopped if state else None, "diverged_step": diverged,
+           "setup_s": setup_s, "train_s": train_s, "upstream_s": up,
+           "total_s": up + setup_s + train_s, "wall_s": time.perf_counter() - t0,
+           "steps_per_s": (state.step if state else 0) / max(train_s, 1e-9),
+           "curves": curves, "evals": _columns(monitor.evals),
+           "probes": _columns(monitor.probes), "spike_step": spikes(curves, cfg.eval),
+           "final": final}
+    log(f"[{cfg.name}] {rec['steps_done']} steps in {train_s:.1f} s ({rec['steps_per_s']:.1f} "
+        f"steps/s), total with upstream {rec['total_s']:.1f} s; final {final}")
+    return rec
+
+
+def _final(cfg: RunConfig, built: Built, monitor: Monitor, state: TrainState) -> dict:
+    """{weights: {str(steps): FD}} at the end, for every ``eval.weights`` (FD None if the
+    samples are not finite)."""
+    if cfg.eval.metric == "none":
+        return {}
+    features, ref, _ = monitor.metric if monitor.metric[0] is not None else \
+        metric_setup(cfg, built.device)
+    out = {}
+    for which in cfg.eval.weights:
+        try:
+            rows = evaluate_net(monitor.weights(state, which), cfg, features, ref)
+            out[which] = {k: r["fd"] for k, r in rows.items()}
+        except ValueError as err:  # non-finite samples of an unstable run
+            out[which] = {"error": str(err)[:200]}
+    return out
+
+
+# ---- the experiment ------------------------------------------------------------------------
+
+def run_experiment(exp: ExperimentConfig, runs: list[RunConfig], out: str | Path | None = None,
+                   only: list[str] | None = None, command: str | None = None,
+                   log: Callable = print) -> dict:
+    """Run ``runs`` in order (``only``: just these names; earlier runs they start from must
+    exist in the work folder) and write the results to ``out`` after each (None: figures/
+    <name>.json; False: not written). Returns the results document."""
+    from tvmlib.evaluation.evaluate import data_floor
+    from tvmlib.utils.provenance import provenance
+
+    t0 = time.perf_counter()
+    if exp.num_threads:
+        torch.set_num_threads(exp.num_threads)
+    work = Path(exp.work_dir or f"runs/{exp.name}")
+    work = work if work.is_absolute() else repo_root() / work
+    out = figures_dir() / (exp.out or f"{exp.name}.json") if out is None else out
+    done, upstream = {}, {}
+    results = {"experiment": exp.name, "config": config_to_dict(exp), "runs": {},
+               "reference_fd": data_floor(runs[0]), "wall_s": 0.0}
+    doc = {"provenance": provenance(command=command, seed=runs[0].train.seed),
+           "results": results}
+    unknown = sorted(set(only or []) - {r.name for r in runs})
+    if unknown:
+        raise ValueError(f"--only names unknown runs {unknown}; runs: {[r.name for r in runs]}")
+    for cfg in runs:
+        cfg.out_dir = str(work / cfg.name)
+        if only and cfg.name not in only:
+            if (cfg.run_dir / "checkpoint.pt").exists():
+                done[cfg.name] = cfg.run_dir
+            continue
+        rec = run_record(cfg, done, upstream, log)
+        results["runs"][cfg.name] = rec
+        done[cfg.name], upstream[cfg.name] = cfg.run_dir, rec["total_s"]
+        results["wall_s"] = time.perf_counter() - t0
+        if out is not False:
+            atomic_write_json(doc, out, indent=None)
+            log(f"wrote {out} ({results['wall_s']:.0f} s so far)")
+    return doc
+
+
+def merge_results(docs: list[dict]) -> dict:
+    """One results document from several parts of one experiment (e.g. runs made in parallel
+    with ``--only``): later parts add or replace runs; the provenance keeps every part."""
+    if not docs:
+        raise ValueError("merge_results needs at least one document")
+    out = json.loads(json.dumps(docs[0]))
+    names = {d["results"]["experiment"] for d in docs}
+    if len(names) > 1:
+        raise ValueError(f"cannot merge results of different experiments: {sorted(names)}")
+    for d in docs[1:]:
+        out["results"]["runs"].update(json.loads(json.dumps(d["results"]["runs"])))
+        out["results"]["wall_s"] += d["results"].get("wall_s", 0.0)
+    out["provenance"] = {**docs[0]["provenance"], "parts": [d["provenance"] for d in docs]}
+    return out

@@ -1,0 +1,1 @@
+"""The notebooks' classroom tools: the sampling explorer (widgets) and the exercise checks."""

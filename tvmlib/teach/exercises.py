@@ -1,0 +1,555 @@
+"""Classroom exercises: student copies of the notebooks and ``check_*`` helpers.
+
+**Student copies.** A master notebook marks each solution with nbgrader-style lines
+
+    ### BEGIN SOLUTION: the flow matching loss      (the ": <title>" suffix is optional)
+    ...solution code...
+    ### END SOLUTION
+
+``make_student_copy`` replaces every such region (markers included) by one line at the BEGIN
+line's indentation, ``raise NotImplementedError("Exercise N: <title>")``, numbering exercises in
+order through the notebook, and clears all outputs and execution counts. The CLI writes
+``notebooks/exercises/<name>`` for every master notebook with markers; ``--check`` only compares:
+
+    python -m tvmlib.exercises [--check] [NOTEBOOK ...]
+
+**Checks.** Each ``check_*`` calls a student's function on fixed random inputs, compares it with
+the library, returns None on success and otherwise raises ``AssertionError`` with a message
+that says what is wrong (shape, value, gradient) and, for the usual mistakes (a sign error, a
+missing factor, a tangent on the wrong input), which mistake it looks like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import nbformat
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "check_attention_jvp",
+    "check_cmt_target",
+    "check_euler",
+    "check_fm_loss",
+    "check_terminal_velocity",
+    "has_solutions",
+    "main",
+    "make_student_copy",
+    "student_copy_text",
+]
+
+# ---------------------------------------------------------------------------------------------
+# Student copies
+# ---------------------------------------------------------------------------------------------
+
+BEGIN = re.compile(r"^(?P<indent>[ \t]*)### BEGIN SOLUTION(?::[ \t]*(?P<title>.*?))?[ \t\r]*$")
+END = re.compile(r"^[ \t]*### END SOLUTION[ \t\r]*$")
+DEFAULT_TITLE = "fill in this cell"
+# Execution records that only describe the master's last run; they are dropped from the copy.
+VOLATILE_CELL_METADATA = ("execution", "papermill")
+VOLATILE_NB_METADATA = ("papermill", "widgets")
+
+
+def _source(cell: Mapping) -> str:
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else src
+
+
+def _stub(indent: str, n: int, title: str) -> str:
+    # json.dumps gives a valid Python double-quoted literal for any title.
+    return f"{indent}raise NotImplementedError({json.dumps(f'Exercise {n}: {title}')})"
+
+
+def _replace_solutions(src: str, first: int, where: str) -> tuple[str, int]:
+    """Swap each BEGIN/END SOLUTION region of one cell's source for a stub.
+
+    Returns the new source and the number of exercises found. ``first`` is the number of the
+    cell's first exercise; ``where`` names the cell in error messages.
+    """
+    out: list[str] = []
+    n, inside = 0, None  # inside: (line number, indent, title) of the open BEGIN
+    for lineno, line in enumerate(src.split("\n"), start=1):
+        begin, end = BEGIN.match(line), END.match(line)
+        if begin:
+            if inside is not None:
+                raise ValueError(f"{where}: '### BEGIN SOLUTION' on line {lineno} while the one "
+                                 f"on line {inside[0]} is still open (regions cannot nest)")
+            inside = (lineno, begin["indent"], begin["title"] or DEFAULT_TITLE)
+        elif end:
+            if inside is None:
+                raise ValueError(f"{where}: '### END SOLUTION' on line {lineno} has no matching "
+                                 "'### BEGIN SOLUTION' above it")
+            out.append(_stub(inside[1], first + n, inside[2]))
+            n, inside = n + 1, None
+        elif inside is None:
+            out.append(line)
+    if inside is not None:
+        raise ValueError(f"{where}: '### BEGIN SOLUTION' on line {inside[0]} has no matching "
+                         "'### END SOLUTION' in the same cell")
+    return "\n".join(out), n
+
+
+def has_solutions(nb: Mapping) -> bool:
+    """True if any code cell of the notebook holds a ``### BEGIN SOLUTION`` line."""
+    return any(cell.get("cell_type") == "code"
+               and any(BEGIN.match(line) for line in _source(cell).split("\n"))
+               for cell in nb.get("cells", []))
+
+
+def _fill_missing_ids(nb: nbformat.NotebookNode) -> None:
+    """Give cells without an id (nbformat >= 4.5 wants one) a deterministic id from their
+    index; left to nbformat, validation would invent random ones and break byte-identity."""
+    if (nb.get("nbformat", 4), nb.get("nbformat_minor", 0)) < (4, 5):
+        return
+    taken = {cell["id"] for cell in nb.cells if "id" in cell}
+    for i, cell in enumerate(nb.cells):
+        if "id" not in cell:
+            new_id = f"cell-{i}"
+            while new_id in taken:
+                new_id += "x"
+            cell["id"] = new_id
+            taken.add(new_id)
+
+
+def make_student_copy(master_nb: Mapping, name: str = "notebook") -> nbformat.NotebookNode:
+    """The student version of a master notebook (the input is not modified).
+
+    Every code cell's solution regions become ``raise NotImplementedError("Exercise N: ...")``
+    (N counts through the notebook), every code cell loses its outputs and execution count,
+    and the execution records (cell metadata ``execution`` / ``papermill``, notebook metadata
+    ``papermill`` / ``widgets``) are dropped; tags (``parameters``), cell ids and other
+    metadata stay (cells of an nbformat >= 4.5 notebook without an id get ``cell-<index>``).
+
+    Raises ValueError naming ``name`` and the cell index for unbalanced or nested markers.
+    """
+    nb = nbformat.from_dict(copy.deepcopy(dict(master_nb)))
+    for key in VOLATILE_NB_METADATA:
+        nb.metadata.pop(key, None)
+    _fill_missing_ids(nb)
+    n_done = 0
+    for i, cell in enumerate(nb.cells):
+        meta = cell.setdefault("metadata", nbformat.NotebookNode())
+        for key in VOLATILE_CELL_METADATA:
+            meta.pop(key, None)
+        if cell.cell_type != "code":
+            continue
+        src, n = _replace_solutions(_source(cell), n_done + 1, f"{name}: cell {i}")
+        cell.source, n_done = src, n_done + n
+        cell.outputs, cell.execution_count = [], None
+    return nb
+
+
+def student_copy_text(master_nb: Mapping, name: str = "notebook") -> str:
+    """The student copy serialized deterministically (nbformat v4 JSON, trailing newline)."""
+    text = nbformat.writes(make_student_copy(master_nb, name), version=4)
+    return text if text.endswith("\n") else text + "\n"
+
+
+def _student_path(master: Path) -> Path:
+    return master.parent / "exercises" / master.name
+
+
+def _default_masters() -> list[Path]:
+    from tvmlib.utils.paths import repo_root
+
+    return sorted((repo_root() / "notebooks").glob("[0-9]*.ipynb"))
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    """CLI: write (or with ``--check`` compare) the student copies. Returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tvmlib.exercises",
+        description="Write notebooks/exercises/<name> from each master notebook's "
+                    "### BEGIN SOLUTION / ### END SOLUTION markers.")
+    parser.add_argument("notebooks", nargs="*", type=Path, metavar="NOTEBOOK",
+                        help="master notebooks (default: every notebooks/[0-9]*.ipynb)")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if a student copy is missing or stale")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    explicit = bool(args.notebooks)
+    masters = args.notebooks or _default_masters()
+    stale: list[Path] = []
+    for master in masters:
+        nb = nbformat.read(master, as_version=4)
+        target = _student_path(master)
+        if not has_solutions(nb):
+            if explicit:
+                print(f"{master}: no solution markers, no student copy")
+            if target.exists():  # a copy whose master lost its markers
+                stale.append(target)
+                print(f"{target}: master {master.name} has no solution markers any more"
+                      + ("" if args.check else "; delete this copy"))
+            continue
+        text = student_copy_text(nb, master.name)
+        current = target.read_text(encoding="utf-8") if target.exists() else None
+        if current == text:
+            continue
+        if args.check:
+            stale.append(target)
+            why = "missing" if current is None else "differs from a fresh regeneration"
+            print(f"{target}: {why} (run python -m tvmlib.exercises {master})")
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+            print(f"wrote {target}")
+    return 1 if (args.check and stale) else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Check helpers
+# ---------------------------------------------------------------------------------------------
+
+def _fail(check: str, msg: str) -> None:
+    raise AssertionError(f"{check}: {msg}")
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _close(got: Tensor, want: Tensor, rtol: float, atol: float) -> bool:
+    return got.shape == want.shape and torch.allclose(got.detach().to(want.dtype), want.detach(),
+                                                       rtol=rtol, atol=atol)
+
+
+def _err(got: Tensor, want: Tensor) -> str:
+    diff = (got.detach().to(want.dtype) - want.detach()).abs().max()
+    return f"max |got - expected| = {float(diff):.3g} (max |expected| = " \
+           f"{float(want.detach().abs().max()):.3g})"
+
+
+def _require_tensor(check: str, what: str, out, shape: tuple[int, ...]) -> Tensor:
+    if not torch.is_tensor(out):
+        _fail(check, f"{what} must be a torch.Tensor of shape {shape}, got {type(out).__name__}")
+    if tuple(out.shape) != shape:
+        _fail(check, f"{what} has shape {tuple(out.shape)}, expected {shape}")
+    if not bool(torch.isfinite(out).all()):
+        _fail(check, f"{what} contains NaN or inf")
+    return out
+
+
+def _small_mlp(seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
+    from tvmlib.nn.mlp import MLP2D
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = MLP2D(dim=2, hidden=32, depth=2, emb_dim=8, time_scale=10.0)
+    return net.to(dtype)
+
+
+def _grads(out: Tensor, net: nn.Module, weight: Tensor | None = None) -> list[Tensor] | None:
+    """Gradients of sum(weight * out) w.r.t. the net's parameters (None if none reach them)."""
+    if not out.requires_grad:
+        return None
+    params = list(net.parameters())
+    obj = out.sum() if weight is None else (out * weight).sum()
+    gs = torch.autograd.grad(obj, params, allow_unused=True, retain_graph=True)
+    if all(g is None or not bool(g.any()) for g in gs):
+        return None
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)]
+
+
+def _check_grads(check: str, got: list[Tensor] | None, want: list[Tensor], how: str,
+                 rtol: float, atol: float) -> None:
+    if got is None:
+        _fail(check, f"no gradient reaches the network's parameters: {how}")
+    worst = max(float((g - w).abs().max() / (w.abs().max() + atol)) for g, w in zip(got, want))
+    if worst > rtol:
+        _fail(check, f"the value is right but the gradient w.r.t. the parameters is not "
+                     f"(worst relative error {worst:.3g}): part of the computation is detached")
+
+
+# ---- flow matching loss ----------------------------------------------------------------------
+
+def check_fm_loss(fn: Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(net, x0, eps, t) -> loss``, the flow matching loss (TVM paper Sec. 2)
+
+        L = mean || F(x_t, t, t) - (eps - x0) ||^2,   x_t = (1 - t) x0 + t eps,
+
+    with the squared error averaged over all elements (as ``tvmlib.core.losses.FMLoss``), on an
+    ``MLP2D`` with x0, eps: (64, 2) and t: (64,).
+    """
+    name = "check_fm_loss"
+    net = _small_mlp(0)
+    g = _gen(1)
+    x0 = torch.randn(64, 2, generator=g) * 0.5 + torch.tensor([1.0, -1.0])
+    eps = torch.randn(64, 2, generator=g)
+    t = torch.rand(64, generator=g)
+    tc = t[:, None]
+
+    def fm(xt: Tensor, target: Tensor, reduce=lambda e: e.mean()) -> Tensor:
+        return reduce((net(xt, t, t) - target).square())
+
+    want = fm((1 - tc) * x0 + tc * eps, eps - x0)
+    w_val = float(want.detach())
+    got = fn(net, x0.clone(), eps.clone(), t.clone())
+    if not torch.is_tensor(got):
+        _fail(name, f"the loss must be a torch.Tensor, got {type(got).__name__}")
+    if got.dim() != 0:
+        _fail(name, f"the loss must be a scalar (0-d) tensor, got shape {tuple(got.shape)}: "
+                    "average the squared error with .mean()")
+    rtol, atol = 1e-4, 1e-6
+    if not _close(got, want, rtol, atol):
+        swapped = (tc * x0 + (1 - tc) * eps)  # data at t = 1
+        wrong = {
+            "the velocity target has the wrong sign: with x_t = (1 - t) x0 + t eps the "
+            "target is v = eps - x0, not x0 - eps": fm((1 - tc) * x0 + tc * eps, x0 - eps),
+            "t is mixed up: you put the data at t = 1 (x_t = t x0 + (1 - t) eps); the "
+            "convention is t = 0 data, t = 1 noise, x_t = (1 - t) x0 + t eps":
+                fm(swapped, eps - x0),
+            "t is mixed up: you used the t = 1-data convention (x_t = t x0 + (1 - t) eps, "
+            "v = x0 - eps); here t = 0 is data and t = 1 noise": fm(swapped, x0 - eps),
+            "you summed the squared error over coordinates; average over all elements "
+            "(.mean() of the squared error)":
+                fm((1 - tc) * x0 + tc * eps, eps - x0, lambda e: e.sum(1).mean()),
+            "you summed instead of averaging; use .mean()":
+                fm((1 - tc) * x0 + tc * eps, eps - x0, lambda e: e.sum()),
+        }
+        for why, val in wrong.items():
+            if _close(got, val, rtol, atol):
+                _fail(name, f"{why} (expected {w_val:.6g}, got {float(got.detach()):.6g})")
+        _fail(name, f"wrong value: expected {w_val:.6g}, got {float(got.detach()):.6g}")
+    _check_grads(name, _grads(got, net), _grads(want, net),
+                 "do not compute the loss under torch.no_grad() or .detach() the prediction",
+                 1e-3, 1e-7)
+
+
+# ---- Euler sampler ---------------------------------------------------------------------------
+
+def check_euler(fn: Callable[[Callable, Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(velocity, x, times) -> x`` at the end of the grid: explicit Euler
+    x_{k+1} = x_k + (t_{k+1} - t_k) u(x_k, t_k) on a decreasing grid from t = 1 (noise) to 0,
+    against ``tvmlib.core.solvers.euler`` on the exact Gaussian flow ``tvmlib.core.analytic.GaussianFlow``
+    (its velocity is closed-form), plus first-order convergence to the exact flow map.
+    ``velocity(x, t)`` takes x: (B, 2) and t a (B,) tensor (or a float, or a 0-d tensor).
+    """
+    from tvmlib.core.analytic import GaussianFlow
+    from tvmlib.core.solvers import euler, time_grid
+
+    name = "check_euler"
+    flow = GaussianFlow(torch.tensor([1.5, -0.5]), sigma=0.4)
+    x1 = torch.randn(16, 2, generator=_gen(2), dtype=torch.float64)
+    calls: list[float] = []
+
+    def velocity(x: Tensor, t) -> Tensor:
+        tt = torch.as_tensor(t, dtype=torch.float64)
+        if tt.dim() > 1 or (tt.dim() == 1 and tt.numel() not in (1, x.shape[0])):
+            _fail(name, f"velocity(x, t) needs t as a float or a ({x.shape[0]},) tensor, got "
+                        f"shape {tuple(tt.shape)}")
+        calls.append(float(tt.flatten()[0]))
+        return flow.velocity(x, tt.flatten().expand(x.shape[0]))
+
+    def run(times: Tensor) -> Tensor:
+        calls.clear()
+        out = fn(velocity, x1.clone(), times.clone())
+        if torch.is_tensor(out) and out.dim() == 3 and out.shape[1:] == x1.shape:
+            _fail(name, f"return only the final x, shape {tuple(x1.shape)}, not the whole "
+                        f"trajectory {tuple(out.shape)}")
+        if not torch.is_tensor(out):
+            _fail(name, f"return the final x as a tensor of shape {tuple(x1.shape)}, got "
+                        f"{type(out).__name__}")
+        return _require_tensor(name, "the returned x", out, tuple(x1.shape))
+
+    times = torch.tensor([1.0, 0.8, 0.55, 0.35, 0.2, 0.1, 0.0], dtype=torch.float64)
+    K = len(times) - 1
+    got = run(times)
+    used = list(calls)
+    if len(used) != K:
+        hint = ("one step too many" if len(used) == K + 1 else
+                "one step too few" if len(used) == K - 1 else "wrong number of steps")
+        _fail(name, f"{hint}: a grid of {K + 1} times has {K} intervals, so Euler calls the "
+                    f"velocity {K} times (at t_0 .. t_{K - 1}), but yours called it {len(used)} "
+                    f"times")
+    at = torch.tensor(used, dtype=torch.float64)
+    if torch.allclose(at, times[1:].flip(0)) or torch.allclose(at, times[:-1].flip(0)):
+        _fail(name, "wrong direction of time: sampling starts from noise at t = 1 and walks "
+                    "the grid in the given order down to t = 0")
+    if torch.allclose(at, times[1:]):
+        _fail(name, "the velocity is evaluated at the end of each step (t_{k+1}); explicit "
+                    "Euler uses the start of the step, u(x_k, t_k)")
+    want = euler(velocity, x1.clone(), times).x
+    rtol, atol = 1e-7, 1e-9
+    if not _close(got, want, rtol, atol):
+        x_back = x1.clone()
+        for t, t_next in zip(times[:-1], times[1:]):
+            x_back = x_back - float(t_next - t) * flow.velocity(x_back, t.expand(16))
+        if _close(got, x_back, rtol, atol):
+            _fail(name, "wrong direction of time: the step is x + (t_{k+1} - t_k) u with "
+                        "t_{k+1} - t_k < 0 (time decreases from noise to data); yours adds "
+                        "(t_k - t_{k+1}) u")
+        _fail(name, f"wrong final x: {_err(got, want)}")
+    errors = []
+    exact = flow.flow_map(x1, torch.ones(16, dtype=torch.float64),
+                          torch.zeros(16, dtype=torch.float64))
+    for steps in (8, 16, 32):
+        errors.append(float((run(time_grid(steps)) - exact).abs().max()))
+    ratios = [a / b for a, b in zip(errors[:-1], errors[1:])]
+    if not all(1.6 < r < 2.5 for r in ratios):
+        _fail(name, f"not first order: doubling the steps should halve the error against the "
+                    f"exact flow, got errors {errors} (ratios {ratios})")
+
+
+# ---- terminal velocity d/ds f ----------------------------------------------------------------
+
+def check_terminal_velocity(fn: Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(net, x_t, t, s) -> d/ds f_theta(x_t, t, s)`` for f = (s - t) F(x_t, t, s)
+    (TVM paper Eq. 17: d/ds f = F + (s - t) d/ds F), computed with ``torch.func.jvp`` whose
+    tangent is 1 on s and 0 on x and t; compared in float64 with
+    ``tvmlib.core.flowmap.displacement_and_dfds``, gradients w.r.t. the parameters included.
+    """
+    from tvmlib.core.flowmap import displacement_and_dfds
+
+    name = "check_terminal_velocity"
+    net = _small_mlp(3, torch.float64)
+    g = _gen(4)
+    B = 32
+    x = torch.randn(B, 2, generator=g, dtype=torch.float64)
+    t = 0.2 + 0.8 * torch.rand(B, generator=g, dtype=torch.float64)
+    s = t * torch.rand(B, generator=g, dtype=torch.float64)
+    got = fn(net, x.clone(), t.clone(), s.clone())
+    if isinstance(got, tuple):
+        _fail(name, f"return only d/ds f, one tensor of shape {(B, 2)}, not a tuple of "
+                    f"{len(got)} (torch.func.jvp returns (f, d/ds f))")
+    got = _require_tensor(name, "d/ds f", got, (B, 2))
+    _, want = displacement_and_dfds(net, x, t, s)
+    rtol, atol = 1e-8, 1e-10
+    if not _close(got, want, rtol, atol):
+        col = (s - t)[:, None]
+        F = lambda t_, s_, x_=x: net(x_, t_, s_)  # noqa: E731
+        one = torch.ones(B, dtype=torch.float64)
+        _, dFds = torch.func.jvp(lambda s_: F(t, s_), (s,), (one,))
+        wrong = {
+            "missing the (s - t) factor: you differentiated F, but f = (s - t) F, so "
+            "d/ds f = F + (s - t) dF/ds": dFds,
+            "missing the product rule's F term: d/ds [(s - t) F] = F + (s - t) dF/ds": col * dFds,
+            "you returned F itself: differentiate f = (s - t) F with respect to s":
+                F(t, s),
+            "the tangent is on t, not s: use tangent 1 on s and 0 on x and t":
+                torch.func.jvp(lambda t_: (s - t_)[:, None] * F(t_, s),
+                               (t,), (one,))[1],
+            "the tangent is on x, not s: use tangent 1 on s and 0 on x and t":
+                torch.func.jvp(lambda x_: col * F(t, s, x_), (x,), (torch.ones_like(x),))[1],
+            "the tangent has the wrong sign (or the displacement is (t - s) F): f = (s - t) F, "
+            "tangent +1 on s": -want,
+        }
+        for why, val in wrong.items():
+            if _close(got, val, rtol, atol):
+                _fail(name, why)
+        _fail(name, f"wrong d/ds f: {_err(got, want)}")
+    weight = torch.randn(B, 2, generator=g, dtype=torch.float64)
+    _check_grads(name, _grads(got, net, weight), _grads(want, net, weight),
+                 "TVM trains through the JVP, so do not .detach() it or run it under "
+                 "torch.no_grad()", 1e-6, 1e-12)
+
+
+# ---- JVP of attention ------------------------------------------------------------------------
+
+def check_attention_jvp(fn: Callable[..., tuple[Tensor, Tensor]]) -> None:
+    """Check ``fn(q, k, v, tq, tk, tv) -> (O, Ȯ)``: softmax attention O = softmax(s Q K^T) V
+    (s = 1/sqrt(d), no mask) and its tangent (docs/jvp_attention.md §1)
+
+        Ṡ = s (Q̇ K^T + Q K̇^T),  μ = rowsum(P ∘ Ṡ),  Ȯ = (P ∘ Ṡ) V + P V̇ − μ ∘ O,
+
+    in plain PyTorch, against ``tvmlib.kernels.jvp_ref`` in float64. Inputs (2, 2, 8, 4).
+    """
+    from tvmlib.kernels.reference import attention_ref, jvp_ref
+
+    name = "check_attention_jvp"
+    g = _gen(5)
+    shape = (2, 2, 8, 4)
+    q, k, v, tq, tk, tv = (torch.randn(shape, generator=g, dtype=torch.float64)
+                           for _ in range(6))
+    out = fn(*(a.clone() for a in (q, k, v, tq, tk, tv)))
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        _fail(name, "return a pair (O, Ȯ) of tensors")
+    o = _require_tensor(name, "O", out[0], shape)
+    to = _require_tensor(name, "Ȯ", out[1], shape)
+    want_o, want_to = jvp_ref(q, k, v, tq, tk, tv)
+    rtol, atol = 1e-7, 1e-9
+    if not _close(o, want_o, rtol, atol):
+        if _close(o, attention_ref(q, k, v, scale=1.0), rtol, atol):
+            _fail(name, "wrong O: the scores need the scale s = 1/sqrt(d) (S = s Q K^T)")
+        keys_dim = torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-2) @ v
+        if _close(o, keys_dim, rtol, atol):
+            _fail(name, "wrong O: the softmax runs over keys (the last dim, dim=-1)")
+        _fail(name, f"wrong O: {_err(o, want_o)}")
+    if not _close(to, want_to, rtol, atol):
+        sc = q.shape[-1] ** -0.5
+        P = torch.softmax(sc * q @ k.transpose(-1, -2), dim=-1)  # (B, H, N, N)
+
+        def tangent(sdot: Tensor, mu_sign: float = 1.0, with_tv: bool = True) -> Tensor:
+            mu = (P * sdot).sum(-1, keepdim=True)  # (B, H, N, 1)
+            res = (P * sdot) @ v - mu_sign * mu * want_o
+            return res + P @ tv if with_tv else res
+
+        sdot = sc * (tq @ k.transpose(-1, -2) + q @ tk.transpose(-1, -2))
+        wrong = {
+            "missing the μ correction: Ȯ = (P ∘ Ṡ) V + P V̇ − μ ∘ O with μ = rowsum(P ∘ Ṡ), "
+            "the tangent of the softmax normaliser": tangent(sdot, 0.0),
+            "the μ term has the wrong sign: Ȯ = (P ∘ Ṡ) V + P V̇ − μ ∘ O": tangent(sdot, -1.0),
+            "missing the P V̇ term (the tangent of V)": tangent(sdot, with_tv=False),
+            "Ṡ misses the scale s = 1/sqrt(d)": tangent(sdot / sc),
+            "Ṡ misses the Q K̇^T term (the tangent of K)": tangent(sc * tq @ k.transpose(-1, -2)),
+            "Ṡ misses the Q̇ K^T term (the tangent of Q)": tangent(sc * q @ tk.transpose(-1, -2)),
+        }
+        for why, val in wrong.items():
+            if _close(to, val, rtol, atol):
+                _fail(name, f"wrong tangent Ȯ: {why}")
+        _fail(name, f"wrong tangent Ȯ (O is right): {_err(to, want_to)}")
+
+
+# ---- CMT regression target -------------------------------------------------------------------
+
+def check_cmt_target(fn: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(x_i, t_i, x_j, t_j) -> (x_j - x_i) / (t_j - t_i)``, CMT's flow-map target
+    (the average velocity of a teacher trajectory from t_i down to t_j < t_i, so that
+    x_j = x_i + (t_j - t_i) F), against ``tvmlib.core.losses.cmt.cmt_targets`` for x of shape
+    (N, 2) and (N, 1, 4, 4) with t: (N,).
+    """
+    from tvmlib.core.losses.cmt import cmt_targets
+
+    name = "check_cmt_target"
+    g = _gen(6)
+    for shape in ((6, 2), (6, 1, 4, 4)):
+        N = shape[0]
+        x_i = torch.randn(shape, generator=g, dtype=torch.float64)
+        x_j = torch.randn(shape, generator=g, dtype=torch.float64)
+        t_i = 0.3 + 0.7 * torch.rand(N, generator=g, dtype=torch.float64)
+        t_j = t_i * torch.rand(N, generator=g, dtype=torch.float64) * 0.9
+        try:
+            got = fn(x_i.clone(), t_i.clone(), x_j.clone(), t_j.clone())
+        except RuntimeError as e:
+            if "size of tensor" in str(e) or "broadcast" in str(e):
+                raise AssertionError(
+                    f"{name}: t has shape ({N},) but x has shape {shape}; reshape the time gap "
+                    f"to ({N}{', 1' * (len(shape) - 1)}) before dividing (error: {e})") from e
+            raise
+        got = _require_tensor(name, "the target", got, shape)
+        want = cmt_targets(x_i, x_j, t_i, t_j)
+        rtol, atol = 1e-9, 1e-12
+        if _close(got, want, rtol, atol):
+            continue
+        gap = (t_j - t_i).view(-1, *([1] * (len(shape) - 1)))
+        wrong = {
+            "sign error: the target is (x_j - x_i) / (t_j - t_i); flipping one of the two "
+            "differences flips the sign (both are 'later state minus earlier')": -want,
+            "you forgot to divide by the time gap t_j - t_i": x_j - x_i,
+            "you multiplied by the time gap instead of dividing by it": (x_j - x_i) * gap,
+            "you divided by t_j instead of the gap t_j - t_i": (x_j - x_i) / (gap + t_i.view(
+                gap.shape)),
+        }
+        for why, val in wrong.items():
+            if _close(got, val, rtol, atol):
+                _fail(name, why)
+        _fail(name, f"wrong target for x of shape {shape}: {_err(got, want)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""One build path: a run config (``tvmlib.training.config.RunConfig``) -> the network, the loss,
+the batch source, the loop settings and the device, for every run of the project (the train
+CLI, the experiments, the benchmarks, the checkpoint makers and the notebooks).
+
+:func:`sampler` says how a run's network is sampled, so that sampling matches training: flow-map
+losses (TVM, MeanFlow, CMT) jump with the flow map, TVM with its guidance input w and scaled
+parameterization; flow matching integrates its velocity with an ODE solver, guided outside the
+network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tvmlib.training.checkpoint import read_checkpoint
+from tvmlib.training.config import RunConfig, load_config
+from tvmlib.training.loop import TrainConfig
+
+FLOW_MAP_LOSSES = ("tvm", "meanflow", "cmt")  # their networks are flow maps F(x, t, s)
+DIT_SIZE_KEYS = ("depth", "hidden_size", "num_heads", "patch_size", "freq_dim", "time_scale")
+
+
+@dataclass
+class Built:
+    net: nn.Module
+    loss: object  # loss(net, batch) -> (loss, logs)
+    source: object  # next_batch() -> a global batch
+    loop: TrainConfig
+    device: torch.device
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def num_classes(cfg: RunConfig) -> int:
+    return cfg.model.num_classes if cfg.data.class_conditional else 0
+
+
+def build_model(cfg: RunConfig) -> nn.Module:
+    """The network of ``cfg.model`` (on the current default device), seeded by train.seed."""
+    from tvmlib.nn import MLP2D, DiT, LipschitzConfig
+
+    m = cfg.model
+    torch.manual_seed(cfg.train.seed)
+    sizes = {k: getattr(m, k) for k in DIT_SIZE_KEYS if getattr(m, k) is not None}
+    if m.preset == "MLP2D":
+        extra = {"time_scale": m.time_scale} if m.time_scale is not None else {}
+        return MLP2D(dim=m.in_channels, hidden=m.hidden_size or 256, depth=m.depth or 4,
+                     num_classes=num_classes(cfg), guidance=m.guidance, **extra)
+    kwargs = dict(input_size=m.input_size, in_channels=m.in_channels,
+                  num_classes=num_classes(cfg), guidance=m.guidance,
+                  lipschitz=LipschitzConfig(**asdict(m.lipschitz)), attn_backend=m.attn_backend)
+    from tvmlib.nn.dit import DIT_PRESETS
+
+    if m.preset != "DiT" and m.preset not in DIT_PRESETS:
+        raise ValueError(f"model.preset {m.preset!r} unknown; valid: MLP2D, DiT, "
+                         f"{', '.join(DIT_PRESETS)}")
+    return DiT(**{**DIT_PRESETS.get(m.preset, {}), **sizes}, **kwargs)
+
+
+def build_loss(cfg: RunConfig, net: nn.Module, teacher: nn.Module | None = None):
+    """The loss of ``cfg.loss`` for ``net``; CMT needs the frozen ``teacher``."""
+    from tvmlib.core.losses import CMTLoss, FMLoss, MeanFlowLoss, TVMLoss
+
+    lc, K = cfg.loss, num_classes(cfg)
+    if lc.name == "fm":
+        return FMLoss(lc.time_sampler, lc.time_mean, lc.time_std, lc.label_dropout, K)
+    if lc.name == "meanflow":
+        return MeanFlowLoss(num_classes=K, label_dropout=lc.label_dropout, omega=lc.cfg_scale)
+    if lc.name == "cmt":
+        if teacher is None:
+            raise ValueError("loss.name cmt needs a teacher: set loss.teacher to a run")
+        return CMTLoss(teacher, steps=lc.solver_steps, solver=lc.solver, grid=lc.grid,
+                       points=lc.points, endpoint_only=lc.endpoint_only, space=lc.space,
+                       labels=lc.labels, label_dropout=lc.label_dropout,
+                       cfg_scale=lc.cfg_scale, seed=cfg.train.seed)
+    w = tuple(lc.cfg_range) if lc.cfg_range is not None else lc.cfg_scale
+    if w is not None and not getattr(net, "guidance", False):
+        raise ValueError("loss.cfg_scale / cfg_range need a guidance-conditioned model "
+                         "(model.guidance: true)")
+    return TVMLoss(net, target_decay=lc.target_decay, frac_equal=lc.frac_equal, num_classes=K,
+                   label_dropout=lc.label_dropout, cfg_scale=w, scale_param=lc.scale_param,
+                   detach_jvp=lc.detach_jvp)
+
+
+def build_source(cfg: RunConfig, device: torch.device | str = "cpu"):
+    """A replayable stream of global batches for ``cfg.data`` (MNIST-like images on
+    ``device``, so a GPU run indexes them there)."""
+    d, batch, seed, labels = cfg.data, cfg.train.global_batch, cfg.train.seed, \
+        cfg.data.class_conditional
+    if d.dataset.startswith("toy:"):
+        from tvmlib.data import ToySource
+
+        return ToySource(d.dataset[4:], batch, seed=seed, labels=labels)
+    if d.dataset in ("mnist", "fashion-mnist"):
+        from tvmlib.data.images import TensorSource, load_mnist
+
+        x, y = load_mnist(d.dataset, "train")
+        return TensorSource(x.to(device), y.to(device), batch, seed=seed, labels=labels)
+    if d.dataset == "latents":
+        return _latent_source(cfg)
+    raise ValueError(f"data.dataset {d.dataset!r} unknown; valid: mnist, fashion-mnist, latents, "
+                     "toy:<name>")
+
+
+def _latent_source(cfg: RunConfig):
+    from tvmlib.data.latents import LatentSource
+
+    d, m = cfg.data, cfg.model
+    if not d.path:
+        raise ValueError("data.dataset 'latents' needs data.path (a folder of latent shards)")
+    src = LatentSource(d.path, cfg.train.global_batch, seed=cfg.train.seed,
+                       labels=d.class_conditional, norm=d.latent_norm)
+    if src.latent_shape != (m.in_channels, m.input_size, m.input_size):
+        raise ValueError(f"{d.path} holds latents of shape {src.latent_shape}, but the model "
+                         f"expects (model.in_channels, model.input_size x2) = "
+                         f"{(m.in_channels, m.input_size, m.input_size)}")
+    if d.class_conditional and src.num_classes > m.num_classes:
+        raise ValueError(f"{d.path} has {src.num_classes} classes, model.num_classes is "
+                         f"{m.num_classes}")
+    return src
+
+
+def micro_batches(cfg: RunConfig, world: int) -> int:
+    """Gradient-accumulation factor so that world x per_gpu x micro = global batch."""
+    t = cfg.train
+    per_gpu = t.per_gpu_batch or t.global_batch // world
+    if per_gpu <= 0 or t.global_batch % (world * per_gpu):
+        raise ValueError(f"train.global_batch {t.global_batch} must be a multiple of "
+                         f"num_gpus ({world}) x train.per_gpu_batch ({per_gpu})")
+    return t.global_batch // (world * per_gpu)
+
+
+def loop_config(cfg: RunConfig, world: int = 1) -> TrainConfig:
+    """The loop settings of ``cfg.train``, checkpoint and log in ``cfg.run_dir``."""
+    t = cfg.train
+    return TrainConfig(
+        steps=t.steps, lr=t.lr, warmup=t.warmup, betas=tuple(t.betas),
+        weight_decay=t.weight_decay, grad_clip=t.grad_clip, ema_decay=t.ema_decay,
+        log_every=t.log_every, ckpt_every=t.ckpt_every,
+        ckpt_path=str(cfg.run_dir / "checkpoint.pt"), log_path=str(cfg.run_dir / "log"),
+        seed=t.seed, micro_batches=micro_batches(cfg, world), amp=t.amp,
+        cuda_graph=t.cuda_graph, time_budget_s=t.time_budget_s)
+
+
+def build(cfg: RunConfig, device: torch.device | str | None = None, world: int = 1,
+          teacher: nn.Module | None = None) -> Built:
+    """Everything a run trains with. The network is built on ``device`` (default
+    ``cfg.device``): the spectral init's SVDs of an XL model are slow on a CPU."""
+    device = resolve_device(device if device is not None else cfg.device)
+    loop = loop_config(cfg, world)  # validates the batch split before any work
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.train.tf32
+    with device:
+        net = build_model(cfg)
+    return Built(net, build_loss(cfg, net, teacher), build_source(cfg, device), loop, device)
+
+
+def load_run(run_dir: str | Path, weights: str = "ema", device: str | torch.device = "cpu"
+             ) -> tuple[RunConfig, nn.Module]:
+    """(config, network) of a run folder (``config.yaml`` and ``checkpoint.pt``). ``weights``:
+    "ema" (evaluation EMA), "net" (raw weights) or "target" (TVM's EMA target). The network is
+    in eval mode, gradients off, on ``device``."""
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "checkpoint.pt"):
+        if not (run_dir / name).exists():
+            raise FileNotFoundError(f"{run_dir / name} does not exist: a run folder is written "
+                                    "by python -m tvmlib.apps.train (runs/<name>)")
+    cfg = load_config(run_dir / "config.yaml")
+    ckpt = read_checkpoint(run_dir / "checkpoint.pt")
+    states = {"ema": lambda: ckpt["ema"]["module"], "net": lambda: ckpt["net"],
+              "target": lambda: ckpt["loss"]["target"]["module"]}
+    if weights not in states:
+        raise ValueError(f"weights {weights!r} unknown; valid: {', '.join(states)}")
+    if weights == "target" and not (ckpt.get("loss") or {}).get("target"):
+        raise ValueError(f"{run_dir} has no EMA target (not a TVM run); use weights ema or net")
+    with torch.device(device):
+        net = build_model(cfg)
+    net.load_state_dict(states[weights]())
+    return cfg, net.eval().requires_grad_(False)
+
+
+def sampler(cfg: RunConfig, net: nn.Module) -> dict:
+    """How to sample the network of run ``cfg``: keyword arguments of
+    ``tvmlib.core.solvers.sample`` (solver, w, cfg_scale, scale_param)."""
+    e, lc = cfg.eval, cfg.loss
+    flow_map = lc.name in FLOW_MAP_LOSSES
+    solver = e.solver if e.solver != "auto" else ("flowmap" if flow_map else "euler")
+    if not flow_map:  # a velocity field: guidance outside the network, if any
+        cfg_scale = e.cfg_scale if e.cfg_scale not in (None, 1.0) else None
+        return {"solver": solver, "w": None, "cfg_scale": cfg_scale, "scale_param": False}
+    w = None
+    if getattr(net, "guidance", False):
+        w = e.cfg_scale if e.cfg_scale is not None else lc.cfg_scale
+    return {"solver": solver, "w": w, "cfg_scale": None,
+            "scale_param": lc.name == "tvm" and lc.scale_param}

@@ -1,0 +1,300 @@
+"""One training loop for every loss: AdamW with linear warm-up, gradient clipping, an evaluation
+EMA, periodic metrics (CSV + JSON), atomic checkpoints with exact resume, a time budget, and
+clear errors on a non-finite loss or gradient.
+
+A loss is any callable ``loss_fn(net, batch) -> (loss, logs)``. If it also has
+``after_step(net)`` (TVM's EMA target) the loop calls it after every optimizer step, and its
+``state_dict`` / ``load_state_dict`` go into the checkpoint. A batch source is any object with
+``next_batch()`` returning one *global* batch; with ``state_dict`` / ``load_state_dict`` too,
+resuming replays the very same batches. Under ``torchrun`` every process draws the same global
+batch and trains on its slice (``tvmlib.training.distributed``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from tvmlib.core.ema import EMA
+from tvmlib.training.checkpoint import load_checkpoint, save_checkpoint
+from tvmlib.training.distributed import all_reduce_sum, average_gradients, world
+from tvmlib.training.graphs import GraphedLossBackward, check_graph_support
+from tvmlib.utils.atomic import atomic_write_json, atomic_write_text
+from tvmlib.utils.cuda import GpuClock
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping settings (defaults suit the 2D toys on a CPU)."""
+
+    steps: int = 2000
+    lr: float = 1e-3
+    warmup: int = 0  # steps of linear learning-rate warm-up
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    ema_decay: float = 0.999
+    log_every: int = 100
+    ckpt_every: int = 0  # 0: checkpoint only at the end and on interruption
+    ckpt_path: str | None = None
+    log_path: str | None = None  # writes <log_path>.csv and <log_path>.json
+    seed: int = 0
+    micro_batches: int = 1  # gradient accumulation: micro-batches per process and step
+    amp: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; "bf16"; "off"
+    progress: bool | None = None  # None: on unless $CI or $TVMLIB_QUIET is set
+    cuda_graph: bool = False  # replay loss + backward as one CUDA graph
+    time_budget_s: float | None = None  # stop (checkpointed) after this many training seconds
+
+
+@dataclass
+class TrainState:
+    """What a run leaves behind: the network, its EMA, the optimizer, and the metric history.
+    ``train_seconds`` counts CUDA-synchronised training time (evaluation excluded); ``stopped``
+    says why a run ended before ``steps`` ("time budget"), else None."""
+
+    net: nn.Module
+    ema: EMA
+    opt: torch.optim.Optimizer
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+    stopped: str | None = None
+
+
+def quiet() -> bool:
+    """True in CI logs (``$CI``) or when ``$TVMLIB_QUIET`` is set: no progress bars."""
+    return any(os.environ.get(k, "") not in ("", "0", "false") for k in ("CI", "TVMLIB_QUIET"))
+
+
+def autocast(amp: str, device: torch.device, cuda_graph: bool = False):
+    """The precision policy of every run: bf16 autocast on CUDA (``amp`` "auto") or anywhere
+    (``"bf16"``), else full precision. A CUDA graph must not hold autocast's weight cache."""
+    if amp not in ("auto", "bf16", "off"):
+        raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {amp!r}")
+    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not cuda_graph)
+    return contextlib.nullcontext()
+
+
+def write_log(history: list[dict], log_path: str) -> None:
+    """Write the metric history as ``<log_path>.json`` and ``<log_path>.csv`` (atomically)."""
+    atomic_write_json(history, f"{log_path}.json")
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    lines = [",".join(keys)] + [",".join(str(row.get(k, "")) for k in keys) for row in history]
+    atomic_write_text("\n".join(lines) + "\n", f"{log_path}.csv")
+
+
+def _micro_seed(seed: int, step: int, index: int) -> int:
+    """A seed for micro-batch ``index`` of ``step``: the loss's noise then depends only on
+    (seed, step, index), not on how micro-batches are spread over processes."""
+    return (seed * 1_000_003 + step) * 4099 + index
+
+
+def _chunk(batch, i: int, n: int):
+    """Micro-batch i of n from a global batch (x0 or (x0, y))."""
+    if torch.is_tensor(batch):
+        if batch.shape[0] % n:
+            raise ValueError(f"global batch {batch.shape[0]} is not divisible into {n} "
+                             "micro-batches")
+        return batch.chunk(n)[i]
+    return type(batch)(None if b is None else _chunk(b, i, n) for b in batch)
+
+
+def _to_device(batch, device):
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    return type(batch)(None if b is None else b.to(device, non_blocking=True) for b in batch)
+
+
+class _StopFlag:
+    """Turns SIGTERM into a checkpoint at the next step boundary (cluster pre-emption)."""
+
+    def __enter__(self):
+        self.requested = False
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not in the main thread: leave signals alone
+            self.previous = None
+        return self
+
+    def _handler(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+class _Step:
+    """One optimizer step: micro-batches, gradient all-reduce, checks, clipping, AdamW, EMAs."""
+
+    def __init__(self, state: TrainState, loss_fn: Callable, cfg: TrainConfig):
+        self.state, self.loss_fn, self.cfg = state, loss_fn, cfg
+        self.device = next(state.net.parameters()).device
+        self.rank, self.world = world()
+        self.autocast = lambda: autocast(cfg.amp, self.device, cfg.cuda_graph)
+        self.graphed = None
+        if cfg.cuda_graph:
+            check_graph_support(state.net, loss_fn, cfg.micro_batches)
+            self.graphed = GraphedLossBackward(state.net, loss_fn, self.autocast,
+                                               cfg.micro_batches)
+        self.last_finite = (None, None)  # (step, loss)
+
+    def gradients(self, batch) -> tuple[float, dict]:
+        """Accumulate this process's micro-batch gradients; returns (mean loss, last logs)."""
+        net, n_micro, step = self.state.net, self.cfg.micro_batches, self.state.step
+        if self.graphed is None:
+            self.state.opt.zero_grad(set_to_none=True)
+        else:
+            self.graphed.zero_grad()
+        loss_sum = torch.zeros((), device=self.device)
+        for k in range(n_micro):
+            index = self.rank * n_micro + k
+            seed = _micro_seed(self.cfg.seed, step, index)
+            micro = _to_device(_chunk(batch, index, self.world * n_micro), self.device)
+            if self.graphed is not None:  # the replay adds loss / n_micro's gradients
+                loss, logs = self.graphed(micro, seed)
+            else:
+                torch.manual_seed(seed)
+                with self.autocast():
+                    loss, logs = self.loss_fn(net, micro)
+                (loss / n_micro).backward()
+            loss_sum += loss.detach().float()
+        if self.world > 1:
+            all_reduce_sum(loss_sum)
+            average_gradients(net, self.world)
+        return float(loss_sum) / (n_micro * self.world), logs
+
+    def __call__(self, batch) -> dict[str, float]:
+        """Take one step; returns its logs (loss, gradient norm before clipping, lr, ...)."""
+        state, cfg = self.state, self.cfg
+        if cfg.warmup and state.step <= cfg.warmup:  # later steps keep what a callback sets
+            for group in state.opt.param_groups:
+                group["lr"] = cfg.lr * min(1.0, (state.step + 1) / cfg.warmup)
+        lr = state.opt.param_groups[0]["lr"]
+        loss, logs = self.gradients(batch)
+        grad_norm = float(nn.utils.clip_grad_norm_(
+            state.net.parameters(), cfg.grad_clip if cfg.grad_clip else float("inf")))
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            what = "loss" if not math.isfinite(loss) else f"gradient norm (loss {loss:.4g})"
+            raise FloatingPointError(
+                f"non-finite {what} at step {state.step + 1}; last finite loss: "
+                f"{self.last_finite[1]} at step {self.last_finite[0]}. Lower the learning rate, "
+                "enable grad_clip, or check the data for NaNs.")
+        self.last_finite = (state.step + 1, loss)
+        state.opt.step()
+        state.ema.update(state.net)
+        if hasattr(self.loss_fn, "after_step"):
+            self.loss_fn.after_step(state.net)
+        state.step += 1
+        return {**{k: float(v) for k, v in logs.items()}, "loss": loss, "grad_norm": grad_norm,
+                "lr": lr}
+
+
+class _Logger:
+    """Averages step logs over ``log_every`` steps into history rows (and the log files)."""
+
+    def __init__(self, state: TrainState, cfg: TrainConfig, rank: int):
+        self.state, self.cfg, self.rank = state, cfg, rank
+        self.sums: dict[str, float] = {}
+        self.n = 0
+
+    def add(self, logs: dict[str, float], extra: dict | None, force: bool = False) -> dict:
+        for k, v in logs.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.n += 1
+        step, every = self.state.step, self.cfg.log_every
+        row = {}
+        if (every and step % every == 0) or step == self.cfg.steps or force:
+            row = {"step": step, **{k: v / self.n for k, v in self.sums.items()},
+                   "seconds": self.state.train_seconds}
+            self.sums, self.n = {}, 0
+        if extra:
+            row = {"step": step, **row, **extra}
+        if row:
+            self.state.history.append(row)
+            if self.cfg.log_path and self.rank == 0:
+                write_log(self.state.history, self.cfg.log_path)
+        return row
+
+
+def _new_state(net: nn.Module, cfg: TrainConfig) -> TrainState:
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
+                            weight_decay=cfg.weight_decay)
+    return TrainState(net, EMA(net, cfg.ema_decay), opt)
+
+
+def train(net: nn.Module, loss_fn: Callable, source, cfg: TrainConfig, resume: bool = False,
+          eval_fn: Callable[[TrainState], dict] | None = None, eval_every: int = 0,
+          callback: Callable[[TrainState, dict], None] | None = None) -> TrainState:
+    """Train ``net`` for ``cfg.steps`` optimizer steps and return the final ``TrainState``.
+
+    Each step takes one global batch from ``source`` and splits it into world size x
+    ``cfg.micro_batches`` micro-batches; under ``torchrun`` this process handles its share and
+    the gradients are all-reduced, so N processes give the update of one process with N times
+    the micro-batches. The loss's random draws are seeded per (seed, step, micro-batch).
+
+    ``resume=True`` continues from ``cfg.ckpt_path`` if it exists. ``eval_fn(state)`` runs on
+    rank 0 every ``eval_every`` steps (and at the end), outside the training clock, and its
+    dict is logged. ``callback(state, logs)`` runs after every step; it may raise (e.g.
+    KeyboardInterrupt) to stop, and the loop checkpoints first, as on SIGTERM. A run that
+    reaches ``cfg.time_budget_s`` stops with ``state.stopped = "time budget"``.
+    """
+    torch.manual_seed(cfg.seed)
+    state = _new_state(net, cfg)
+    if resume and cfg.ckpt_path and Path(cfg.ckpt_path).exists():
+        load_checkpoint(cfg.ckpt_path, state, loss_fn, source)
+    step, rank = _Step(state, loss_fn, cfg), world()[0]
+    save = (lambda: save_checkpoint(cfg.ckpt_path, state, loss_fn, source)) \
+        if cfg.ckpt_path and rank == 0 else (lambda: None)
+    logger, clock = _Logger(state, cfg, rank), GpuClock(step.device)
+    bar = tqdm(total=cfg.steps, initial=state.step, mininterval=1.0, disable=rank != 0 or (
+        not cfg.progress if cfg.progress is not None else quiet()))
+    at_boundary, done_before = True, state.train_seconds
+    try:
+        with _StopFlag() as stop:
+            clock.begin()
+            while state.step < cfg.steps and state.stopped is None:
+                at_boundary = False
+                state.net.train()
+                logs = step(source.next_batch())
+                at_boundary = True
+                state.train_seconds = done_before + clock.seconds()
+                if cfg.time_budget_s is not None and state.train_seconds >= cfg.time_budget_s:
+                    state.stopped = "time budget"
+                extra = None
+                if rank == 0 and eval_fn is not None and eval_every and (
+                        state.step % eval_every == 0 or state.step == cfg.steps or state.stopped):
+                    with clock.pause():
+                        extra = eval_fn(state)
+                row = logger.add(logs, extra, force=state.stopped is not None)
+                bar.update(1)
+                if row:
+                    bar.set_postfix(loss=f"{row.get('loss', logs['loss']):.4g}")
+                if cfg.ckpt_every and state.step % cfg.ckpt_every == 0:
+                    save()
+                if callback is not None:
+                    callback(state, logs)
+                if stop.requested:
+                    raise KeyboardInterrupt("SIGTERM")
+    except KeyboardInterrupt:
+        if cfg.ckpt_path and at_boundary:
+            save()
+            print(f"interrupted: checkpoint at step {state.step} written to {cfg.ckpt_path}")
+        elif cfg.ckpt_path:
+            print(f"interrupted mid-step {state.step + 1}: kept the last checkpoint")
+        raise
+    finally:
+        bar.close()
+    save()
+    return state

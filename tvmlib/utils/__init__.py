@@ -1,0 +1,2 @@
+"""Utilities under every layer: where things live, atomic writes, provenance, CUDA helpers,
+plots."""

@@ -1,0 +1,87 @@
+"""Plot helpers for the notebooks: samples, densities, trajectories, W2-vs-NFE; PNGs to figures/."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from tvmlib.utils.paths import figures_dir
+
+LIM = 3.0  # the toys live in about [-2.5, 2.5]^2
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().float().numpy() if torch.is_tensor(x) else np.asarray(x)
+
+
+def scatter(ax: Axes, x, title: str | None = None, c=None, lim: float = LIM, s: float = 1.0,
+            **kw) -> Axes:
+    """Scatter of 2D samples (n, 2), optionally coloured by ``c`` (e.g. class labels)."""
+    x = _np(x)
+    ax.scatter(x[:, 0], x[:, 1], s=s, c=None if c is None else _np(c),
+               cmap="tab10" if c is not None else None, alpha=0.6, linewidths=0, **kw)
+    return _square(ax, title, lim)
+
+
+def density(ax: Axes, x, title: str | None = None, lim: float = LIM, bins: int = 120) -> Axes:
+    """2D histogram of samples (n, 2)."""
+    x = _np(x)
+    ax.hist2d(x[:, 0], x[:, 1], bins=bins, range=[[-lim, lim], [-lim, lim]], cmap="magma")
+    return _square(ax, title, lim)
+
+
+def trajectories(ax: Axes, traj, n: int = 200, title: str | None = None,
+                 lim: float = LIM, alpha: float = 0.5, lw: float = 0.8) -> Axes:
+    """Paths of the first ``n`` particles of a trajectory (K+1, B, 2): noise grey, samples red."""
+    traj = _np(traj)[:, :n]
+    ax.plot(traj[:, :, 0], traj[:, :, 1], color="tab:blue", alpha=alpha, lw=lw)
+    ax.scatter(traj[0, :, 0], traj[0, :, 1], s=3, color="grey", label="t = 1 (noise)")
+    ax.scatter(traj[-1, :, 0], traj[-1, :, 1], s=3, color="tab:red", label="t = 0 (sample)")
+    return _square(ax, title, lim)
+
+
+def w2_vs_nfe(ax: Axes, curves: dict[str, dict], title: str = "W2 vs NFE",
+              reference: float | None = None, ref_label: str = "data vs data") -> Axes:
+    """One line per method: curves = {label: {nfe: w2}} with log-2 NFE on the x axis."""
+    for label, points in curves.items():
+        nfe = sorted(int(k) for k in points)
+        ax.plot(nfe, [points[k] if k in points else points[str(k)] for k in nfe], "o-",
+                label=label)
+    if reference is not None:
+        ax.axhline(reference, color="k", ls=":", label=ref_label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("NFE (network evaluations)")
+    ax.set_ylabel("W2 to data")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def save(fig: Figure, name: str, dpi: int = 90) -> str:
+    """Save ``fig`` as ``figures/<name>`` (or ``$TVMLIB_FIGURES``) and return the path."""
+    path = figures_dir() / name
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return str(path)
+
+
+def grid(n_rows: int, n_cols: int, size: float = 2.6) -> tuple[Figure, np.ndarray]:
+    """A figure of square panels, axes always a 2D array."""
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols, size * n_rows),
+                             squeeze=False)
+    return fig, axes
+
+
+def _square(ax: Axes, title: str | None, lim: float) -> Axes:
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
