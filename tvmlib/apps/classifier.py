@@ -67,10 +67,10 @@ def write_checkpoints_readme(folder: Path) -> None:
     text = "\n".join([
         "# data/checkpoints: classifier weights for the Frechet distance",
         "",
-        "Small CNNs (`tvmlib.evaluation.classifier.SmallCNN`) trained on a CPU by `python -m "
-        "tvmlib.evaluation.classifier`.",
-        "Their penultimate features give `tvmlib.evaluation.classifier.classifier_fd`. `load_classifier` "
-        "checks each file",
+        "Small CNNs (`tvmlib.evaluation.classifier.SmallCNN`) trained on a CPU by "
+        "`python -m tvmlib.apps.classifier`.",
+        "Their penultimate features give `tvmlib.evaluation.classifier.classifier_fd`; "
+        "`load_classifier` checks each file",
         "against the sha256 in `manifest.json`. This README is written by the training CLI "
         "from that manifest;",
         "the full provenance (commit, device, versions, train time) is in "

@@ -129,7 +129,8 @@ def encode_folder(folder: str | Path, out: str | Path, resolution: int, vae: str
         else:
             atomic_write_text(json.dumps(meta, indent=1), out / "meta.json")
     barrier()
-    todo = [i for i in range(rank, meta["num_shards"], n_world) if not (out / shard_name(i)).exists()]
+    todo = [i for i in range(rank, meta["num_shards"], n_world)
+            if not (out / shard_name(i)).exists()]
     if todo:
         model = load_vae(vae, device)
         n_todo = sum(min(shard_size, n - i * shard_size) for i in todo)

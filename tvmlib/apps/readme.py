@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from tvmlib.experiments.results import by_group, reach_step
 from tvmlib.utils.paths import repo_root
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -63,24 +64,26 @@ def table_lipschitz() -> str:
     name = "03_lipschitz_ablation.json"
     d = _load(name)
     if d is None:
-        return f"*`figures/{name}` is missing: run `python -m tvmlib.experiments.lipschitz`.*"
+        return (f"*`figures/{name}` is missing: run `python -m tvmlib.apps.experiment "
+                "configs/experiments/lipschitz_ablation.yaml`.*")
     res = d["results"]
     rows = []
-    for setting, variants in res["runs"].items():
+    for setting, variants in by_group(res["runs"]).items():
         for variant, r in variants.items():
-            rows.append([setting, r["lr"], variant, f"{r['steps_done']}/{r['steps']}",
-                         r["spike_step"]["first"], r.get("diverged_step"), r["fd"].get("1"),
-                         r["fd"].get("2")])
-    model = res["config"]["model"].get("preset") or "custom DiT"
+            fd = r["final"].get("ema", {})
+            rows.append([setting, r["config"]["train"]["lr"], variant,
+                         f"{r['steps_done']}/{r['steps']}", r["spike_step"]["first"],
+                         r.get("diverged_step"), fd.get("1"), fd.get("2")])
+    c = res["config"]
+    model = c["model"].get("preset") or "custom DiT"
     floor = res.get("reference_fd") or {}
-    head = (f"TVM on Fashion-MNIST 32x32, {model}, batch {res['config']['batch_size']}, "
-            f"{res['config'].get('attn_backend', 'math')} attention; FD: "
-            f"classifier Frechet distance of {res['config']['fd_samples']} EMA samples (real "
-            f"train vs test images: {_fmt(floor.get('train_vs_test'))}).")
-    note = d["provenance"].get("note", "")
+    head = (f"TVM on Fashion-MNIST 32x32, {model}, batch {c['batch_size']}, "
+            f"{c.get('attn_backend', 'math')} attention; FD: classifier Frechet distance of "
+            f"{c['fd_samples']} EMA samples (real train vs test images: "
+            f"{_fmt(floor.get('train_vs_test'))}).")
     return (head + "\n\n" + _table(["setting", "lr", "variant", "steps", "first spike",
                                      "diverged at", "FD 1 step", "FD 2 steps"], rows)
-            + "\n\n" + _source(name, d["provenance"]) + (f" {note}." if note else ""))
+            + "\n\n" + _source(name, d["provenance"]))
 
 
 def table_kernel() -> str:
@@ -128,21 +131,17 @@ def table_train_step() -> str:
     return "\n\n".join(out)
 
 
-def reach_step(rows: list[dict], target: float, key: str = "fd_1") -> int | None:
-    """The first evaluated step whose ``key`` is at most ``target`` (None: never)."""
-    return next((r["step"] for r in rows if r[key] is not None and r[key] <= target), None)
-
-
 def table_fashion_run() -> str:
     name = "06_fashion_tvm_eval.json"
     d = _load(name)
     if d is None:
         return (f"*`figures/{name}` is missing: run `configs/fashion_tvm.yaml` through "
-                "`torchrun -m tvmlib.training.loop` and `python -m tvmlib.evaluate`.*")
+                "`python -m tvmlib.apps.train` and `python -m tvmlib.apps.evaluate`.*")
     res = d["results"]
+    w = res["sampler"]["w"] if "sampler" in res else res["w"]
     rows = [[k, v["nfe"], v.get("fd")] for k, v in res["steps"].items()]
     return (f"`{res['run']}` after {d['provenance'].get('train_step')} training steps, "
-            f"{res['num_samples']} samples from the {res['weights']} weights, w = {res['w']}:\n\n"
+            f"{res['num_samples']} samples from the {res['weights']} weights, w = {w}:\n\n"
             + _table(["steps", "NFE", "FD"], rows) + "\n\n" + _source(name, d["provenance"]))
 
 
@@ -159,20 +158,23 @@ def table_cmt() -> str:
     gpu = _load("05_cmt.json")
     if gpu is None:
         out.append("*Fashion-MNIST on a GPU: `figures/05_cmt.json` is not produced yet "
-                   "(`python -m tvmlib.experiments.cmt --config configs/cmt_fashion.yaml`).*")
-    else:
-        target = gpu["runs"]["scratch"][-1]["fd_1"]
-        rows = [[name, r[0]["fd_1"], r[-1]["step"], r[-1]["fd_1"], r[-1]["fd_2"],
-                 reach_step(r, target), r[-1]["gpu_seconds"]] for name, r in gpu["runs"].items()]
-        st = gpu["stages"]
-        out.append(f"**Fashion-MNIST** (class-conditional {gpu['config']['model']['preset']}, "
-                   "TVM post-training from three starts; teacher: "
-                   f"{_fmt(st['teacher_gpu_seconds'])} GPU s, FD {_fmt(st['teacher_fd'])} at "
-                   f"{st['teacher_nfe']} NFE; CMT "
-                   f"mid-training: {_fmt(st['mid_gpu_seconds'])} GPU s)\n\n"
-                   + _table(["start", "FD 1 step at step 0", "steps", "FD 1 step", "FD 2 steps",
-                             "steps to scratch's final FD 1", "post GPU s"], rows)
-                   + "\n\n" + _source("05_cmt.json", gpu["provenance"]))
+                   "(`python -m tvmlib.apps.experiment configs/experiments/cmt_fashion.yaml`).*")
+        return "\n\n".join(out)
+    runs = gpu["results"]["runs"]
+    target = runs["scratch"]["evals"]["fd_1"][-1]
+    rows = [[n, r["evals"]["fd_1"][0], r["evals"]["step"][-1], r["evals"]["fd_1"][-1],
+             r["evals"]["fd_2"][-1], reach_step(r["evals"], target), r["train_s"], r["total_s"]]
+            for n, r in runs.items() if r["evals"]]
+    t, m = runs["teacher"], runs["mid"]
+    fd_t = next(iter(t["final"]["ema"].items()))
+    out.append(f"**Fashion-MNIST** (class-conditional "
+               f"{gpu['results']['config']['model']['preset']}, TVM post-training from three "
+               f"starts; teacher: {_fmt(t['total_s'])} GPU s, FD {_fmt(fd_t[1])} at {fd_t[0]} "
+               f"NFE; CMT mid-training: {_fmt(m['train_s'])} GPU s)\n\n"
+               + _table(["start", "FD 1 step at step 0", "steps", "FD 1 step", "FD 2 steps",
+                         "steps to scratch's final FD 1", "post GPU s", "GPU s, all stages"],
+                        rows)
+               + "\n\n" + _source("05_cmt.json", gpu["provenance"]))
     return "\n\n".join(out)
 
 

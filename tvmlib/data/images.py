@@ -155,7 +155,7 @@ def image_folder(root: str | Path, resolution: int):
 
 
 class TensorSource:
-    """An endless, replayable stream of batches from in-memory tensors, for ``tvmlib.training.loop``.
+    """An endless, replayable stream of batches from in-memory tensors for the training loop.
 
     The index stream is a concatenation of random permutations of range(N), one per epoch,
     drawn from the source's own ``torch.Generator``; batches are consecutive chunks of it (a

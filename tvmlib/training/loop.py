@@ -16,7 +16,6 @@ import contextlib
 import math
 import os
 import signal
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -1,1 +1,1 @@
-"""GPU benchmarks that write result files under figures/ (run as ``python -m tvmlib.apps.bench.X``)."""
+"""GPU benchmarks writing results under figures/: ``python -m tvmlib.apps.bench.<name>``."""

@@ -364,9 +364,9 @@ def main(argv: list[str] | None = None) -> int:
         shapes = QUICK_SHAPES if args.quick else SHAPES
         impls = args.impls.split(",")
 
+    from tvmlib.training.loop import atomic_write_text
     from tvmlib.utils.paths import figures_dir
     from tvmlib.utils.provenance import provenance
-    from tvmlib.training.loop import atomic_write_text
 
     results: dict = {"flop_units": FLOP_UNITS, "causal": False}
     if args.sweep:

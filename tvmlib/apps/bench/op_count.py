@@ -2,11 +2,11 @@
 
 A small DiT trains *launch-bound* on a GPU: its matrices are small, so the time of a TVM step
 (forward, JVP, backward) follows the number of kernels more than the number of FLOPs. That is why
-``tvmlib.training.graphs`` replays the step as a CUDA graph, and why the all-on DiT of the Lipschitz ablation
-steps slower than the plain one although its extra FLOPs are negligible. This script counts the
-top-level ``aten::`` operators the PyTorch profiler records for one step on the CPU (each launches
+``tvmlib.training.graphs`` replays the step as a CUDA graph, and why the all-on DiT of the
+Lipschitz ablation steps slower than the plain one although its extra FLOPs are negligible. This
+script counts the top-level ``aten::`` operators the PyTorch profiler records for one step on the CPU (each launches
 one or more kernels on a GPU; the sequence of operators does not depend on the device), per
-variant of ``tvmlib.experiments.lipschitz.VARIANTS``:
+Lipschitz variant of the ablation (``configs/experiments/lipschitz_ablation.yaml``):
 
     python -m tvmlib.apps.bench.op_count [--preset DiT-S/2] [--variants off on ...] [--batch 2]
         [--out figures/op_count_DiT-S-2.json]
@@ -21,16 +21,27 @@ Results: ``{"provenance", "results": {"preset", "batch", "rows": [{"variant", "t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from tvmlib.experiments.lipschitz import VARIANTS, AblationConfig, build_loss, build_model
-from tvmlib.utils.provenance import figures_dir, provenance
-from tvmlib.training.loop import atomic_write_text
+from tvmlib.experiments.results import VARIANTS
+from tvmlib.training.build import build_loss, build_model
+from tvmlib.training.config import config_from_dict
+from tvmlib.utils.atomic import atomic_write_json
+from tvmlib.utils.paths import figures_dir
+from tvmlib.utils.provenance import provenance
+
+SWITCHES = ("rmsnorm", "qk_norm", "mod_norm", "spectral_init")
+
+
+def lipschitz_flags(variant: str) -> dict:
+    """The ``model.lipschitz`` section of a variant: "off", "on", or one change alone."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    return {k: variant == "on" or variant == k for k in SWITCHES}
 
 
 def _nested(event) -> bool:
@@ -45,13 +56,14 @@ def _nested(event) -> bool:
 
 def count_step_ops(preset: str, variant: str, batch: int = 2, seed: int = 0) -> dict:
     """{"top_level", "all"}: aten operators of one TVM loss + backward of the Lipschitz
-    ablation's model and loss (``tvmlib.experiments.lipschitz``) with a ``preset`` DiT and the
+    ablation's model and loss (through ``tvmlib.training.build``) with a ``preset`` DiT and the
     ``variant``'s changes, on 32x32x1 images of 10 classes."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
-    cfg = AblationConfig(model={"preset": preset}, attn_backend="math", seed=seed)
-    net = build_model(cfg, variant, num_classes=10)
-    loss_fn = build_loss(cfg, net, num_classes=10)
+    cfg = config_from_dict({  # the Lipschitz ablation's model and loss
+        "model": {"preset": preset, "guidance": True, "attn_backend": "math",
+                  "lipschitz": lipschitz_flags(variant)},
+        "loss": {"name": "tvm", "cfg_scale": 2.0}, "train": {"seed": seed}})
+    net = build_model(cfg)
+    loss_fn = build_loss(cfg, net)
     data = (torch.randn(batch, 1, 32, 32), torch.randint(0, 10, (batch,)))  # (B, 1, 32, 32), (B,)
 
     def step() -> None:
@@ -88,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"preset": args.preset, "batch": args.batch, "attn_backend": "math", "rows": rows}
     path = Path(args.out) if args.out else \
         figures_dir() / f"op_count_{args.preset.replace('/', '-')}.json"
-    atomic_write_text(json.dumps({"provenance": prov, "results": results}, indent=1), path)
+    atomic_write_json({"provenance": prov, "results": results}, path)
     print(f"wrote {path}")
     return results
 

@@ -6,7 +6,7 @@ backend: time per step, images per second and peak GPU memory.
     python -m tvmlib.apps.bench.train_step --device cpu --models DiT-T/2 --batch 2 --input-size 8 \\
         --steps 2 --warmup 1 --out /tmp/train_step_cpu.json          (a seconds-long CPU check)
 
-One step is what ``tvmlib.training.loop`` does per micro-batch for the paper's runs: ``TVMLoss`` with
+One step is what the training loop does per micro-batch for the paper's runs: ``TVMLoss`` with
 constant w = 2 (``cfg_scale``), the scaled parameterization, label dropout 0.1 and the EMA
 target, forward + JVP + backward under bf16 autocast, an AdamW step (lr 1e-4, betas
 (0.9, 0.95)) and the target update, on random latents (B, 4, 32, 32) = 256 tokens at patch 2 and
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import re
 import statistics
@@ -32,6 +31,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from tvmlib.training.build import build_loss, build_model
+from tvmlib.training.config import RunConfig, config_from_dict
+from tvmlib.training.graphs import GraphedLossBackward
+from tvmlib.training.loop import autocast
+from tvmlib.utils.atomic import atomic_write_json
+from tvmlib.utils.paths import figures_dir
+from tvmlib.utils.provenance import provenance
 
 DEFAULT_MODELS = ["DiT-B/2", "DiT-XL/2-18h"]
 DEFAULT_BACKENDS = ["math", "triton"]
@@ -53,36 +60,45 @@ def _short(err: BaseException) -> str:
     return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
 
 
+def step_config(model: str, backend: str, batch: int, input_size: int = 32, amp: bool = True,
+                cfg_scale: float = 2.0, cuda_graph: bool = False, seed: int = 0) -> RunConfig:
+    """The paper's TVM step for ``model`` on random latents (4 channels, 1000 classes)."""
+    return config_from_dict({
+        "name": "bench_train_step",
+        "model": {"preset": model, "input_size": input_size, "in_channels": 4,
+                  "num_classes": 1000, "guidance": True, "attn_backend": backend},
+        "loss": {"name": "tvm", "cfg_scale": cfg_scale, "scale_param": True,
+                 "label_dropout": 0.1},
+        "train": {"global_batch": batch, "lr": 1e-4, "betas": [0.9, 0.95],
+                  "amp": "bf16" if amp else "off", "cuda_graph": cuda_graph, "seed": seed}})
+
+
 def make_step(model: str, backend: str, batch: int, device: torch.device,
               input_size: int = 32, build_on: str | None = None, amp: bool = True,
               cfg_scale: float = 2.0, info: dict | None = None,
               cuda_graph: bool = False) -> Callable[[], torch.Tensor]:
-    """Build the model, loss and optimizer; return a callable running one training step
-    (with ``cuda_graph``, loss and backward replay as one CUDA graph, as ``tvmlib.training.loop`` does)."""
-    from tvmlib.training.graphs import GraphedLossBackward
-    from tvmlib.core.losses import TVMLoss
-    from tvmlib.nn.dit import dit_from_preset
-
+    """Build the model, loss and optimizer with ``tvmlib.training.build``; return a callable
+    running one training step (with ``cuda_graph``, loss and backward replay as one CUDA graph,
+    as the training loop does)."""
+    cfg = step_config(model, backend, batch, input_size, amp, cfg_scale, cuda_graph)
     info = {} if info is None else info
     t0 = time.perf_counter()
     with torch.device(build_on or device):
-        net = dit_from_preset(model, input_size=input_size, in_channels=4, num_classes=1000,
-                              guidance=True, attn_backend=backend)
+        net = build_model(cfg)
     net = net.to(device)
     _sync(device)
     info["build_seconds"] = time.perf_counter() - t0
     info["params"] = sum(p.numel() for p in net.parameters())
-    loss_fn = TVMLoss(net, num_classes=1000, label_dropout=0.1, cfg_scale=cfg_scale,
-                      scale_param=True)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0)
+    loss_fn = build_loss(cfg, net)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
+                            weight_decay=0.0)
     x = torch.randn(batch, 4, input_size, input_size, device=device)  # (B, 4, 32, 32) latents
     y = torch.randint(0, 1000, (batch,), device=device)
 
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp,
-                              cache_enabled=not cuda_graph)
+    def precision():
+        return autocast(cfg.train.amp, device, cuda_graph)
 
-    graphed = GraphedLossBackward(net, loss_fn, autocast) if cuda_graph else None
+    graphed = GraphedLossBackward(net, loss_fn, precision) if cuda_graph else None
     calls = [0]
 
     def step() -> torch.Tensor:
@@ -93,7 +109,7 @@ def make_step(model: str, backend: str, batch: int, device: torch.device,
         else:
             opt.zero_grad(set_to_none=True)
             torch.manual_seed(calls[0])
-            with autocast():
+            with precision():
                 loss, _ = loss_fn(net, (x, y))
             loss.backward()
         opt.step()
@@ -199,14 +215,10 @@ def main(argv: list[str] | None = None) -> dict:
                     help="device for building/initialising the model (default: --device)")
     ap.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast")
     ap.add_argument("--graph", nargs="+", default=["off"], choices=["off", "on"],
-                    help="eager steps, CUDA-graph replay of loss + backward (tvmlib.training.graphs), "
-                         "or both")
+                    help="eager steps, CUDA-graph replay of loss + backward "
+                         "(tvmlib.training.graphs), or both")
     ap.add_argument("--out", default=None, help="JSON path (default figures/train_step_<gpu>.json)")
     args = ap.parse_args(argv)
-    from tvmlib.utils.paths import figures_dir
-    from tvmlib.utils.provenance import provenance
-    from tvmlib.training.loop import atomic_write_text
-
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # TVM trains with TF32 off
@@ -228,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
         sys.argv[1:] if argv is None else argv)
     prov = provenance(command=command.strip(), seed=0, gpu=device_slug(device))
     out = Path(args.out) if args.out else figures_dir() / f"train_step_{device_slug(device)}.json"
-    atomic_write_text(json.dumps({"provenance": prov, "results": results}, indent=1), out)
+    atomic_write_json({"provenance": prov, "results": results}, out)
     print(format_table(rows))
     print(f"[bench] {prov['device']}: results written to {out}", flush=True)
     return results

@@ -294,7 +294,7 @@ class CMTLoss:
         loss = per_sample.mean()
         return loss, {"loss": loss.detach()}
 
-    # -- checkpoint hooks used by tvmlib.training.loop ------------------------------------------------
+    # -- checkpoint hooks used by the training loop ---------------------------------------------
     def state_dict(self) -> dict:
         return {"cursor": self.cursor}
 

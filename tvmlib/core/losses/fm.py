@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from tvmlib.core.path import interpolate, sample_time, velocity_target
 from tvmlib.core.losses.common import at_least_fp32, drop_labels, unpack_batch
+from tvmlib.core.path import interpolate, sample_time, velocity_target
 
 
 class FMLoss:
@@ -18,7 +18,7 @@ class FMLoss:
         num_classes: the null class index (labels are 0..num_classes-1).
     """
 
-    graph_safe = True  # no host syncs, no Python state: can run as a CUDA graph (tvmlib.training.graphs)
+    graph_safe = True  # no host syncs, no Python state: can run as a CUDA graph
 
     def __init__(self, time_sampler: str = "uniform", mean: float = 0.0, std: float = 1.0,
                  label_dropout: float = 0.0, num_classes: int = 0):

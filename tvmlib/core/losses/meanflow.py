@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from tvmlib.core.path import expand_time, interpolate, sample_logit_normal, velocity_target
 from tvmlib.core.losses.common import at_least_fp32, drop_labels, unpack_batch
+from tvmlib.core.path import expand_time, interpolate, sample_logit_normal, velocity_target
 
 
 def sample_meanflow_times(n: int, mean: float = -0.4, std: float = 1.0,

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from tvmlib.core.ema import EMA
 from tvmlib.core.flowmap import displacement_and_dfds, velocity
-from tvmlib.utils.cuda import capturing
+from tvmlib.core.losses.common import at_least_fp32, unpack_batch
 from tvmlib.core.path import (
     expand_time,
     interpolate,
@@ -27,7 +27,7 @@ from tvmlib.core.path import (
     sample_logit_normal,
     velocity_target,
 )
-from tvmlib.core.losses.common import at_least_fp32, unpack_batch
+from tvmlib.utils.cuda import capturing
 
 
 def cfg_velocity_target(v: Tensor, u_uncond: Tensor, w: Tensor) -> Tensor:
