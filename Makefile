@@ -22,7 +22,7 @@ $(STAMP): requirements.txt pyproject.toml
 ## make test: lint + unit tests + every notebook at smoke scale (nbval) + a papermill run
 test: $(STAMP)
 	$(PY) -m ruff check tvmlib tests notebooks
-	$(PY) -m tvmlib.exercises --check
+	$(PY) -m tvmlib.apps.exercises --check
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
@@ -41,7 +41,7 @@ notebooks: $(STAMP)
 
 ## make readme: regenerate the README's results tables from figures/*.json
 readme: $(STAMP)
-	$(PY) -m tvmlib.readme
+	$(PY) -m tvmlib.apps.readme
 
 ## make lab: open JupyterLab on the notebooks
 lab: $(STAMP)

@@ -1,7 +1,7 @@
 """CMT: teacher trajectories, the log-SNR grid, the mid-training loss, weight carry-over into a
 TVM student, the trajectory cache, and the GPU experiment at smoke size on the CPU.
 
-References are independent: the closed-form Gaussian flow (``tvmlib.analytic.GaussianFlow``) as
+References are independent: the closed-form Gaussian flow (``tvmlib.core.analytic.GaussianFlow``) as
 exact teacher and exact student, float64 throughout where exactness is claimed."""
 
 import json
@@ -10,29 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tvmlib.analytic import GaussianFlow
-from tvmlib.ema import EMA
-from tvmlib.losses import TVMLoss
-from tvmlib.losses.cmt import (
-    CheckpointMismatchError,
-    CMTLoss,
-    all_pairs,
-    cmt_targets,
-    load_student_weights,
-)
+from tvmlib.core.analytic import GaussianFlow
+from tvmlib.core.ema import EMA
+from tvmlib.core.losses import TVMLoss
+from tvmlib.core.losses.cmt import CMTLoss, all_pairs, cmt_targets
+from tvmlib.core.solvers import T_MAX, T_MIN, logsnr, sample, t_of_logsnr, time_grid
 from tvmlib.nn import MLP2D
 from tvmlib.nn.dit import DiT
-from tvmlib.train import TrainConfig, train
-from tvmlib.trajectories import (
-    T_MAX,
-    T_MIN,
-    TrajectoryCache,
-    logsnr,
-    logsnr_grid,
-    t_of_logsnr,
-    teacher_grid,
-    teacher_trajectory,
-)
+from tvmlib.training.loop import TrainConfig, train
+from tvmlib.training.weights import CheckpointMismatchError, load_weights
+from tvmlib.utils.shards import TrajectoryCache
 
 D = torch.float64
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +40,15 @@ def _gaussian() -> GaussianFlow:
 
 def _noise(n: int = 128, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=D)
+
+
+def logsnr_grid(steps: int, **kw) -> torch.Tensor:
+    return time_grid(steps, "logsnr", **kw)
+
+
+def teacher_trajectory(net, noise, steps: int = 16, solver: str = "dpm++2m", **kw):
+    """A CMT teacher trajectory: every state of ``solver`` on the log-SNR grid."""
+    return sample(net, noise, steps, solver=solver, grid="logsnr", return_trajectory=True, **kw)
 
 
 def _exact_end(gf: GaussianFlow, noise: torch.Tensor, t: float = 0.0) -> torch.Tensor:
@@ -89,7 +85,7 @@ def test_logsnr_grid_is_monotone_uniform_in_logsnr_with_exact_ends():
     with pytest.raises(ValueError, match="t_min < t_max"):
         logsnr_grid(8, t_max=0.1, t_min=0.2)
     with pytest.raises(ValueError, match="unknown grid"):
-        teacher_grid(8, "cosine")
+        time_grid(8, "cosine")
 
 
 # ---- teacher solvers ----------------------------------------------------------------------
@@ -135,7 +131,7 @@ def test_trajectory_layout_nfe_and_guidance():
     torch.testing.assert_close(one.trajectory, cond.trajectory)
     torch.testing.assert_close(zero.trajectory, null.trajectory)
     assert one.nfe == 2 * cond.nfe == 24
-    with pytest.raises(ValueError, match="unknown teacher solver"):
+    with pytest.raises(ValueError, match="unknown solver"):
         teacher_trajectory(gf, noise, 4, "rk4")
 
 
@@ -225,7 +221,7 @@ def _tiny_dit(**kw) -> DiT:
 
 
 def test_mid_trained_weights_load_into_student_ema_and_tvm_target(tmp_path):
-    # A real tvmlib.train checkpoint of a (mid-trained) network.
+    # A real tvmlib.training.loop checkpoint of a (mid-trained) network.
     net = _tiny_dit()
     x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 3, (64,))
 
@@ -238,40 +234,41 @@ def test_mid_trained_weights_load_into_student_ema_and_tvm_target(tmp_path):
                   TrainConfig(steps=2, lr=1e-2, ema_decay=0.5, ckpt_path=str(ckpt),
                               progress=False))
     saved = torch.load(ckpt, weights_only=False)
-    assert set(saved) == {"step", "net", "ema", "opt", "loss", "source", "rng", "history"}
+    assert set(saved) == {"step", "net", "ema", "opt", "loss", "source", "rng", "history",
+                          "train_seconds"}
     want = state.ema.module.state_dict()
 
     student = _tiny_dit(seed=2)
     tvm = TVMLoss(student, num_classes=3)  # its target holds the random init
     ema = EMA(student, 0.999)
-    report = load_student_weights(ckpt, student, ema=ema, loss=tvm)
+    report = load_weights(ckpt, student, ema=ema, loss=tvm)
     assert report == {"loaded": len(want), "kept_init": []}
     for module in (student, ema.module, tvm.target.module):
         got = module.state_dict()
         assert set(got) == set(want)
         assert all(torch.equal(got[k], want[k]) for k in want)
     # which="net" takes the raw weights; a bare state_dict works too
-    load_student_weights(ckpt, student, which="net")
+    load_weights(ckpt, student, which="net")
     assert all(torch.equal(student.state_dict()[k], saved["net"][k]) for k in want)
-    load_student_weights(want, student)
+    load_weights(want, student)
     assert all(torch.equal(student.state_dict()[k], want[k]) for k in want)
 
 
 def test_wrong_checkpoints_give_a_clear_error():
     want = _tiny_dit().state_dict()
     with pytest.raises(CheckpointMismatchError, match=r"missing keys \(4\): beta_embedder"):
-        load_student_weights(want, _tiny_dit(guidance=True))
+        load_weights(want, _tiny_dit(guidance=True))
     with pytest.raises(CheckpointMismatchError, match=r"shape mismatches \(1\): y_embedder"):
-        load_student_weights(want, _tiny_dit(num_classes=5))
+        load_weights(want, _tiny_dit(num_classes=5))
     extra = {**want, "extra.weight": torch.zeros(1)}
     with pytest.raises(CheckpointMismatchError, match=r"unexpected keys \(1\): extra.weight"):
-        load_student_weights(extra, _tiny_dit())
+        load_weights(extra, _tiny_dit())
     with pytest.raises(CheckpointMismatchError, match="not a state_dict"):
-        load_student_weights({"weights": want}, _tiny_dit())
+        load_weights({"weights": want}, _tiny_dit())
     # New parameters named explicitly keep their init
     guided = _tiny_dit(guidance=True, seed=3)
     before = guided.beta_embedder.mlp[0].weight.clone()
-    report = load_student_weights(want, guided, allow_missing=("beta_embedder.",))
+    report = load_weights(want, guided, allow_missing=("beta_embedder.",))
     assert len(report["kept_init"]) == 4
     assert torch.equal(guided.beta_embedder.mlp[0].weight, before)
     assert torch.equal(guided.t_embedder.mlp[0].weight, want["t_embedder.mlp.0.weight"])
@@ -353,31 +350,29 @@ def test_prefilled_pool_is_made_in_large_batches_and_read_once_per_pass(tmp_path
 
 # ---- the GPU experiment, at smoke size on the CPU -----------------------------------------
 
-def test_experiment_cli_smoke(tmp_path, monkeypatch):
-    from tvmlib.experiments import cmt as experiment
+def test_experiment_smoke_runs_every_stage_and_counts_upstream_seconds(tmp_path, monkeypatch):
+    from tvmlib.apps.experiment import main
+    from tvmlib.training.config import ConfigError, load_experiment
 
-    cfg = experiment.load_config(ROOT / "configs" / "cmt_smoke.yaml")
-    cfg["work_dir"] = str(tmp_path / "work")
-    cfg_path = tmp_path / "smoke.yaml"
-    cfg_path.write_text(json.dumps(cfg))  # JSON is YAML
-    out = tmp_path / "fig" / "05_cmt.json"
-    experiment.main(["--config", str(cfg_path), "--out", str(out), "--device", "cpu"])
-    result = json.loads(out.read_text())
-    assert set(result) == {"provenance", "runs", "stages", "config"}
-    assert set(result["runs"]) == {"scratch", "teacher_init", "cmt"}
-    steps, every = cfg["post"]["steps"], cfg["post"]["eval_every"]
-    for rows in result["runs"].values():
-        assert [r["step"] for r in rows] == list(range(0, steps + 1, every))
-        for r in rows:
-            assert set(r) == {"step", "fd_1", "fd_2", "gpu_seconds"}
-            assert r["fd_1"] > 0 and r["fd_2"] > 0
-        assert rows[0]["gpu_seconds"] == 0 and rows[-1]["gpu_seconds"] > 0
-    assert {"teacher_gpu_seconds", "mid_gpu_seconds"} <= set(result["stages"])
-    names = {p.name for p in out.parent.iterdir()}
-    assert {f"05_samples_{r}_{k}step.png" for r in result["runs"] for k in (1, 2)} <= names
-    assert "05_samples_teacher.png" in names
-    # a typo in the config is an error before any work starts
-    cfg["mid"]["pool_bach"] = 4
-    cfg_path.write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['pool_bach'\] in section 'mid'"):
-        experiment.load_config(cfg_path)
+    monkeypatch.setenv("TVMLIB_FIGURES", str(tmp_path / "fig"))
+    config = ROOT / "configs" / "experiments" / "cmt_smoke.yaml"
+    out = tmp_path / "05_cmt.json"
+    main([str(config), "--out", str(out), "--work-dir", str(tmp_path / "runs")])
+    res = json.loads(out.read_text())["results"]
+    runs = res["runs"]
+    assert list(runs) == ["teacher", "mid", "scratch", "teacher_init", "cmt"]
+    exp, cfgs = load_experiment(config)
+    post = {c.name: c for c in cfgs}["scratch"]
+    for name in ("scratch", "teacher_init", "cmt"):
+        ev = runs[name]["evals"]
+        assert ev["step"] == list(range(0, post.train.steps + 1, post.eval.every))
+        assert all(v > 0 for v in ev["fd_1"] + ev["fd_2"]) and ev["train_s"][0] == 0
+        assert set(runs[name]["final"]["ema"]) == {"1", "2"}
+    t, m = runs["teacher"]["total_s"], runs["mid"]["total_s"]
+    assert runs["mid"]["upstream_s"] == t and m > t
+    assert runs["scratch"]["upstream_s"] == 0 and runs["teacher_init"]["upstream_s"] == t
+    assert runs["cmt"]["upstream_s"] == m  # teacher and mid-training both counted
+    assert (tmp_path / "runs" / "cmt" / "samples_1step.png").exists()
+    # a typo is an error before any work starts, naming the run and the key
+    with pytest.raises(ConfigError, match=r"runs\[0\] \(teacher\): loss.pool_bach: unknown "):
+        load_experiment(config, ["loss.pool_bach=4"])

@@ -323,10 +323,11 @@ def test_presets_table_and_errors(monkeypatch):
     assert set(DIT_PRESETS) == set(expected)
     monkeypatch.setattr(dit_mod, "DiT", lambda **kw: kw)  # record arguments, build nothing
     for name, dims in expected.items():
-        kw = DIT_PRESETS[name](num_classes=10)
+        kw = dit_from_preset(name, num_classes=10)
         assert (kw["depth"], kw["hidden_size"], kw["num_heads"], kw["patch_size"]) == dims
         assert kw["num_classes"] == 10
-    assert dit_from_preset("DiT_XL_2_18h")["num_heads"] == 18  # underscore spelling
+    with pytest.raises(ValueError, match="unknown DiT preset 'DiT_XL_2_18h'"):
+        dit_from_preset("DiT_XL_2_18h")  # one spelling: "DiT-XL/2-18h"
     with pytest.raises(ValueError, match=r"unknown DiT preset 'DiT-M/2'.*'DiT-S/2'"):
         dit_from_preset("DiT-M/2")
 
@@ -339,9 +340,9 @@ def test_tiny_preset_runs_on_mnist_shapes():
     assert out.shape == (2, 1, 28, 28)
 
 
-# ---- operator count of a TVM step per variant (tvmlib.bench.op_count) ---------------------------
+# ---- operator count of a TVM step per variant (tvmlib.apps.bench.op_count) -------------------
 def test_op_count_per_variant(tmp_path):
-    from tvmlib.bench import op_count
+    from tvmlib.apps.bench import op_count
 
     out = tmp_path / "ops.json"
     res = op_count.main(["--preset", "DiT-T/8", "--variants", "off", "spectral_init", "mod_norm",

@@ -1,7 +1,7 @@
 """Classroom exercises: the student copies ``notebooks/exercises/<name>`` of the master notebooks.
 
 (a) every committed student copy is byte-identical to a fresh regeneration from its master
-    (the logic of ``python -m tvmlib.exercises --check``), every master with solution markers
+    (the logic of ``python -m tvmlib.apps.exercises --check``), every master with solution markers
     has a copy, and no copy is left without a master;
 (b) every student copy, executed top to bottom at smoke scale, stops at its **first** exercise
     with ``NotImplementedError("Exercise 1: <title>")``, raised by the check cell right after
@@ -21,7 +21,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tvmlib import exercises as ex
+from tvmlib.apps import exercises as ex
 
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
@@ -45,10 +45,10 @@ def test_masters_with_exercises_exist():
 def test_student_copy_in_sync(master: Path):
     """The committed copy equals the copy regenerated in memory from the master, byte for byte."""
     copy = EX_DIR / master.name
-    assert copy.exists(), f"{copy} is missing: run python -m tvmlib.exercises"
+    assert copy.exists(), f"{copy} is missing: run python -m tvmlib.apps.exercises"
     fresh = ex.student_copy_text(nbformat.read(master, as_version=4), master.name)
     assert copy.read_text(encoding="utf-8") == fresh, (
-        f"{copy} is stale: run python -m tvmlib.exercises {master.relative_to(ROOT)}")
+        f"{copy} is stale: run python -m tvmlib.apps.exercises {master.relative_to(ROOT)}")
 
 
 def test_no_orphan_student_copies():

@@ -1,4 +1,5 @@
-"""tvmlib.exercises: the student-copy generator and the check_* helpers."""
+"""The student-copy generator (tvmlib.apps.exercises) and the check_* helpers
+(tvmlib.teach.exercises)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from tvmlib import exercises as ex
+from tvmlib.apps import exercises as ex
+from tvmlib.teach import exercises as checks
 
 torch.set_num_threads(1)
 
@@ -164,17 +166,17 @@ def fm_per_sample(net, x0, eps, t):
 
 
 def test_check_fm_loss():
-    assert ex.check_fm_loss(fm_right) is None
+    assert checks.check_fm_loss(fm_right) is None
     with pytest.raises(AssertionError, match="wrong sign.*eps - x0"):
-        ex.check_fm_loss(fm_sign)
+        checks.check_fm_loss(fm_sign)
     with pytest.raises(AssertionError, match="t is mixed up.*data at t = 1"):
-        ex.check_fm_loss(fm_data_at_one)
+        checks.check_fm_loss(fm_data_at_one)
     with pytest.raises(AssertionError, match="no gradient reaches"):
-        ex.check_fm_loss(fm_detached)
+        checks.check_fm_loss(fm_detached)
     with pytest.raises(AssertionError, match=r"scalar.*shape \(64,\)"):
-        ex.check_fm_loss(fm_per_sample)
+        checks.check_fm_loss(fm_per_sample)
     with pytest.raises(AssertionError, match="wrong value: expected"):
-        ex.check_fm_loss(lambda *a: 1.5 * fm_right(*a))
+        checks.check_fm_loss(lambda *a: 1.5 * fm_right(*a))
 
 
 def euler_right(velocity, x, times):
@@ -196,15 +198,15 @@ def euler_extra_step(velocity, x, times):
 
 
 def test_check_euler():
-    assert ex.check_euler(euler_right) is None
+    assert checks.check_euler(euler_right) is None
     with pytest.raises(AssertionError, match="wrong direction of time"):
-        ex.check_euler(euler_backwards)
+        checks.check_euler(euler_backwards)
     with pytest.raises(AssertionError, match="one step too many"):
-        ex.check_euler(euler_extra_step)
+        checks.check_euler(euler_extra_step)
     with pytest.raises(AssertionError, match="not the whole trajectory"):
-        ex.check_euler(lambda u, x, times: torch.stack([x] * len(times)))
+        checks.check_euler(lambda u, x, times: torch.stack([x] * len(times)))
     with pytest.raises(AssertionError, match=r"shape \(16, 1\), expected \(16, 2\)"):
-        ex.check_euler(lambda u, x, times: euler_right(u, x, times)[:, :1])
+        checks.check_euler(lambda u, x, times: euler_right(u, x, times)[:, :1])
 
 
 def dfds_right(net, x, t, s):
@@ -222,13 +224,13 @@ def dfds_tangent_on_x(net, x, t, s):
 
 
 def test_check_terminal_velocity():
-    assert ex.check_terminal_velocity(dfds_right) is None
+    assert checks.check_terminal_velocity(dfds_right) is None
     with pytest.raises(AssertionError, match=r"missing the \(s - t\) factor"):
-        ex.check_terminal_velocity(dfds_no_factor)
+        checks.check_terminal_velocity(dfds_no_factor)
     with pytest.raises(AssertionError, match="tangent is on x, not s"):
-        ex.check_terminal_velocity(dfds_tangent_on_x)
+        checks.check_terminal_velocity(dfds_tangent_on_x)
     with pytest.raises(AssertionError, match="no gradient reaches.*detach"):
-        ex.check_terminal_velocity(lambda *a: dfds_right(*a).detach())
+        checks.check_terminal_velocity(lambda *a: dfds_right(*a).detach())
 
 
 def attention_jvp(q, k, v, tq, tk, tv, mu_term=True):
@@ -244,15 +246,15 @@ def attention_jvp(q, k, v, tq, tk, tv, mu_term=True):
 
 
 def test_check_attention_jvp():
-    assert ex.check_attention_jvp(attention_jvp) is None
+    assert checks.check_attention_jvp(attention_jvp) is None
     with pytest.raises(AssertionError, match="missing the μ correction"):
-        ex.check_attention_jvp(lambda *a: attention_jvp(*a, mu_term=False))
+        checks.check_attention_jvp(lambda *a: attention_jvp(*a, mu_term=False))
     with pytest.raises(AssertionError, match="wrong O: the scores need the scale"):
-        ex.check_attention_jvp(
+        checks.check_attention_jvp(
             lambda q, k, v, *t: (torch.softmax(q @ k.transpose(-1, -2), -1) @ v,
                                  attention_jvp(q, k, v, *t)[1]))
     with pytest.raises(AssertionError, match="wrong tangent"):
-        ex.check_attention_jvp(lambda *a: (attention_jvp(*a)[0], 2 * attention_jvp(*a)[1]))
+        checks.check_attention_jvp(lambda *a: (attention_jvp(*a)[0], 2 * attention_jvp(*a)[1]))
 
 
 def cmt_right(x_i, t_i, x_j, t_j):
@@ -261,10 +263,10 @@ def cmt_right(x_i, t_i, x_j, t_j):
 
 
 def test_check_cmt_target():
-    assert ex.check_cmt_target(cmt_right) is None
+    assert checks.check_cmt_target(cmt_right) is None
     with pytest.raises(AssertionError, match="sign error"):
-        ex.check_cmt_target(lambda x_i, t_i, x_j, t_j: cmt_right(x_j, t_i, x_i, t_j))
+        checks.check_cmt_target(lambda x_i, t_i, x_j, t_j: cmt_right(x_j, t_i, x_i, t_j))
     with pytest.raises(AssertionError, match="forgot to divide"):
-        ex.check_cmt_target(lambda x_i, t_i, x_j, t_j: x_j - x_i)
+        checks.check_cmt_target(lambda x_i, t_i, x_j, t_j: x_j - x_i)
     with pytest.raises(AssertionError, match=r"reshape the time gap to \(6, 1\)"):
-        ex.check_cmt_target(lambda x_i, t_i, x_j, t_j: (x_j - x_i) / (t_j - t_i))
+        checks.check_cmt_target(lambda x_i, t_i, x_j, t_j: (x_j - x_i) / (t_j - t_i))

@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from tvmlib.analytic import GaussianFlow
-from tvmlib.flowmap import displacement, displacement_and_dfds, flow_map, velocity
-from tvmlib.losses import TVMLoss
-from tvmlib.losses.meanflow import meanflow_target, sample_meanflow_times
-from tvmlib.losses.tvm import cfg_velocity_target
+from tvmlib.core.analytic import GaussianFlow
+from tvmlib.core.flowmap import displacement, displacement_and_dfds, flow_map, velocity
+from tvmlib.core.losses import TVMLoss
+from tvmlib.core.losses.meanflow import meanflow_target, sample_meanflow_times
+from tvmlib.core.losses.tvm import cfg_velocity_target
 from tvmlib.nn import MLP2D
 
 D = torch.float64

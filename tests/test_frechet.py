@@ -9,24 +9,20 @@ import pytest
 import scipy.linalg
 import torch
 
-import tvmlib.classifier
-from tvmlib.classifier import (
+import tvmlib.apps.classifier
+from tvmlib.apps.classifier import main, random_shift
+from tvmlib.data.images import load_mnist
+from tvmlib.evaluation.classifier import (
     SmallCNN,
     accuracy,
-    checkpoints_dir,
-    load_classifier,
-    main,
-    random_shift,
-    read_manifest,
-)
-from tvmlib.data.images import load_mnist
-from tvmlib.metrics import (
     classifier_fd,
     classifier_features,
-    feature_stats,
-    frechet_distance,
+    load_classifier,
+    read_manifest,
     real_stats,
 )
+from tvmlib.evaluation.metrics import feature_stats, frechet_distance
+from tvmlib.training.weights import checkpoints_dir
 
 
 def _random_cov(rng, d, rank=None):
@@ -92,7 +88,7 @@ def test_random_shift_moves_one_pixel_within_range():
 def _need_weights(name):
     if not (checkpoints_dir() / f"classifier_{name}.pt").exists():
         pytest.fail(f"committed classifier for {name} missing: run "
-                    f"python -m tvmlib.classifier --dataset {name}")
+                    f"python -m tvmlib.apps.classifier --dataset {name}")
 
 
 @pytest.mark.parametrize("name,floor", [("mnist", 0.98), ("fashion-mnist", 0.88)])
@@ -116,10 +112,10 @@ def test_corrupt_or_missing_checkpoint_names_the_command(tmp_path):
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(RuntimeError, match="python -m tvmlib.classifier --dataset mnist"):
+    with pytest.raises(RuntimeError, match="python -m tvmlib.apps.classifier --dataset mnist"):
         load_classifier("mnist", folder)
     path.unlink()
-    with pytest.raises(FileNotFoundError, match="python -m tvmlib.classifier --dataset mnist"):
+    with pytest.raises(FileNotFoundError, match="python -m tvmlib.apps.classifier --dataset mnist"):
         load_classifier("mnist", folder)
     shutil.copy(checkpoints_dir() / "classifier_mnist.pt", path)
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -147,7 +143,7 @@ def test_classifier_fd_self_zero_and_grows_with_noise():
 
 def test_training_cli_writes_weights_manifest_and_results(tmp_path, monkeypatch):
     small = {"train": 640, "test": 300}  # a few steps on subsets keep this test fast
-    monkeypatch.setattr(tvmlib.classifier, "load_mnist", lambda name, split: tuple(
+    monkeypatch.setattr(tvmlib.apps.classifier, "load_mnist", lambda name, split: tuple(
         t[:small[split]] for t in load_mnist(name, split)))
     out = tmp_path / "ck" / "classifier_mnist.pt"
     threads = torch.get_num_threads()
@@ -165,4 +161,4 @@ def test_training_cli_writes_weights_manifest_and_results(tmp_path, monkeypatch)
     results = json.loads(figures.read_text())
     assert results["results"]["test_accuracy"] == manifest["classifier_mnist.pt"]["test_accuracy"]
     assert results["results"]["steps"] == 5 and results["provenance"]["command"].startswith(
-        "python -m tvmlib.classifier")
+        "python -m tvmlib.apps.classifier")

@@ -19,10 +19,11 @@ import yaml
 from diffusers import AutoencoderKL
 from PIL import Image
 
-from tvmlib.config import ConfigError, config_from_dict, load_config
+from tvmlib.training.config import ConfigError, config_from_dict, load_config
+from tvmlib.apps import latents as A
 from tvmlib.data import latents as L
 from tvmlib.data.images import image_folder
-from tvmlib.metrics import feature_stats, frechet_distance
+from tvmlib.evaluation.metrics import feature_stats, frechet_distance
 
 ROOT = Path(__file__).resolve().parents[1]
 RES = 16  # images 16x16 -> latents 4x8x8 (the tiny VAE downsamples by 2)
@@ -64,7 +65,7 @@ def work(tmp_path_factory) -> dict:
 
 
 def _encode(work, out, *extra):
-    return L.main(["--folder", str(work["folder"]), "--out", str(out), "--resolution", str(RES),
+    return A.main(["--folder", str(work["folder"]), "--out", str(out), "--resolution", str(RES),
                    "--vae", str(work["vae"]), "--shard-size", "4", "--batch", "3",
                    "--workers", "0", *extra])
 
@@ -117,7 +118,7 @@ def test_encoding_resumes_skipping_finished_shards(work, latents, tmp_path):
     redone = torch.load(out / L.shard_name(1), weights_only=True)
     for key in ("mean", "std", "labels", "index", "moments"):
         torch.testing.assert_close(redone[key], original[key], rtol=0, atol=1e-3)
-    assert not (out / (L.shard_name(1) + ".tmp")).exists()
+    assert not list(out.glob("*.[0-9]*.tmp"))  # the rewrite left no temporary file of its own
     assert L.read_meta(out)["complete"]
     with pytest.raises(ValueError, match="resolution=16.*resolution=32"):
         _encode(work, out, "--resolution", "32")  # argparse: the last value wins
@@ -129,7 +130,7 @@ def test_missing_vae_and_missing_folder_errors_say_what_to_do(work, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RuntimeError, match="(?s)could not load the VAE.*Pass a local folder"):
         L.load_vae(tmp_path / "empty")
-    with pytest.raises(FileNotFoundError, match="python -m tvmlib.data.latents"):
+    with pytest.raises(FileNotFoundError, match="python -m tvmlib.apps.latents"):
         L.LatentSource(tmp_path, 4)
 
 
@@ -149,9 +150,9 @@ def _synthetic_latents(path: Path, n: int = 10, shard: int = 4, res: int = 256,
     (path / "meta.json").write_text(json.dumps(meta))
     for i in range(meta["num_shards"]):
         sl = slice(i * shard, (i + 1) * shard)
-        L.write_shard(path / L.shard_name(i), mean[sl], std[sl], labels[sl],
+        A.write_shard(path / L.shard_name(i), mean[sl], std[sl], labels[sl],
                       torch.arange(n)[sl], "float32")
-    L.finalize(path)
+    A.finalize(path)
     return mean, std, labels
 
 
@@ -170,7 +171,7 @@ def test_latent_source_replays_exactly(tmp_path):
     # the state survives a checkpoint round trip (torch.save / torch.load)
     torch.save(state, tmp_path / "state.pt")
     third = L.LatentSource(tmp_path / "lat", 3, seed=5, norm="shards")
-    third.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=False))
+    third.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
     assert torch.equal(third.next_batch()[0], expected[0][0])
 
 
@@ -237,7 +238,7 @@ def test_paper_configs_match_table6(name):
     assert (cfg.loss.name, cfg.loss.cfg_scale, cfg.loss.scale_param) == ("tvm", w, scale_param)
     assert (cfg.loss.label_dropout, cfg.loss.target_decay, cfg.loss.frac_equal) == (0.1, 0.99, 0)
     assert cfg.loss.detach_jvp is False
-    assert cfg.model.preset == "DiT-XL/2-18h" and cfg.model.lipschitz["time_spectral_init"] is \
+    assert cfg.model.preset == "DiT-XL/2-18h" and cfg.model.lipschitz.time_spectral_init is \
         time_spec
     assert (cfg.model.input_size, cfg.model.in_channels, cfg.model.num_classes) == (side, 4, 1000)
     t = cfg.train
@@ -249,7 +250,7 @@ def test_paper_configs_match_table6(name):
 
 
 def test_paper_model_is_678m_params_with_18_heads():
-    from tvmlib.runs import build_model
+    from tvmlib.training.build import build_model
 
     cfg = load_config(ROOT / "configs" / "im256_w2.yaml")
     with torch.device("meta"):  # no memory, no init cost
@@ -268,25 +269,28 @@ def test_small_configs_use_the_same_pipeline():
 
 @pytest.mark.parametrize("values,message", [
     ({"data": {"latent_normm": "paper"}}, "data.latent_normm: unknown key"),
-    ({"data": {"latent_norm": "papr"}}, "data.latent_norm: 'papr' is not one of"),
-    ({"data": {"latent_norm": 1}}, "data.latent_norm: expected str"),
-    ({"eval": {"vae": 3}}, "eval.vae: expected str"),
-    ({"eval": {"weights": "best"}}, "eval.weights: 'best' is not one of"),
-    ({"eval": {"metric": "fid"}}, "eval.metric: 'fid' is not one of"),
-    ({"train": {"tf32": "yes"}}, "train.tf32: expected bool"),
-    ({"model": {"attn_backend": "flash"}}, "model.attn_backend: 'flash' is not one of"),
+    ({"data": {"latent_norm": "papr"}}, "data.latent_norm: must be one of auto, paper"),
+    ({"data": {"latent_norm": 1}}, "data.latent_norm: expected a string"),
+    ({"eval": {"vae": 3}}, "eval.vae: expected a string"),
+    ({"eval": {"weights": "best"}}, "eval.weights: expected a list"),
+    ({"eval": {"weights": ["best"]}}, "eval.weights: must be a non-empty list of ema, net"),
+    ({"eval": {"metric": "fid"}}, "eval.metric: must be one of classifier_fd"),
+    ({"eval": {"solver": "rk4"}}, "eval.solver: must be one of auto, euler, heun"),
+    ({"train": {"tf32": "yes"}}, "train.tf32: expected true or false"),
+    ({"model": {"attn_backend": "flash"}}, "model.attn_backend: must be one of math"),
 ])
 def test_latent_and_eval_keys_are_checked(values, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         config_from_dict(values)
 
 
-def test_bad_key_fails_before_any_work(tmp_path):
-    from tvmlib.runs import main
+def test_bad_key_fails_before_any_work(tmp_path, capsys):
+    from tvmlib.apps.train import main
 
-    with pytest.raises(ConfigError, match="data.latent_norm"):
+    with pytest.raises(SystemExit):
         main(["--config", str(ROOT / "configs" / "im256_w2.yaml"), "--set",
               "data.latent_norm=standard", "--set", f"out_dir={tmp_path / 'x'}"])
+    assert "data.latent_norm: must be one of" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 
@@ -308,16 +312,17 @@ def _latent_config(tmp_path: Path, latents: Path) -> Path:
 
 @pytest.mark.slow
 def test_encode_train_stop_resume_evaluate(work, latents, tmp_path):
-    from tvmlib import evaluate as E
+    from tvmlib.apps import evaluate as E
+    from tvmlib.apps.train import main as train_main
     from tvmlib.data.latents import denormalize, load_vae
-    from tvmlib.runs import build_model
-    from tvmlib.runs import main as train_main
+    from tvmlib.evaluation.features import load_feature_fn
+    from tvmlib.training.build import build_model
 
     config = _latent_config(tmp_path, latents)
     # uninterrupted 5 steps through the real CLI
     env = {**os.environ, "TVMLIB_QUIET": "1", "OMP_NUM_THREADS": "1"}
     full = tmp_path / "full"
-    proc = subprocess.run([sys.executable, "-m", "tvmlib.train", "--config", str(config),
+    proc = subprocess.run([sys.executable, "-m", "tvmlib.apps.train", "--config", str(config),
                            "--set", f"out_dir={full}"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -325,11 +330,11 @@ def test_encode_train_stop_resume_evaluate(work, latents, tmp_path):
     part = tmp_path / "part"
     torch.set_num_threads(1)
     train_main(["--config", str(config), "--set", "train.steps=3", "--set", f"out_dir={part}"])
-    at3 = torch.load(part / "checkpoint.pt", weights_only=False)
+    at3 = torch.load(part / "checkpoint.pt", weights_only=True)
     assert at3["step"] == 3
     train_main(["--config", str(config), "--set", f"out_dir={part}"])
-    a = torch.load(full / "checkpoint.pt", weights_only=False)
-    b = torch.load(part / "checkpoint.pt", weights_only=False)
+    a = torch.load(full / "checkpoint.pt", weights_only=True)
+    b = torch.load(part / "checkpoint.pt", weights_only=True)
     assert a["step"] == b["step"] == 5
     for group in ("net", "ema"):
         sa = a[group] if group == "net" else a[group]["module"]
@@ -352,8 +357,9 @@ def test_encode_train_stop_resume_evaluate(work, latents, tmp_path):
     saved = json.loads((full / "eval.json").read_text())
     assert saved["results"] == json.loads(json.dumps(results))
     assert saved["provenance"]["train_step"] == 5 and results["metric"] == "features_fd"
-    assert results["w"] == 1.5 and results["scale_param"] is True
-    feats = E.load_feature_fn(work["features"])
+    assert results["sampler"] == {"solver": "flowmap", "w": 1.5, "cfg_scale": None,
+                                  "scale_param": True}
+    feats = load_feature_fn(work["features"])
     with np.load(ref) as f:
         mu_ref, sigma_ref = f["mu"], f["sigma"]
     data = image_folder(work["folder"], RES)
@@ -384,7 +390,7 @@ def test_encode_train_stop_resume_evaluate(work, latents, tmp_path):
     net.eval()
     g = torch.Generator().manual_seed(0)  # eval seed 0, batch 0
     noise = torch.randn(4, 4, 8, 8, generator=g)
-    y = torch.randint(0, 2, (4,), generator=g)
+    y = torch.arange(4) % 2  # balanced labels
     assert torch.equal(torch.from_numpy(labels[:4]), y)
     with torch.no_grad():
         x0 = noise + (0.0 - 1.0) * 1.5 * net(noise, torch.ones(4), torch.zeros(4), y, 1.5)
@@ -398,41 +404,42 @@ def test_encode_train_stop_resume_evaluate(work, latents, tmp_path):
 
 
 def test_evaluate_errors_name_the_missing_flag(tmp_path):
-    from tvmlib import evaluate as E
-    from tvmlib.runs import main as train_main
+    from tvmlib.apps.train import main as train_main
+    from tvmlib.evaluation.evaluate import evaluate_run
+    from tvmlib.evaluation.features import metric_setup
 
     run = tmp_path / "fs"
     train_main(["--config", str(ROOT / "configs" / "fashion_tvm_smoke.yaml"), "--set",
                 "train.steps=1", "--set", f"out_dir={run}"])
     with pytest.raises(ValueError, match="--inception PATH"):
-        E.evaluate(run, {"metric": "inception_fid"})
+        evaluate_run(run, {"metric": "inception_fid"})
     with pytest.raises(FileNotFoundError, match="--inception"):
-        E.evaluate(run, {"metric": "inception_fid", "inception_weights": str(tmp_path / "x")})
+        evaluate_run(run, {"metric": "inception_fid", "inception_weights": str(tmp_path / "x")})
     with pytest.raises(ValueError, match="--ref-stats PATH"):
-        E.evaluate(run, {"metric": "features_fd", "features": "math:sqrt"})
+        evaluate_run(run, {"metric": "features_fd", "features": "math:sqrt"})
     with pytest.raises(FileNotFoundError, match="--ref-stats"):
-        E.evaluate(run, {"metric": "features_fd", "features": "math:sqrt",
+        evaluate_run(run, {"metric": "features_fd", "features": "math:sqrt",
                          "reference_stats": str(tmp_path / "ref.npz")})
-    with pytest.raises(FileNotFoundError, match="--run must be a folder"):
-        E.evaluate(tmp_path / "nothing")
+    with pytest.raises(FileNotFoundError, match="config.yaml does not exist"):
+        evaluate_run(tmp_path / "nothing")
     latent_cfg = config_from_dict({**yaml.safe_load((run / "config.yaml").read_text()),
                                    "data": {"dataset": "latents"}})
     with pytest.raises(ValueError, match="classifier_fd exists for"):
-        E.metric_setup(latent_cfg, "cpu")
+        metric_setup(latent_cfg, "cpu")
 
 
 @pytest.mark.slow
 def test_evaluate_classifier_fd_on_fashion(tmp_path):
     """Fashion-MNIST through the same evaluation: the reported FD equals classifier_fd of the
     saved samples against the real test split."""
-    from tvmlib import evaluate as E
-    from tvmlib.metrics import classifier_fd
-    from tvmlib.runs import main as train_main
+    from tvmlib.apps.train import main as train_main
+    from tvmlib.evaluation.classifier import classifier_fd
+    from tvmlib.evaluation.evaluate import evaluate_run
 
     run = tmp_path / "fs"
     train_main(["--config", str(ROOT / "configs" / "fashion_tvm_smoke.yaml"), "--set",
                 "train.steps=2", "--set", f"out_dir={run}"])
-    res = E.evaluate(run, {"num_samples": 24, "batch_size": 10, "steps": [1, 2]},
+    res = evaluate_run(run, {"num_samples": 24, "batch_size": 10, "steps": [1, 2]},
                      save_samples=True, grid_size=20)
     for k in ("1", "2"):
         with np.load(run / f"samples_{k}step.npz") as f:
@@ -445,7 +452,7 @@ def test_evaluate_classifier_fd_on_fashion(tmp_path):
 
 
 def test_moments_match_numpy_covariance():
-    from tvmlib.evaluate import Moments
+    from tvmlib.evaluation.metrics import Moments
 
     f = torch.randn(37, 5, dtype=torch.float64) * torch.arange(1, 6) + 3
     m = Moments()
@@ -459,7 +466,7 @@ def test_moments_match_numpy_covariance():
 # ---- the training-step benchmark --------------------------------------------------------------
 
 def test_train_step_benchmark_rows_on_cpu(tmp_path, monkeypatch):
-    from tvmlib.bench import train_step as B
+    from tvmlib.apps.bench import train_step as B
 
     out = tmp_path / "bench.json"
     B.main(["--device", "cpu", "--models", "DiT-T/2", "--batch", "2", "--input-size", "4",
@@ -489,7 +496,7 @@ def test_inception_features_use_the_local_weights_file(tmp_path, monkeypatch):
     --inception, never downloaded, and gets uint8 RGB images (grayscale repeated)."""
     from torch_fidelity import feature_extractor_inceptionv3 as fi
 
-    from tvmlib.evaluate import inception_features, to_uint8
+    from tvmlib.evaluation.features import inception_features, to_uint8
 
     calls = {}
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import tvmlib.paths
+import tvmlib.utils.paths
 from tvmlib.data.images import TensorSource, image_folder, load_mnist, read_idx
 
 # Label counts from ../shared/data/README.md ("Verification").
@@ -84,7 +84,7 @@ def fake_dirs(tmp_path, monkeypatch):
     env.mkdir()
     (repo / "data").mkdir(parents=True)
     monkeypatch.setenv("TVMLIB_DATA", str(env))
-    monkeypatch.setattr(tvmlib.paths, "repo_root", lambda: repo)
+    monkeypatch.setattr(tvmlib.utils.paths, "repo_root", lambda: repo)
     return env, repo / "data"
 
 

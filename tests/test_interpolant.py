@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import stats
 
-from tvmlib.interpolant import (
+from tvmlib.core.path import (
     interpolate,
     sample_gap_times,
     sample_logit_normal,

@@ -1,5 +1,6 @@
-"""tvmlib.lipschitz (power iteration, perturbation ratios, DiT measurements, spike detection)
-against exact Jacobians and finite differences, and the ablation CLI end to end at smoke size."""
+"""tvmlib.evaluation.lipschitz (power iteration, perturbation ratios, DiT measurements, spike
+detection) against exact Jacobians and finite differences, and the ablation experiment end to
+end at smoke size through the runner."""
 
 import json
 import math
@@ -9,9 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tvmlib.experiments import lipschitz as exp
-from tvmlib.flowmap import displacement
-from tvmlib.lipschitz import (
+from tvmlib.core.flowmap import displacement
+from tvmlib.evaluation.lipschitz import (
     block_inputs,
     block_lipschitz,
     block_output_rms,
@@ -241,82 +241,63 @@ def test_first_spike():
         first_spike(flat, k=1.0)
 
 
-# ---------------------------------------------------------------------------- experiment config
-def test_configs_load_and_runs_go_round_robin():
-    for name in ("lipschitz_ablation.yaml", "lipschitz_ablation_smoke.yaml"):
-        cfg = exp.load_config(ROOT / "configs" / name)
-        assert {s.name for s in cfg.settings} >= {"base", "stress"}
-        assert all(v in exp.VARIANTS for s in cfg.settings for v in s.variants)
-    full = exp.load_config(ROOT / "configs" / "lipschitz_ablation.yaml")
-    by_name = {s.name: s for s in full.settings}
-    assert all({"off", "on"} <= set(by_name[n].variants) for n in ("base", "stress"))
-    assert set(by_name["stress_alone"].variants) == set(exp.SWITCHES)  # each change alone
-    runs = [(s.name, v) for s, v in full.runs()]
-    assert runs[:4] == [("base", "off"), ("stress", "off"), ("stress_alone", "qk_norm"),
-                        ("base", "on")]
-    assert len(runs) == sum(len(s.variants) for s in full.settings)
-    assert exp.VARIANTS["qk_norm"] == LipschitzConfig(rmsnorm=False, qk_norm=True,
-                                                      mod_norm=False, spectral_init=False)
+# ---------------------------------------------------------------------------- the ablation
+def test_ablation_configs_are_lists_of_runs_with_the_lipschitz_variants():
+    from tvmlib.apps.bench.op_count import lipschitz_flags
+    from tvmlib.training.config import load_experiment
 
-
-def test_config_errors_name_the_key():
-    with pytest.raises(ValueError, match="stepz: unknown key"):
-        exp.config_from_dict({"stepz": 3})
-    with pytest.raises(ValueError, match="quote them"):
-        exp.config_from_dict({"settings": [{"name": "a", "lr": 1e-3, "variants": [False]}]})
-    with pytest.raises(ValueError, match="unknown"):
-        exp.config_from_dict({"settings": [{"name": "a", "lr": 1e-3, "variants": ["of"]}]})
-    assert exp.config_from_dict({"settings": [{"name": "a", "lr": "1e-3"}]}).settings[0].lr \
-        == 1e-3  # YAML 1.1 reads 1e-3 as a string
+    _, runs = load_experiment(ROOT / "configs" / "experiments" / "lipschitz_ablation.yaml")
+    by = {r.name: r for r in runs}
+    assert list(by) == ["base-off", "base-on", "stress-off", "stress-on", "alone-qk_norm",
+                        "alone-mod_norm", "alone-rmsnorm", "alone-spectral_init"]
+    for name, r in by.items():
+        variant = name.split("-", 1)[1]
+        flags = {k: getattr(r.model.lipschitz, k) for k in lipschitz_flags("on")}
+        assert flags == lipschitz_flags(variant), name
+        assert r.loss.cfg_scale == 2.0 and r.model.guidance and r.train.grad_clip is None
+    assert by["base-on"].train.lr == 3e-4 and by["stress-on"].train.betas == [0.9, 0.999]
+    assert by["alone-rmsnorm"].train.steps == 700 and by["stress-off"].train.steps == 2000
 
 
 @pytest.mark.slow
-def test_cli_end_to_end_at_smoke_size(tmp_path):
+def test_ablation_end_to_end_at_smoke_size(tmp_path):
+    from tvmlib.apps.experiment import main
+    from tvmlib.experiments.results import by_group
+    from tvmlib.training.config import load_experiment
+
+    config = ROOT / "configs" / "experiments" / "lipschitz_ablation_smoke.yaml"
     out = tmp_path / "ablation.json"
-    exp.main(["--config", str(ROOT / "configs" / "lipschitz_ablation_smoke.yaml"),
-              "--out", str(out)])
+    main([str(config), "--out", str(out), "--work-dir", str(tmp_path / "runs")])
     doc = json.loads(out.read_text())
     prov, res = doc["provenance"], doc["results"]
-    assert {"command", "commit", "device", "torch", "seed", "date", "config"} <= set(prov)
-    cfg = exp.load_config(ROOT / "configs" / "lipschitz_ablation_smoke.yaml")
-    assert res["skipped"] == [] and res["reference_fd"]["n"] == cfg.fd_samples
-    for setting in cfg.settings:
-        assert list(res["runs"][setting.name]) == setting.variants
-        for variant, rec in res["runs"][setting.name].items():
-            assert rec["lipschitz"] == exp.dataclasses.asdict(exp.VARIANTS[variant])
-            assert rec["steps_done"] == cfg.steps and rec["diverged_step"] is None
-            assert rec["curves"]["step"] == list(range(1, cfg.steps + 1))
-            for key in exp.CURVE_KEYS:
-                assert len(rec["curves"][key]) == cfg.steps
-                assert all(math.isfinite(v) for v in rec["curves"][key])
-            assert rec["probes"]["step"] == [0, 3, 6]
-            assert all(len(b) == 2 for b in rec["probes"]["lip_blocks"])  # depth 2
-            assert set(rec["spike_step"]) == {"loss", "grad_norm", "first"}
-            for fd in (rec["fd"], rec["fd_raw"]):
-                assert set(fd) == {"1", "2"} and all(v > 0 for v in fd.values())
-            assert rec["wall_s"] >= rec["train_s"] > 0
-    # a spent time budget: the first run stops after one step, the others are skipped
-    cfg.time_budget_s = 1e-3
-    doc = exp.run_ablation(cfg, out=None, log=lambda msg: None)
-    runs = doc["results"]["runs"]
-    assert runs["base"]["off"]["stopped_step"] == 1
-    assert len(doc["results"]["skipped"]) == 2
+    assert {"command", "commit", "device", "torch", "seed", "date"} <= set(prov)
+    _, cfgs = load_experiment(config)
+    cfg = cfgs[0]
+    assert res["reference_fd"]["n"] == cfg.eval.num_samples
+    assert list(by_group(res["runs"])) == ["base", "stress"]
+    assert list(by_group(res["runs"])["base"]) == ["off", "on"]
+    for rec in res["runs"].values():
+        steps = rec["config"]["train"]["steps"]
+        assert rec["steps_done"] == steps and rec["diverged_step"] is None
+        assert rec["curves"]["step"] == list(range(1, steps + 1))
+        for key in ("loss", "terminal", "fm", "grad_norm"):
+            assert len(rec["curves"][key]) == steps
+            assert all(math.isfinite(v) for v in rec["curves"][key])
+        assert rec["probes"]["step"] == [0, 3, 6]
+        assert all(len(b) == 2 for b in rec["probes"]["lip_blocks"])  # depth 2
+        assert set(rec["spike_step"]) == {"loss", "grad_norm", "first"}
+        for weights in ("ema", "net"):
+            fd = rec["final"][weights]
+            assert set(fd) == {"1", "2"} and all(v > 0 for v in fd.values())
+        assert rec["wall_s"] >= rec["train_s"] > 0
 
-    # a skipped run made afterwards merges into the first document
-    cfg.time_budget_s = None
-    cfg.settings = [s for s in cfg.settings if s.name == "stress"]
-    late = tmp_path / "late.json"
-    exp.atomic_write_text(json.dumps(exp.run_ablation(cfg, out=None, log=lambda msg: None)),
-                          late)
-    first = tmp_path / "first.json"
-    first.write_text(json.dumps(doc))
-    merged = exp.main(["--merge", str(first), str(late), "--out", str(tmp_path / "m.json")])
-    res = merged["results"]
-    assert res["runs"]["stress"]["off"]["steps_done"] == cfg.steps  # replaced by the late run
-    assert res["runs"]["base"]["off"]["stopped_step"] == 1  # kept from the first
-    assert [s["variant"] for s in res["skipped"]] == ["on"]  # base/on was never run
+    # --only runs a part of the experiment; --merge joins the parts
+    part = tmp_path / "part.json"
+    main([str(config), "--out", str(part), "--only", "stress-off", "--work-dir",
+          str(tmp_path / "runs")])
+    assert list(json.loads(part.read_text())["results"]["runs"]) == ["stress-off"]
+    merged = main(["--merge", str(out), str(part), "--out", str(tmp_path / "m.json")])
+    assert list(merged["results"]["runs"]) == ["base-off", "base-on", "stress-off"]
     assert len(merged["provenance"]["parts"]) == 2
-    other = json.loads(late.read_text())
-    other["results"]["config"]["batch_size"] += 1
-    with pytest.raises(ValueError, match="batch_size"):
-        exp.merge_results([doc, other])
+    with pytest.raises(SystemExit):  # an unknown run name is refused before any work
+        main([str(config), "--only", "nope", "--out", str(part)])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tvmlib.metrics import sliced_w2, w2
+from tvmlib.evaluation.metrics import sliced_w2, w2
 
 
 def test_w2_of_a_translation_is_the_shift():

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tvmlib import readme
+from tvmlib.apps import readme
 
 ROOT = Path(__file__).resolve().parents[1]
 

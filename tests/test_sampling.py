@@ -1,13 +1,14 @@
-"""Samplers on an exact Gaussian flow: endpoint accuracy, convergence order, NFE counting."""
+"""The sampler registry on an exact Gaussian flow: endpoint accuracy, convergence order, NFE
+counting, guidance, batching, and every solver reachable through ``sample``."""
 
 import math
 
 import pytest
 import torch
 
-from tvmlib.analytic import GaussianFlow
+from tvmlib.core.analytic import GaussianFlow
+from tvmlib.core.solvers import SOLVERS, euler, heun, sample, time_grid
 from tvmlib.nn import MLP2D
-from tvmlib.sampling import euler, heun, sample_flowmap, sample_ode, time_grid
 
 FLOW = GaussianFlow(torch.tensor([1.0, -2.0]), sigma=0.5)
 
@@ -33,35 +34,68 @@ def test_exact_flow_map_is_exact_in_one_step():
     exact = FLOW.flow_map(x1, torch.ones(32, dtype=torch.float64),
                           torch.zeros(32, dtype=torch.float64))
     for k in (1, 3, 8):
-        out = sample_flowmap(FLOW, x1, k)
+        out = sample(FLOW, x1, k, solver="flowmap")
         assert out.nfe == k
         torch.testing.assert_close(out.x, exact, atol=1e-12, rtol=0)
 
 
-def test_trajectories_nfe_and_grids():
-    net = MLP2D(hidden=16, depth=2)
-    z = torch.randn(10, 2)
-    out = sample_ode(net, z, 4, method="heun", return_trajectory=True)
-    assert out.nfe == 8 and out.trajectory.shape == (5, 10, 2)
+@pytest.mark.parametrize("solver,nfe_per_step", [("euler", 1), ("heun", 2), ("dpm++2m", 1),
+                                                 ("flowmap", 1)])
+def test_every_registered_solver_counts_its_network_calls(solver, nfe_per_step):
+    net = MLP2D(hidden=16, depth=2, num_classes=3)
+    calls = []
+    net.register_forward_hook(lambda m, args, out: calls.append(len(args[0])))
+    z, y = torch.randn(10, 2), torch.randint(0, 3, (10,))
+    out = sample(net, z, 4, solver=solver, y=y, return_trajectory=True)
+    assert out.nfe == len(calls) == 4 * nfe_per_step
+    assert out.trajectory.shape == (5, 10, 2)
     torch.testing.assert_close(out.trajectory[0], z)
     torch.testing.assert_close(out.trajectory[-1], out.x)
+    calls.clear()
+    guided = sample(net, z, 4, solver=solver, y=y, cfg_scale=2.0)  # one doubled batch per call
+    assert guided.nfe == 2 * len(calls) == 8 * nfe_per_step and set(calls) == {20}
+    assert set(SOLVERS) == {"euler", "heun", "dpm++2m", "flowmap"}
+
+
+def test_grids_and_errors():
+    net = MLP2D(hidden=16, depth=2)
+    z = torch.randn(10, 2)
     custom = torch.tensor([1.0, 0.7, 0.2, 0.0])
-    assert sample_ode(net, z, times=custom).nfe == 3
-    assert sample_flowmap(net, z, times=custom, return_trajectory=True).trajectory.shape[0] == 4
+    assert sample(net, z, times=custom, solver="euler").nfe == 3
+    torch.testing.assert_close(sample(net, z, 5, solver="heun", grid="logsnr").times,
+                               time_grid(5, "logsnr"))
     with pytest.raises(ValueError, match="strictly decreasing"):
-        sample_ode(net, z, times=torch.tensor([0.0, 1.0]))
+        sample(net, z, times=torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match="exactly one of steps or times"):
-        sample_ode(net, z)
-    with pytest.raises(ValueError, match="valid: euler, heun"):
-        sample_ode(net, z, 2, method="rk4")
+        sample(net, z)
+    with pytest.raises(ValueError, match="valid: euler, heun, dpm\\+\\+2m, flowmap"):
+        sample(net, z, 2, solver="rk4")
+    with pytest.raises(ValueError, match="unknown grid"):
+        time_grid(4, "cosine")
 
 
-def test_classifier_free_guidance_costs_two_nfe():
-    net = MLP2D(hidden=16, depth=2, num_classes=3)
+def test_classifier_free_guidance_and_the_scaled_guidance_input():
+    net = MLP2D(hidden=16, depth=2, num_classes=3, guidance=True)
     y = torch.tensor([0, 1, 2, 0])
     z = torch.randn(4, 2)
-    out = sample_ode(net, z, 5, y=y, cfg_scale=2.0)
-    assert out.nfe == 10
-    # w = 1 guidance is plain conditional sampling.
-    torch.testing.assert_close(sample_ode(net, z, 5, y=y, cfg_scale=1.0).x,
-                               sample_ode(net, z, 5, y=y).x)
+    # w = 1 classifier-free guidance is plain conditional sampling (at twice the NFE).
+    torch.testing.assert_close(sample(net, z, 5, "euler", y=y, cfg_scale=1.0).x,
+                               sample(net, z, 5, "euler", y=y).x)
+    # the scaled parameterization jumps with w F(x, t, s, y, w) (TVM Sec. 4)
+    w = 1.7
+    x1 = sample(net, z, 1, y=y, w=w, scale_param=True).x
+    F = net(z, torch.ones(4), torch.zeros(4), y, torch.full((4,), w))
+    torch.testing.assert_close(x1, z - w * F)
+    with pytest.raises(ValueError, match="do not mix"):
+        sample(net, z, 1, y=y, w=w, scale_param=True, cfg_scale=2.0)
+
+
+def test_batched_sampling_equals_one_batch():
+    net = MLP2D(hidden=16, depth=2, num_classes=3, guidance=True)
+    z, y = torch.randn(10, 2), torch.randint(0, 3, (10,))
+    w = torch.linspace(1.0, 2.0, 10)
+    whole = sample(net, z, 3, y=y, w=w, scale_param=True, return_trajectory=True)
+    parts = sample(net, z, 3, y=y, w=w, scale_param=True, return_trajectory=True, batch_size=4)
+    torch.testing.assert_close(parts.x, whole.x)
+    torch.testing.assert_close(parts.trajectory, whole.trajectory)
+    assert parts.nfe == whole.nfe == 3

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from tvmlib.data import ToySource, sample_toy2d
-from tvmlib.losses import FMLoss, TVMLoss
-from tvmlib.metrics import w2
+from tvmlib.core.losses import FMLoss, TVMLoss
+from tvmlib.evaluation.metrics import w2
 from tvmlib.nn import MLP2D
-from tvmlib.sampling import sample_ode
-from tvmlib.train import TrainConfig, train
+from tvmlib.core.solvers import sample
+from tvmlib.training.loop import TrainConfig, train
 
 
 def _run(tmp_path, loss_name, steps, interrupt_at=None, resume=False, tag="a"):
@@ -86,8 +86,8 @@ def test_flow_matching_learns_eight_gaussians():
     data, _ = sample_toy2d("8gaussians", 800, g)
     floor = w2(data, sample_toy2d("8gaussians", 800, g)[0])
     z = torch.randn(800, 2, generator=g)
-    before = w2(sample_ode(net, z, 32).x, data)
+    before = w2(sample(net, z, 32, solver="euler").x, data)
     state = train(net, FMLoss(), ToySource("8gaussians", 256, labels=False),
                   TrainConfig(steps=800, lr=3e-3, ema_decay=0.99, progress=False))
-    after = w2(sample_ode(state.ema.module, z, 32).x, data)
+    after = w2(sample(state.ema.module, z, 32, solver="euler").x, data)
     assert before > 2.5 * floor and after < 1.5 * floor, (before, after, floor)

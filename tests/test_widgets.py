@@ -1,5 +1,5 @@
-"""The committed 2D checkpoints (tvmlib.checkpoints2d) and the sampling explorer
-(tvmlib.widgets), headless: NFE and W2 of each setting against independent recomputations,
+"""The committed 2D checkpoints (tvmlib.evaluation.pretrained, made by tvmlib.apps.checkpoints2d)
+and the sampling explorer (tvmlib.teach.explore2d, explore_images), headless: NFE and W2 of each setting against independent recomputations,
 figure layouts, the widget wiring, and clear errors for missing or corrupt checkpoints; and the
 image side on the Fashion-MNIST checkpoints: sample counts, NFE and the FD each view shows."""
 
@@ -16,25 +16,27 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from tvmlib import checkpoints2d as ck  # noqa: E402
-from tvmlib import checkpoints_fashion as ckf  # noqa: E402
-from tvmlib.classifier import sha256_file  # noqa: E402
+from tvmlib.apps import checkpoints2d as maker  # noqa: E402
+from tvmlib.core.solvers import sample  # noqa: E402
 from tvmlib.data.images import load_mnist  # noqa: E402
-from tvmlib.metrics import classifier_fd, w2  # noqa: E402
+from tvmlib.evaluation import pretrained as P  # noqa: E402
+from tvmlib.evaluation.classifier import classifier_fd  # noqa: E402
+from tvmlib.evaluation.metrics import w2  # noqa: E402
 from tvmlib.nn import MLP2D  # noqa: E402
-from tvmlib.sampling import sample_flowmap  # noqa: E402
-from tvmlib.trajectories import teacher_trajectory  # noqa: E402
-from tvmlib.widgets import (  # noqa: E402
+from tvmlib.teach.explore2d import (  # noqa: E402
     compare_grid,
-    compare_images,
     explore_2d,
+    make_explorer,
+    setting_data,
+)
+from tvmlib.teach.explore_images import (  # noqa: E402
+    compare_images,
     explore_images,
     image_fd_floor,
     image_setting,
-    make_explorer,
     make_image_explorer,
-    setting_data,
 )
+from tvmlib.training.weights import sha256_file  # noqa: E402
 
 N = 200  # samples per setting: small, the tests check bookkeeping, not quality
 
@@ -47,14 +49,14 @@ def _close_figures():
 
 # ---- committed files ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method,dataset", ck.MODELS)
+@pytest.mark.parametrize("method,dataset", P.MODELS_2D)
 def test_committed_checkpoint_loads_and_matches_manifest(method, dataset):
-    path = ck.checkpoint_path(method, dataset)
-    entry = ck.read_manifest_2d(path.parent)[path.name]
+    path = P.checkpoint_path_2d(method, dataset)
+    entry = P.read_manifest_2d(path.parent)[path.name]
     assert path.stat().st_size == entry["bytes"] < 1_000_000
     assert sha256_file(path) == entry["sha256"]
-    assert entry["command"].startswith(ck.regenerate_command(method, dataset))
-    net = ck.load_2d(method, dataset)
+    assert entry["command"].endswith(f"--only {P.model_name(method, dataset)}")
+    net = P.load_2d(method, dataset)
     raw = torch.load(path, map_location="cpu", weights_only=True)
     assert isinstance(net, MLP2D) and raw["kwargs"]["num_classes"] == net.num_classes
     assert not net.training and not any(p.requires_grad for p in net.parameters())
@@ -63,58 +65,61 @@ def test_committed_checkpoint_loads_and_matches_manifest(method, dataset):
 
 
 def _copy_committed(folder: Path, method="tvm", dataset="checkerboard") -> Path:
-    src = ck.checkpoint_path(method, dataset)
+    src = P.checkpoint_path_2d(method, dataset)
     shutil.copy(src, folder / src.name)
-    manifest = {src.name: ck.read_manifest_2d(src.parent)[src.name]}
-    (folder / ck.MANIFEST).write_text(json.dumps(manifest))
+    manifest = {src.name: P.read_manifest_2d(src.parent)[src.name]}
+    (folder / P.MANIFEST_2D).write_text(json.dumps(manifest))
     return folder / src.name
 
 
 def test_missing_checkpoint_names_the_command(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m tvmlib.checkpoints2d --only "
+    with pytest.raises(FileNotFoundError, match="python -m tvmlib.apps.checkpoints2d --only "
                                                 "tvm_checkerboard"):
-        ck.load_2d("tvm", "checkerboard", tmp_path)
+        P.load_2d("tvm", "checkerboard", tmp_path)
     path = _copy_committed(tmp_path)
-    (tmp_path / ck.MANIFEST).write_text("{}")  # file present, no manifest entry
+    (tmp_path / P.MANIFEST_2D).write_text("{}")  # file present, no manifest entry
     with pytest.raises(FileNotFoundError, match="(?s)no sha256.*--only tvm_checkerboard"):
-        ck.load_2d("tvm", "checkerboard", tmp_path)
+        P.load_2d("tvm", "checkerboard", tmp_path)
     assert path.exists()
 
 
 def test_corrupt_checkpoint_names_the_command(tmp_path):
     path = _copy_committed(tmp_path)
-    assert isinstance(ck.load_2d("tvm", "checkerboard", tmp_path), MLP2D)  # intact copy loads
+    assert isinstance(P.load_2d("tvm", "checkerboard", tmp_path), MLP2D)  # intact copy loads
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(RuntimeError, match="(?s)corrupt or stale.*--only tvm_checkerboard"):
-        ck.load_2d("tvm", "checkerboard", tmp_path)
+        P.load_2d("tvm", "checkerboard", tmp_path)
     # A file whose sha256 matches but that torch cannot read gets the same advice.
     path.write_bytes(b"not a torch file")
-    (tmp_path / ck.MANIFEST).write_text(json.dumps({path.name: {"sha256": sha256_file(path)}}))
+    (tmp_path / P.MANIFEST_2D).write_text(json.dumps({path.name: {"sha256": sha256_file(path)}}))
     with pytest.raises(RuntimeError, match="(?s)could not load.*--only tvm_checkerboard"):
-        ck.load_2d("tvm", "checkerboard", tmp_path)
+        P.load_2d("tvm", "checkerboard", tmp_path)
 
 
 def test_unknown_model_is_refused():
     with pytest.raises(ValueError, match="valid: fm_checkerboard"):
-        ck.load_2d("meanflow", "spiral")
+        P.load_2d("meanflow", "spiral")
 
 
 def test_cli_writes_atomic_checkpoint_manifest_and_readme(tmp_path):
-    ck.main(["--only", "tvm_checkerboard", "--steps", "3", "--out-dir", str(tmp_path)])
+    maker.main(["--only", "tvm_checkerboard", "--steps", "3", "--out-dir", str(tmp_path)])
     path = tmp_path / "2d_tvm_checkerboard.pt"
-    manifest = json.loads((tmp_path / ck.MANIFEST).read_text())
+    manifest = json.loads((tmp_path / P.MANIFEST_2D).read_text())
     entry = manifest[path.name]
     assert entry["sha256"] == sha256_file(path) and entry["bytes"] == path.stat().st_size
-    assert entry["command"] == "python -m tvmlib.checkpoints2d --only tvm_checkerboard --steps 3"
+    assert entry["command"] == ("python -m tvmlib.apps.checkpoints2d --only tvm_checkerboard "
+                                "--steps 3")
     assert entry["w2_nfe"] == 1 and entry["w2"] > 0
     assert not list(tmp_path.glob("*.tmp"))
     raw = torch.load(path, weights_only=True)
-    assert raw["kwargs"] == ck.model_kwargs("checkerboard", ck.Settings2D())
+    assert raw["kwargs"] == {"dim": 2, "hidden": 128, "depth": 3, "time_scale": 1.0,
+                             "num_classes": 0, "guidance": False}
+    assert raw["method"] == "tvm" and raw["dataset"] == "checkerboard"
     readme = (tmp_path / "README_2d.md").read_text()
     assert path.name in readme and entry["sha256"] in readme
-    assert isinstance(ck.load_2d("tvm", "checkerboard", tmp_path), MLP2D)
+    assert isinstance(P.load_2d("tvm", "checkerboard", tmp_path), MLP2D)
 
 
 # ---- explore_2d: NFE, W2, samples against hand-written samplers ---------------------------------
@@ -165,7 +170,7 @@ def test_explore_2d_nfe_w2_and_samples(method, dataset, steps, label, guidance, 
     assert torch.equal(ref, v["reference"])
     if label is not None:
         assert bool((y == label).all())
-    net = ck.load_2d(method, dataset)
+    net = P.load_2d(method, dataset)
     if method == "fm":
         expected = _euler_reference(net, noise, steps, y, guidance if guidance != 1.0 else None)
     else:
@@ -229,10 +234,10 @@ def test_make_explorer_wires_controls_to_explore_2d():
 
 
 def test_data_floor_compares_two_data_sets_with_the_same_labels():
-    from tvmlib.widgets import REF_SEED, data_floor
+    from tvmlib.teach.explore2d import REF_SEED, data_floor
 
     _, y, ref = setting_data("8gaussians", N, 3)
-    other = ck.class_matched_data("8gaussians", y, torch.Generator().manual_seed(REF_SEED - 1))
+    other = P.class_matched_data("8gaussians", y, torch.Generator().manual_seed(REF_SEED - 1))
     assert data_floor("8gaussians", N, 3) == pytest.approx(w2(ref, other), rel=1e-12)
     assert 0 < data_floor("checkerboard", N) < 0.5  # two samples of one distribution
 
@@ -260,12 +265,11 @@ def test_explore_images_samples_nfe_and_fd(method, steps, label):
     # The samples are those of the model's own sampler from image_setting's noise and labels.
     noise, y = image_setting(N_IMG, 5, label)
     assert torch.equal(y, v["labels"])
-    net = ckf.load_fashion(method)
-    if method == "fm_teacher":
-        expected = teacher_trajectory(net, noise, y=y, steps=steps, solver="dpm++2m",
-                                      grid="logsnr").x
+    net = P.load_fashion(method)
+    if method == "fm_teacher":  # DPM-Solver++(2M) on the log-SNR grid, the CMT teacher's
+        expected = sample(net, noise, steps, "dpm++2m", grid="logsnr", y=y).x
     else:
-        expected = sample_flowmap(net, noise, steps=steps, y=y).x
+        expected = _jumps_reference(net, noise, steps, y)
     torch.testing.assert_close(v["samples"], expected.clamp(-1, 1))
 
 

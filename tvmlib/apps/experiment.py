@@ -2,7 +2,7 @@
 order by the one runner (``tvmlib.experiments.runner``), its results written after every run.
 
     python -m tvmlib.apps.experiment configs/experiments/cmt_fashion.yaml [--out FILE.json]
-        [--set KEY=VALUE ...] [--only RUN ...]
+        [--set KEY=VALUE ...] [--only RUN ...] [--work-dir DIR]
     python -m tvmlib.apps.experiment --merge A.json B.json ... --out C.json
 
 ``--set`` overrides a key of every run (``eval.num_samples=500``). ``--only`` trains just the
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", help="results JSON (default figures/<experiment name>.json)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key of every run, e.g. train.steps=100")
+    ap.add_argument("--work-dir", help="run folders (default runs/<experiment name>)")
     ap.add_argument("--only", nargs="+", metavar="RUN", help="train only these runs")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="instead of running: join these "
                     "results files (later ones add runs) into --out")
@@ -46,6 +47,11 @@ def main(argv: list[str] | None = None) -> dict:
         exp, runs = load_experiment(args.config, args.overrides)
     except (ConfigError, FileNotFoundError) as err:
         ap.error(str(err))
+    unknown = sorted(set(args.only or []) - {r.name for r in runs})
+    if unknown:
+        ap.error(f"--only: unknown runs {unknown}; the experiment has {[r.name for r in runs]}")
+    if args.work_dir:
+        exp.work_dir = args.work_dir
     command = "python -m tvmlib.apps.experiment " + " ".join(
         sys.argv[1:] if argv is None else argv)
     return run_experiment(exp, runs, args.out, args.only, command,

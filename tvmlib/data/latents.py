@@ -96,7 +96,7 @@ def read_meta(out: str | Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(
             f"{path} does not exist: {out} is not a latents folder. Make one with\n  python -m "
-            "tvmlib.data.latents --folder IMAGENET/train --out FOLDER --resolution 256")
+            "tvmlib.apps.latents --folder IMAGENET/train --out FOLDER --resolution 256")
     return json.loads(path.read_text())
 
 

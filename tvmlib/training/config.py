@@ -236,8 +236,31 @@ def _valid_keys(root: type, dotted: str) -> list[str]:
     return sorted(f.name for f in dataclasses.fields(cls))
 
 
+def _check_shape(schema: type, values, prefix: str = "") -> None:
+    """Sections must be mappings and flags booleans (OmegaConf would read 3 or "maybe" as a
+    flag, or fail without naming the key)."""
+    hints = typing.get_type_hints(schema)
+    for key, value in (values or {}).items():
+        tp = hints.get(key)
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{key}: expected a mapping of {tp.__name__} keys, "
+                                  f"got {value!r}")
+            _check_shape(tp, value, f"{prefix}{key}.")
+        elif tp is bool and not isinstance(value, bool):
+            raise ConfigError(f"{prefix}{key}: expected true or false, got {value!r}")
+        elif tp in (str, str | None) and not isinstance(value, str) and value is not None:
+            raise ConfigError(f"{prefix}{key}: expected a string, got {value!r}")
+        elif typing.get_origin(tp) is list and not isinstance(value, list):
+            raise ConfigError(f"{prefix}{key}: expected a list, got {value!r}")
+
+
 def _merge(schema: type, *parts):
     """The typed ``schema`` instance of the merged ``parts`` (dicts), or ConfigError."""
+    for part in parts:
+        if not isinstance(part, dict):
+            raise ConfigError(f"config: expected a mapping of sections, got {part!r}")
+        _check_shape(schema, part)
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), *parts))
     except ConfigKeyError as err:

@@ -4,9 +4,10 @@ A small DiT trains *launch-bound* on a GPU: its matrices are small, so the time 
 (forward, JVP, backward) follows the number of kernels more than the number of FLOPs. That is why
 ``tvmlib.training.graphs`` replays the step as a CUDA graph, and why the all-on DiT of the
 Lipschitz ablation steps slower than the plain one although its extra FLOPs are negligible. This
-script counts the top-level ``aten::`` operators the PyTorch profiler records for one step on the CPU (each launches
-one or more kernels on a GPU; the sequence of operators does not depend on the device), per
-Lipschitz variant of the ablation (``configs/experiments/lipschitz_ablation.yaml``):
+script counts the top-level ``aten::`` operators the PyTorch profiler records for one step on
+the CPU (each launches one or more kernels on a GPU; the sequence of operators does not depend on
+the device), per Lipschitz variant of the ablation
+(``configs/experiments/lipschitz_ablation.yaml``):
 
     python -m tvmlib.apps.bench.op_count [--preset DiT-S/2] [--variants off on ...] [--batch 2]
         [--out figures/op_count_DiT-S-2.json]
