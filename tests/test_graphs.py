@@ -1,4 +1,5 @@
-"""CUDA-graph replay of the loss and backward (tvmlib.training.graphs): the same training as eager mode.
+"""CUDA-graph replay of the loss and backward (tvmlib.training.graphs): the same training as
+eager mode.
 
 The equivalence tests need a GPU (they run on the device machine, not in CI); the refusals with
 their messages are checked everywhere.
@@ -7,10 +8,10 @@ their messages are checked everywhere.
 import pytest
 import torch
 
-from tvmlib.data.images import TensorSource
-from tvmlib.training.graphs import GraphedLossBackward, check_graph_support
 from tvmlib.core.losses import FMLoss, TVMLoss
+from tvmlib.data.images import TensorSource
 from tvmlib.nn.dit import dit_from_preset
+from tvmlib.training.graphs import GraphedLossBackward, check_graph_support
 from tvmlib.training.loop import TrainConfig, train
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

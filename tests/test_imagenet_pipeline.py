@@ -19,11 +19,11 @@ import yaml
 from diffusers import AutoencoderKL
 from PIL import Image
 
-from tvmlib.training.config import ConfigError, config_from_dict, load_config
 from tvmlib.apps import latents as A
 from tvmlib.data import latents as L
 from tvmlib.data.images import image_folder
 from tvmlib.evaluation.metrics import feature_stats, frechet_distance
+from tvmlib.training.config import ConfigError, config_from_dict, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RES = 16  # images 16x16 -> latents 4x8x8 (the tiny VAE downsamples by 2)

@@ -18,7 +18,7 @@ def module_name(path: Path) -> str:
 
 
 def imports(path: Path) -> set[str]:
-    """tvmlib modules imported by ``path`` (``from tvmlib.x import y`` counts y if it is a module)."""
+    """tvmlib modules imported by ``path`` (``from tvmlib.x import y``: y too, if a module)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):

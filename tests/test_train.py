@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from tvmlib.data import ToySource, sample_toy2d
 from tvmlib.core.losses import FMLoss, TVMLoss
+from tvmlib.core.solvers import sample
+from tvmlib.data import ToySource, sample_toy2d
 from tvmlib.evaluation.metrics import w2
 from tvmlib.nn import MLP2D
-from tvmlib.core.solvers import sample
 from tvmlib.training.loop import TrainConfig, train
 
 

@@ -1,7 +1,8 @@
-"""The committed 2D checkpoints (tvmlib.evaluation.pretrained, made by tvmlib.apps.checkpoints2d)
-and the sampling explorer (tvmlib.teach.explore2d, explore_images), headless: NFE and W2 of each setting against independent recomputations,
-figure layouts, the widget wiring, and clear errors for missing or corrupt checkpoints; and the
-image side on the Fashion-MNIST checkpoints: sample counts, NFE and the FD each view shows."""
+"""The committed 2D checkpoints (tvmlib.evaluation.pretrained, made by
+tvmlib.apps.checkpoints2d) and the sampling explorer (tvmlib.teach.explore2d, explore_images),
+headless: NFE and W2 of each setting against independent recomputations, figure layouts, the
+widget wiring, and clear errors for missing or corrupt checkpoints; and the image side on the
+Fashion-MNIST checkpoints: sample counts, NFE and the FD each view shows."""
 
 from __future__ import annotations
 
