@@ -205,7 +205,8 @@ def test_torch_func_jvp_through_module_then_backward_through_tangent():
 
 def test_power_iteration_probe_runs_and_func_vjp_is_refused_clearly():
     """tvmlib.evaluation.lipschitz's Jacobian power iteration (jvp + autograd.grad) works through
-    the kernel and matches the float64 reference; torch.func.vjp (functorch wrappers) gets a clear error."""
+    the kernel and matches the float64 reference; torch.func.vjp (functorch wrappers) gets a
+    clear error."""
     from tvmlib.evaluation.lipschitz import jacobian_spectral_norm
 
     gen = torch.Generator().manual_seed(9)
