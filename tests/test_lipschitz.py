@@ -243,7 +243,7 @@ def test_first_spike():
 
 # ---------------------------------------------------------------------------- the ablation
 def test_ablation_configs_are_lists_of_runs_with_the_lipschitz_variants():
-    from tvmlib.apps.bench.op_count import lipschitz_flags
+    from tvmlib.experiments.results import lipschitz_flags
     from tvmlib.training.config import load_experiment
 
     _, runs = load_experiment(ROOT / "configs" / "experiments" / "lipschitz_ablation.yaml")

@@ -74,13 +74,12 @@ def table_lipschitz() -> str:
             rows.append([setting, r["config"]["train"]["lr"], variant,
                          f"{r['steps_done']}/{r['steps']}", r["spike_step"]["first"],
                          r.get("diverged_step"), fd.get("1"), fd.get("2")])
-    c = res["config"]
-    model = c["model"].get("preset") or "custom DiT"
+    c = next(iter(res["runs"].values()))["config"]
     floor = res.get("reference_fd") or {}
-    head = (f"TVM on Fashion-MNIST 32x32, {model}, batch {c['batch_size']}, "
-            f"{c.get('attn_backend', 'math')} attention; FD: classifier Frechet distance of "
-            f"{c['fd_samples']} EMA samples (real train vs test images: "
-            f"{_fmt(floor.get('train_vs_test'))}).")
+    head = (f"TVM on Fashion-MNIST 32x32, {c['model']['preset']}, batch "
+            f"{c['train']['global_batch']}, {c['model']['attn_backend']} attention; FD: "
+            f"classifier Frechet distance of {c['eval']['num_samples']} EMA samples (real train "
+            f"vs test images: {_fmt(floor.get('train_vs_test'))}).")
     return (head + "\n\n" + _table(["setting", "lr", "variant", "steps", "first spike",
                                      "diverged at", "FD 1 step", "FD 2 steps"], rows)
             + "\n\n" + _source(name, d["provenance"]))
@@ -168,7 +167,7 @@ def table_cmt() -> str:
     t, m = runs["teacher"], runs["mid"]
     fd_t = next(iter(t["final"]["ema"].items()))
     out.append(f"**Fashion-MNIST** (class-conditional "
-               f"{gpu['results']['config']['model']['preset']}, TVM post-training from three "
+               f"{t['config']['model']['preset']}, TVM post-training from three "
                f"starts; teacher: {_fmt(t['total_s'])} GPU s, FD {_fmt(fd_t[1])} at {fd_t[0]} "
                f"NFE; CMT mid-training: {_fmt(m['train_s'])} GPU s)\n\n"
                + _table(["start", "FD 1 step at step 0", "steps", "FD 1 step", "FD 2 steps",

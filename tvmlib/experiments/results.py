@@ -7,8 +7,16 @@ import math
 
 import numpy as np
 
+SWITCHES = ("rmsnorm", "qk_norm", "mod_norm", "spectral_init")  # TVM's Lipschitz changes
 # The Lipschitz ablation's variants, in plotting order: all off, each change alone, all on.
-VARIANTS = ("off", "rmsnorm", "qk_norm", "mod_norm", "spectral_init", "on")
+VARIANTS = ("off", *SWITCHES, "on")
+
+
+def lipschitz_flags(variant: str) -> dict[str, bool]:
+    """The ``model.lipschitz`` section of a variant: "off", "on", or one change alone."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    return {k: variant == "on" or variant == k for k in SWITCHES}
 
 
 def by_group(runs: dict[str, dict], sep: str = "-") -> dict[str, dict[str, dict]]:

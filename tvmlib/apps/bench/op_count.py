@@ -28,22 +28,12 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from tvmlib.experiments.results import VARIANTS
+from tvmlib.experiments.results import VARIANTS, lipschitz_flags
 from tvmlib.training.build import build_loss, build_model
 from tvmlib.training.config import config_from_dict
 from tvmlib.utils.atomic import atomic_write_json
 from tvmlib.utils.paths import figures_dir
 from tvmlib.utils.provenance import provenance
-
-SWITCHES = ("rmsnorm", "qk_norm", "mod_norm", "spectral_init")
-
-
-def lipschitz_flags(variant: str) -> dict:
-    """The ``model.lipschitz`` section of a variant: "off", "on", or one change alone."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
-    return {k: variant == "on" or variant == k for k in SWITCHES}
-
 
 def _nested(event) -> bool:
     """Whether an aten op was called by another aten op (then it launches nothing itself)."""
