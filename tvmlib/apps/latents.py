@@ -95,6 +95,18 @@ def finalize(out: str | Path) -> dict:
     return meta
 
 
+def _encode(model, loader, bar) -> tuple[Tensor, Tensor, Tensor]:
+    """Posterior means, stds and labels of every batch of ``loader`` (on the CPU)."""
+    means, stds, labels = [], [], []
+    for x, y in loader:
+        mean, std = encode_posterior(model, x)
+        means.append(mean.cpu())
+        stds.append(std.cpu())
+        labels.append(y)
+        bar.update(len(x))
+    return torch.cat(means), torch.cat(stds), torch.cat(labels)
+
+
 def encode_folder(folder: str | Path, out: str | Path, resolution: int, vae: str = DEFAULT_VAE,
                   batch_size: int = 64, shard_size: int = 10_000, workers: int = 4,
                   dtype: str = "float16", device: str | torch.device | None = None,
@@ -141,15 +153,7 @@ def encode_folder(folder: str | Path, out: str | Path, resolution: int, vae: str
             loader = torch.utils.data.DataLoader(
                 torch.utils.data.Subset(data, index.tolist()), batch_size=batch_size,
                 num_workers=workers, pin_memory=torch.device(device).type == "cuda")
-            means, stds, labels = [], [], []
-            for x, y in loader:
-                mean, std = encode_posterior(model, x)
-                means.append(mean.cpu())
-                stds.append(std.cpu())
-                labels.append(y)
-                bar.update(len(x))
-            write_shard(out / shard_name(i), torch.cat(means), torch.cat(stds),
-                        torch.cat(labels), index, dtype)
+            write_shard(out / shard_name(i), *_encode(model, loader, bar), index, dtype)
         bar.close()
     barrier()
     if rank == 0:

@@ -138,12 +138,30 @@ def check_fm_loss(fn: Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]) -> 
 
 # ---- Euler sampler ---------------------------------------------------------------------------
 
+def _check_euler_calls(name: str, used: list[float], times: Tensor) -> None:
+    """The times at which a student's Euler called the velocity: K calls, at t_0 .. t_{K-1}."""
+    K = len(times) - 1
+    if len(used) != K:
+        hint = ("one step too many" if len(used) == K + 1 else
+                "one step too few" if len(used) == K - 1 else "wrong number of steps")
+        _fail(name, f"{hint}: a grid of {K + 1} times has {K} intervals, so Euler calls the "
+                    f"velocity {K} times (at t_0 .. t_{K - 1}), but yours called it {len(used)} "
+                    f"times")
+    at = torch.tensor(used, dtype=torch.float64)
+    if torch.allclose(at, times[1:].flip(0)) or torch.allclose(at, times[:-1].flip(0)):
+        _fail(name, "wrong direction of time: sampling starts from noise at t = 1 and walks "
+                    "the grid in the given order down to t = 0")
+    if torch.allclose(at, times[1:]):
+        _fail(name, "the velocity is evaluated at the end of each step (t_{k+1}); explicit "
+                    "Euler uses the start of the step, u(x_k, t_k)")
+
+
 def check_euler(fn: Callable[[Callable, Tensor, Tensor], Tensor]) -> None:
     """Check ``fn(velocity, x, times) -> x`` at the end of the grid: explicit Euler
     x_{k+1} = x_k + (t_{k+1} - t_k) u(x_k, t_k) on a decreasing grid from t = 1 (noise) to 0,
     against ``tvmlib.core.solvers.euler`` on the exact Gaussian flow
-    ``tvmlib.core.analytic.GaussianFlow``
-    (its velocity is closed-form), plus first-order convergence to the exact flow map.
+    ``tvmlib.core.analytic.GaussianFlow`` (its velocity is closed-form), plus first-order
+    convergence to the exact flow map.
     ``velocity(x, t)`` takes x: (B, 2) and t a (B,) tensor (or a float, or a 0-d tensor).
     """
     from tvmlib.core.analytic import GaussianFlow
@@ -174,22 +192,8 @@ def check_euler(fn: Callable[[Callable, Tensor, Tensor], Tensor]) -> None:
         return _require_tensor(name, "the returned x", out, tuple(x1.shape))
 
     times = torch.tensor([1.0, 0.8, 0.55, 0.35, 0.2, 0.1, 0.0], dtype=torch.float64)
-    K = len(times) - 1
     got = run(times)
-    used = list(calls)
-    if len(used) != K:
-        hint = ("one step too many" if len(used) == K + 1 else
-                "one step too few" if len(used) == K - 1 else "wrong number of steps")
-        _fail(name, f"{hint}: a grid of {K + 1} times has {K} intervals, so Euler calls the "
-                    f"velocity {K} times (at t_0 .. t_{K - 1}), but yours called it {len(used)} "
-                    f"times")
-    at = torch.tensor(used, dtype=torch.float64)
-    if torch.allclose(at, times[1:].flip(0)) or torch.allclose(at, times[:-1].flip(0)):
-        _fail(name, "wrong direction of time: sampling starts from noise at t = 1 and walks "
-                    "the grid in the given order down to t = 0")
-    if torch.allclose(at, times[1:]):
-        _fail(name, "the velocity is evaluated at the end of each step (t_{k+1}); explicit "
-                    "Euler uses the start of the step, u(x_k, t_k)")
+    _check_euler_calls(name, list(calls), times)
     want = euler(velocity, x1.clone(), times).x
     rtol, atol = 1e-7, 1e-9
     if not _close(got, want, rtol, atol):

@@ -253,47 +253,66 @@ def train(net: nn.Module, loss_fn: Callable, source, cfg: TrainConfig, resume: b
     state = _new_state(net, cfg)
     if resume and cfg.ckpt_path and Path(cfg.ckpt_path).exists():
         load_checkpoint(cfg.ckpt_path, state, loss_fn, source)
-    step, rank = _Step(state, loss_fn, cfg), world()[0]
-    save = (lambda: save_checkpoint(cfg.ckpt_path, state, loss_fn, source)) \
-        if cfg.ckpt_path and rank == 0 else (lambda: None)
-    logger, clock = _Logger(state, cfg, rank), GpuClock(step.device)
-    bar = tqdm(total=cfg.steps, initial=state.step, mininterval=1.0, disable=rank != 0 or (
-        not cfg.progress if cfg.progress is not None else quiet()))
-    at_boundary, done_before = True, state.train_seconds
-    try:
-        with _StopFlag() as stop:
-            clock.begin()
-            while state.step < cfg.steps and state.stopped is None:
-                at_boundary = False
-                state.net.train()
-                logs = step(source.next_batch())
-                at_boundary = True
-                state.train_seconds = done_before + clock.seconds()
-                if cfg.time_budget_s is not None and state.train_seconds >= cfg.time_budget_s:
-                    state.stopped = "time budget"
-                extra = None
-                if rank == 0 and eval_fn is not None and eval_every and (
-                        state.step % eval_every == 0 or state.step == cfg.steps or state.stopped):
-                    with clock.pause():
-                        extra = eval_fn(state)
-                row = logger.add(logs, extra, force=state.stopped is not None)
-                bar.update(1)
-                if row:
-                    bar.set_postfix(loss=f"{row.get('loss', logs['loss']):.4g}")
-                if cfg.ckpt_every and state.step % cfg.ckpt_every == 0:
-                    save()
-                if callback is not None:
-                    callback(state, logs)
-                if stop.requested:
-                    raise KeyboardInterrupt("SIGTERM")
-    except KeyboardInterrupt:
-        if cfg.ckpt_path and at_boundary:
-            save()
-            print(f"interrupted: checkpoint at step {state.step} written to {cfg.ckpt_path}")
-        elif cfg.ckpt_path:
-            print(f"interrupted mid-step {state.step + 1}: kept the last checkpoint")
-        raise
-    finally:
-        bar.close()
-    save()
-    return state
+    return _Loop(state, loss_fn, source, cfg, eval_fn, eval_every, callback).run()
+
+
+class _Loop:
+    """The loop of :func:`train`: steps, logs, evaluations, checkpoints, interruptions."""
+
+    def __init__(self, state, loss_fn, source, cfg, eval_fn, eval_every, callback):
+        self.state, self.source, self.cfg = state, source, cfg
+        self.eval_fn, self.eval_every, self.callback = eval_fn, eval_every, callback
+        self.step, self.rank = _Step(state, loss_fn, cfg), world()[0]
+        self.logger, self.clock = _Logger(state, cfg, self.rank), GpuClock(self.step.device)
+        self.save = (lambda: save_checkpoint(cfg.ckpt_path, state, loss_fn, source)) \
+            if cfg.ckpt_path and self.rank == 0 else (lambda: None)
+        self.bar = tqdm(total=cfg.steps, initial=state.step, mininterval=1.0,
+                        disable=self.rank != 0 or (not cfg.progress if cfg.progress is not None
+                                                   else quiet()))
+
+    def run(self) -> TrainState:
+        state, cfg, at_boundary = self.state, self.cfg, True  # False while a step is half done
+        try:
+            with _StopFlag() as stop:
+                self.clock.begin()
+                done_before = state.train_seconds
+                while state.step < cfg.steps and state.stopped is None:
+                    at_boundary = False
+                    state.net.train()
+                    logs = self.step(self.source.next_batch())
+                    at_boundary = True
+                    state.train_seconds = done_before + self.clock.seconds()
+                    self.after_step(logs)
+                    if stop.requested:
+                        raise KeyboardInterrupt("SIGTERM")
+        except KeyboardInterrupt:
+            if cfg.ckpt_path and at_boundary:
+                self.save()
+                print(f"interrupted: checkpoint at step {state.step} written to {cfg.ckpt_path}")
+            elif cfg.ckpt_path:
+                print(f"interrupted mid-step {state.step + 1}: kept the last checkpoint")
+            raise
+        finally:
+            self.bar.close()
+        self.save()
+        return state
+
+    def after_step(self, logs: dict) -> None:
+        """Budget, evaluation, the log row, progress bar, checkpoint and callback of a step."""
+        state, cfg = self.state, self.cfg
+        if cfg.time_budget_s is not None and state.train_seconds >= cfg.time_budget_s:
+            state.stopped = "time budget"
+        extra = None
+        if self.rank == 0 and self.eval_fn is not None and self.eval_every and (
+                state.step % self.eval_every == 0 or state.step == cfg.steps or state.stopped):
+            with self.clock.pause():
+                extra = self.eval_fn(state)
+        row = self.logger.add(logs, extra, force=state.stopped is not None)
+        self.bar.update(1)
+        if row:
+            self.bar.set_postfix(loss=f"{row.get('loss', logs['loss']):.4g}")
+        if cfg.ckpt_every and state.step % cfg.ckpt_every == 0:
+            self.save()
+        if self.callback is not None:
+            with self.clock.pause():
+                self.callback(state, logs)

@@ -26,13 +26,6 @@ def scatter(ax: Axes, x, title: str | None = None, c=None, lim: float = LIM, s: 
     return _square(ax, title, lim)
 
 
-def density(ax: Axes, x, title: str | None = None, lim: float = LIM, bins: int = 120) -> Axes:
-    """2D histogram of samples (n, 2)."""
-    x = _np(x)
-    ax.hist2d(x[:, 0], x[:, 1], bins=bins, range=[[-lim, lim], [-lim, lim]], cmap="magma")
-    return _square(ax, title, lim)
-
-
 def trajectories(ax: Axes, traj, n: int = 200, title: str | None = None,
                  lim: float = LIM, alpha: float = 0.5, lw: float = 0.8) -> Axes:
     """Paths of the first ``n`` particles of a trajectory (K+1, B, 2): noise grey, samples red."""
