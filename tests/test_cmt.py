@@ -376,3 +376,77 @@ def test_experiment_smoke_runs_every_stage_and_counts_upstream_seconds(tmp_path,
     # a typo is an error before any work starts, naming the run and the key
     with pytest.raises(ConfigError, match=r"runs\[0\] \(teacher\): loss.pool_bach: unknown "):
         load_experiment(config, ["loss.pool_bach=4"])
+
+
+def test_experiment_runs_resume_and_refuse_other_settings(tmp_path):
+    """A run continues from its folder (longer training, same settings) with its evaluations;
+    a changed setting is refused; a total budget counts the runs a run starts from."""
+    from tvmlib.experiments.runner import run_experiment
+    from tvmlib.training.config import experiment_from_dict
+
+    spec = {"name": "resume", "work_dir": str(tmp_path), "defaults": {
+        "device": "cpu", "data": {"dataset": "fashion-mnist"},
+        "model": {"preset": "DiT", "patch_size": 8, "hidden_size": 32, "depth": 1,
+                  "num_heads": 2, "guidance": False},
+        "train": {"steps": 2, "global_batch": 8, "lr": 1e-3, "log_every": 1, "ckpt_every": 0},
+        "eval": {"num_samples": 16, "batch_size": 16, "steps": [1], "every": 2,
+                 "attn_backend": "math"}},
+        "runs": [{"name": "fm", "loss": {"name": "fm"}},
+                 {"name": "tvm", "init": "fm", "loss": {"name": "tvm"},
+                  "train": {"total_budget_s": 0.0}}]}
+    first = run_experiment(*experiment_from_dict(spec), out=False, log=lambda m: None)
+    assert first["results"]["runs"]["fm"]["evals"]["step"] == [0, 2]
+    tvm = first["results"]["runs"]["tvm"]  # its budget is spent upstream: no step at all
+    assert tvm["stopped"] == "time budget" and tvm["steps_done"] == 0
+    assert tvm["upstream_s"] == first["results"]["runs"]["fm"]["total_s"] > 0
+    longer = run_experiment(*experiment_from_dict(spec, ["train.steps=4"]), out=False,
+                            only=["fm"], log=lambda m: None)
+    fm = longer["results"]["runs"]["fm"]
+    assert fm["steps_done"] == 4 and fm["evals"]["step"] == [0, 2, 4]
+    assert fm["curves"]["step"] == [1, 2, 3, 4]  # one history across the two calls
+    with pytest.raises(ValueError, match="other settings.*train.lr"):
+        run_experiment(*experiment_from_dict(spec, ["train.lr=0.5"]), out=False, only=["fm"],
+                       log=lambda m: None)
+
+
+def test_final_sweep_scores_every_solver_and_guidance(tmp_path):
+    from tvmlib.experiments.runner import run_experiment
+    from tvmlib.training.config import experiment_from_dict
+
+    spec = {"name": "sweep", "work_dir": str(tmp_path), "defaults": {
+        "device": "cpu", "data": {"dataset": "fashion-mnist"},
+        "model": {"preset": "DiT", "patch_size": 8, "hidden_size": 32, "depth": 1,
+                  "num_heads": 2, "guidance": False},
+        "train": {"steps": 1, "global_batch": 8, "log_every": 1, "ckpt_every": 0},
+        "eval": {"num_samples": 16, "batch_size": 16, "steps": [1, 2], "attn_backend": "math",
+                 "solvers": ["euler", "heun"], "cfg_scales": [1.0, 2.0]}},
+        "runs": [{"name": "fm", "loss": {"name": "fm"}}]}
+    sweep = run_experiment(*experiment_from_dict(spec), out=False,
+                           log=lambda m: None)["results"]["runs"]["fm"]["sweep"]
+    got = {(r["solver"], r["cfg_scale"], r["steps"]): r["nfe"] for r in sweep}
+    assert got == {("euler", 1.0, 1): 1, ("euler", 1.0, 2): 2, ("euler", 2.0, 1): 2,
+                   ("euler", 2.0, 2): 4, ("heun", 1.0, 1): 2, ("heun", 1.0, 2): 4,
+                   ("heun", 2.0, 1): 4, ("heun", 2.0, 2): 8}
+    assert all(r["fd"] > 0 for r in sweep)
+
+
+@pytest.mark.slow
+def test_equal_time_experiment_at_smoke_size(tmp_path):
+    """The image comparison's runs (fm with its solver sweep, tvm, meanflow, teacher -> mid ->
+    cmt, teacher_init) on a CPU in seconds; the GPU config differs only in sizes and budgets."""
+    from tvmlib.experiments.runner import run_experiment
+    from tvmlib.training.config import load_experiment
+
+    exp, runs = load_experiment(ROOT / "configs" / "experiments" / "fashion_equal_time.yaml")
+    smoke, small = load_experiment(ROOT / "configs" / "experiments" /
+                                   "fashion_equal_time_smoke.yaml")
+    assert [r.name for r in runs] == [r.name for r in small]
+    assert [(r.loss.name, r.init) for r in runs] == [(r.loss.name, r.init) for r in small]
+    budget = {r.name: (r.train.time_budget_s, r.train.total_budget_s) for r in runs}
+    assert {budget[n] for n in ("fm", "tvm", "meanflow")} == {(120.0, None)}
+    assert budget["cmt"] == budget["teacher_init"] == (None, 120.0)  # every stage counted
+    smoke.work_dir = str(tmp_path)
+    res = run_experiment(smoke, small, out=False, log=lambda m: None)["results"]
+    assert {r["solver"] for r in res["runs"]["fm"]["sweep"]} == {"euler", "heun", "dpm++2m"}
+    assert res["runs"]["cmt"]["upstream_s"] == res["runs"]["mid"]["total_s"]
+    assert set(res["reference_fd"]["by_n"]) == {"32", "48"}

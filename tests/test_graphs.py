@@ -8,7 +8,7 @@ their messages are checked everywhere.
 import pytest
 import torch
 
-from tvmlib.core.losses import FMLoss, TVMLoss
+from tvmlib.core.losses import FMLoss, MeanFlowLoss, TVMLoss
 from tvmlib.data.images import TensorSource
 from tvmlib.nn.dit import dit_from_preset
 from tvmlib.training.graphs import GraphedLossBackward, check_graph_support
@@ -53,8 +53,9 @@ def test_unsafe_loss_and_micro_batches_are_refused():
 
 def _train(loss_name, cuda_graph, steps=6, amp="off", micro_batches=1):
     net = _dit("cuda")
-    loss = FMLoss(label_dropout=0.1, num_classes=10) if loss_name == "fm" else TVMLoss(
-        net, num_classes=10, cfg_scale=2.0)
+    loss = {"fm": lambda: FMLoss(label_dropout=0.1, num_classes=10),
+            "meanflow": lambda: MeanFlowLoss(num_classes=10, label_dropout=0.1),
+            "tvm": lambda: TVMLoss(net, num_classes=10, cfg_scale=2.0)}[loss_name]()
     x, y = _data("cuda")
     cfg = TrainConfig(steps=steps, lr=1e-3, betas=(0.9, 0.95), grad_clip=1.0, ema_decay=0.9,
                       log_every=1, seed=3, amp=amp, progress=False, cuda_graph=cuda_graph,
@@ -63,7 +64,8 @@ def _train(loss_name, cuda_graph, steps=6, amp="off", micro_batches=1):
 
 
 @cuda
-@pytest.mark.parametrize("loss_name,micro", [("fm", 1), ("tvm", 1), ("tvm", 2)])
+@pytest.mark.parametrize("loss_name,micro", [("fm", 1), ("tvm", 1), ("tvm", 2),
+                                             ("meanflow", 1)])
 def test_graphed_training_matches_eager(loss_name, micro):
     """fp32: same batches, same seeds per micro-batch, so the same losses and weights as eager
     mode, also when each step accumulates two micro-batches."""

@@ -91,3 +91,28 @@ def test_flow_matching_learns_eight_gaussians():
                   TrainConfig(steps=800, lr=3e-3, ema_decay=0.99, progress=False))
     after = w2(sample(state.ema.module, z, 32, solver="euler").x, data)
     assert before > 2.5 * floor and after < 1.5 * floor, (before, after, floor)
+
+
+def test_ema_warmup_follows_its_formula():
+    """decay_n = min(decay, (1 + n) / (10 + n)) for the n-th update; without warm-up, decay."""
+    from tvmlib.core.ema import EMA
+
+    net = torch.nn.Linear(1, 1, bias=False)
+    values = torch.randn(40, generator=torch.Generator().manual_seed(0)).double()
+    for warmup in (True, False):
+        with torch.no_grad():
+            net.weight.fill_(0.5)
+        ema, want = EMA(net, 0.9, warmup=warmup), 0.5
+        for n, v in enumerate(values.tolist()):
+            with torch.no_grad():
+                net.weight.fill_(v)
+            d = min(0.9, (1 + n) / (10 + n)) if warmup else 0.9
+            assert ema.current_decay() == pytest.approx(d)
+            ema.update(net)
+            want = d * want + (1 - d) * v
+            assert float(ema.module.weight) == pytest.approx(want, rel=1e-5)
+        restored = EMA(net, 0.5)
+        restored.load_state_dict(ema.state_dict())  # the warm-up position survives a resume
+        assert (restored.updates, restored.warmup, restored.decay) == (40, warmup, 0.9)
+    # after 1100 steps at 0.999 without warm-up a third of the average is still the init
+    assert 0.999 ** 1100 == pytest.approx(1 / 3, rel=0.01)

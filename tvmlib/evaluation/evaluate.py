@@ -264,9 +264,11 @@ def make_ref_stats(folder: str | Path, resolution: int, feature_fn: FeatureFn, o
 
 
 def data_floor(cfg: RunConfig) -> dict | None:
-    """The metric's floor at this sample size: the classifier FD of ``eval.num_samples`` real
-    training images (random, seeded) to the test split, computed exactly as a model's samples
-    are (the same features and reference). None for other metrics."""
+    """The metric's floor at the sample sizes of ``cfg.eval`` (``num_samples`` and
+    ``final_samples``): the classifier FD of that many real training images (random, seeded) to
+    the test split, computed exactly as a model's samples are (8-bit images, the same features
+    and reference). {"train_vs_test": FD at num_samples, "n", "by_n": {n: FD}}; None for other
+    metrics."""
     if cfg.eval.metric != "classifier_fd" or cfg.data.dataset not in ("mnist", "fashion-mnist"):
         return None
     from tvmlib.data.images import load_mnist
@@ -275,6 +277,9 @@ def data_floor(cfg: RunConfig) -> dict | None:
     device = resolve_device(cfg.device)
     x, _ = load_mnist(cfg.data.dataset, "train")
     g = torch.Generator().manual_seed(cfg.eval.seed + 5)
-    real = x[torch.randperm(len(x), generator=g)[:cfg.eval.num_samples]]
-    return {"train_vs_test": classifier_fd(quantize(real).to(device), None, cfg.data.dataset),
-            "n": len(real)}
+    order = torch.randperm(len(x), generator=g)
+    sizes = dict.fromkeys([cfg.eval.num_samples, cfg.eval.final_samples or cfg.eval.num_samples])
+    by_n = {str(n): classifier_fd(quantize(x[order[:n]]).to(device), None, cfg.data.dataset)
+            for n in sizes}
+    n = cfg.eval.num_samples
+    return {"train_vs_test": by_n[str(n)], "n": n, "by_n": by_n}

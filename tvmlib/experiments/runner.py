@@ -13,8 +13,10 @@ Results: ``{"provenance", "results": {"experiment", "config", "runs": {name: rec
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -72,7 +74,8 @@ def start_run(cfg: RunConfig, device: torch.device | None = None, world: int = 1
         load_weights(_checkpoint(resolve(cfg.init, done)), built.net,
                      loss=built.loss if hasattr(built.loss, "reset_target") else None)
     if cfg.loss.name == "cmt" and cfg.loss.pool:
-        n = cfg.train.steps * built.loss.num_trajectories(cfg.train.global_batch)
+        n = cfg.loss.pool_size or cfg.train.steps * built.loss.num_trajectories(
+            cfg.train.global_batch)
         built.loss.prefill(n, torch.zeros(1, *sample_shape(cfg), device=device),
                            batch=cfg.loss.pool_batch)
         log(f"[{cfg.name}] {n} teacher trajectories made up front")
@@ -112,9 +115,25 @@ class Monitor:
         self.metric = metric_setup(cfg, built.device) if e.every and e.metric != "none" \
             else (None, None, None)
         self.probe = self._probe() if e.probe_every else None
-        self.evals: list[dict] = []
-        self.probes: list[dict] = []
+        self.path = cfg.run_dir / "monitor.json"  # evaluations so far, kept for a resumed run
+        saved = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.evals: list[dict] = saved.get("evals", [])
+        self.probes: list[dict] = saved.get("probes", [])
         self.state: TrainState | None = None
+
+        self.setup_s: float | None = saved.get("setup_s")
+
+    def setup_seconds(self, seconds: float) -> float:
+        """The run's setup seconds: those of its first start (a resumed run does not pay
+        twice)."""
+        if self.setup_s is None:
+            self.setup_s = seconds
+            self.save()
+        return self.setup_s
+
+    def save(self) -> None:
+        atomic_write_json({"evals": self.evals, "probes": self.probes, "setup_s": self.setup_s},
+                          self.path)
 
     def _probe(self):
         from tvmlib.data.images import load_mnist
@@ -134,6 +153,7 @@ class Monitor:
         row = {"step": step, "train_s": seconds,
                **{f"fd_{k}": r.get("fd") for k, r in rows.items()}}
         self.evals.append(row)
+        self.save()
         self.log(f"[{self.cfg.name}] step {step}: " + ", ".join(
             f"{k} {v:.4g}" for k, v in row.items() if k.startswith("fd_") and v is not None))
         return row
@@ -142,8 +162,12 @@ class Monitor:
         e = self.cfg.eval
         self.probes.append({"step": step, **measure(net, self.probe, e.lipschitz_batch,
                                                     e.power_iters, self.cfg.train.seed)})
+        self.save()
 
     def start(self, net) -> None:
+        """Step-0 evaluations (skipped when a resumed run already has them)."""
+        if self.evals or self.probes:
+            return
         if self.cfg.eval.every and self.metric[0] is not None:
             self.fd(net, 0, 0.0)
         if self.probe is not None:
@@ -190,60 +214,110 @@ def spikes(curves: dict, e) -> dict:
 
 def run_record(cfg: RunConfig, done: dict[str, Path], upstream: dict[str, float],
                log: Callable = print) -> dict:
-    """Train and evaluate one run of an experiment; returns its record: config, steps done,
-    ``stopped`` / ``diverged_step``, seconds (``setup_s``, ``train_s``, ``upstream_s`` of the runs
-    it starts from, ``total_s``), ``curves`` (the training log), ``evals`` (FD during training),
-    ``probes``, ``spike_step`` and ``final`` ({weights: {steps: FD}} at the end)."""
+    """Train (or resume) and evaluate one run of an experiment; returns its record: config,
+    steps done, ``stopped`` / ``diverged_step``, seconds (``setup_s``, ``train_s``,
+    ``upstream_s`` of the runs it starts from, ``total_s``), ``curves`` (the training log),
+    ``evals`` (FD during training), ``probes``, ``spike_step``, ``final`` ({weights: {steps:
+    FD}} at the end) and ``sweep`` (the final FD of every solver x guidance x steps asked for).
+    The record is also written to the run folder (``record.json``)."""
     t0 = time.perf_counter()
+    _check_resume(cfg)
     built, setup_s = start_run(cfg, None, 1, done, log)
     monitor = Monitor(cfg, built, log)
-    monitor.start(built.net)
-    diverged, state = None, None
-    try:
-        state = train(built.net, built.loss, built.source, built.loop, resume=False,
-                      eval_fn=monitor, eval_every=1)
-    except FloatingPointError as err:
-        state = monitor.state
-        diverged = (state.step if state else 0) + 1
-        log(f"[{cfg.name}] diverged: {err}")
-    history = [r for r in (state.history if state else []) if "loss" in r]
-    curves = _columns([{k: r.get(k) for k in ("step", *CURVE_KEYS) if k in r} for r in history])
+    setup_s = monitor.setup_seconds(setup_s)
     refs = [r for r in (cfg.init, cfg.loss.teacher if cfg.loss.name == "cmt" else None) if r]
     up = sum(upstream.get(r, 0.0) for r in dict.fromkeys(refs))
+    budgets = [b for b in (cfg.train.time_budget_s, None if cfg.train.total_budget_s is None
+                           else cfg.train.total_budget_s - up - setup_s) if b is not None]
+    built.loop.time_budget_s = min(budgets) if budgets else None
+    state, diverged = _train(cfg, built, monitor, log)
+    history = [r for r in (state.history if state else []) if "loss" in r]
+    curves = _columns([{k: r.get(k) for k in ("step", *CURVE_KEYS) if k in r} for r in history])
     train_s = state.train_seconds if state else 0.0
-    final = {} if diverged or state is None else _final(cfg, built, monitor, state)
-    if state is not None and not diverged and cfg.data.dataset in ("mnist", "fashion-mnist"):
+    ok = state is not None and not diverged
+    final, sweep = _final(cfg, built, monitor, state) if ok else ({}, [])
+    if ok and cfg.data.dataset in ("mnist", "fashion-mnist"):
         sample_grids(state.ema.module, cfg, cfg.run_dir)
+    steps = state.step if state else 0
     rec = {"name": cfg.name, "config": config_to_dict(cfg),
            "params": sum(p.numel() for p in built.net.parameters()),
-           "steps": cfg.train.steps, "steps_done": state.step if state else 0,
+           "steps": cfg.train.steps, "steps_done": steps,
            "stopped": state.stopped if state else None, "diverged_step": diverged,
            "setup_s": setup_s, "train_s": train_s, "upstream_s": up,
            "total_s": up + setup_s + train_s, "wall_s": time.perf_counter() - t0,
-           "steps_per_s": (state.step if state else 0) / max(train_s, 1e-9),
-           "curves": curves, "evals": _columns(monitor.evals),
-           "probes": _columns(monitor.probes), "spike_step": spikes(curves, cfg.eval),
-           "final": final}
-    log(f"[{cfg.name}] {rec['steps_done']} steps in {train_s:.1f} s ({rec['steps_per_s']:.1f} "
-        f"steps/s), total with upstream {rec['total_s']:.1f} s; final {final}")
+           "steps_per_s": steps / max(train_s, 1e-9), "curves": curves,
+           "evals": _columns(monitor.evals), "probes": _columns(monitor.probes),
+           "spike_step": spikes(curves, cfg.eval), "final": final, "sweep": sweep}
+    atomic_write_json(rec, cfg.run_dir / "record.json", indent=None)
+    log(f"[{cfg.name}] {steps} steps in {train_s:.1f} s ({rec['steps_per_s']:.1f} steps/s), "
+        f"total with upstream {rec['total_s']:.1f} s; final {final}")
     return rec
 
 
-def _final(cfg: RunConfig, built: Built, monitor: Monitor, state: TrainState) -> dict:
-    """{weights: {str(steps): FD}} at the end, for every ``eval.weights`` (FD None if the
-    samples are not finite)."""
+RESUMABLE = ("steps", "time_budget_s", "total_budget_s")  # may grow between calls of a run
+
+
+def _check_resume(cfg: RunConfig) -> None:
+    """A run folder with a checkpoint is resumed only by the config that made it (up to the
+    training length and budgets); anything else would mix two runs."""
+    stored = cfg.run_dir / "config.yaml"
+    if not (cfg.run_dir / "checkpoint.pt").exists() or not stored.exists():
+        return
+    import yaml
+
+    old, new = yaml.safe_load(stored.read_text()), config_to_dict(cfg)
+    for values in (old, new):
+        for key in RESUMABLE:
+            values["train"].pop(key, None)
+    diff = sorted(f"{sec}.{k}" for sec in new if isinstance(new[sec], dict)
+                  for k in new[sec] if old.get(sec, {}).get(k) != new[sec][k])
+    diff += [k for k in new if not isinstance(new[k], dict) and old.get(k) != new[k]]
+    if diff:
+        raise ValueError(f"{cfg.run_dir} holds a checkpoint of a run with other settings "
+                         f"({', '.join(diff)}); delete the folder or use another --work-dir")
+
+
+def _train(cfg: RunConfig, built: Built, monitor: Monitor, log: Callable):
+    """(state, diverged step or None): train from the run folder's checkpoint if there is one."""
+    resume = (cfg.run_dir / "checkpoint.pt").exists()
+    if not resume:
+        monitor.start(built.net)
+    try:
+        return train(built.net, built.loss, built.source, built.loop, resume=resume,
+                     eval_fn=monitor, eval_every=1), None
+    except FloatingPointError as err:
+        log(f"[{cfg.name}] diverged: {err}")
+        return monitor.state, (monitor.state.step if monitor.state else 0) + 1
+
+
+def _final(cfg: RunConfig, built: Built, monitor: Monitor, state: TrainState
+           ) -> tuple[dict, list[dict]]:
+    """({weights: {str(steps): FD}} for every ``eval.weights``, the sweep rows {solver,
+    cfg_scale, steps, nfe, fd} over ``eval.solvers`` x ``eval.cfg_scales`` x ``eval.steps`` of
+    the first weights). FD entries say "error" for samples that are not finite."""
     if cfg.eval.metric == "none":
-        return {}
+        return {}, []
     features, ref, _ = monitor.metric if monitor.metric[0] is not None else \
         metric_setup(cfg, built.device)
-    out = {}
-    for which in cfg.eval.weights:
+    out, e = {}, cfg.eval
+    final = dataclasses.replace(cfg, eval=dataclasses.replace(
+        e, num_samples=e.final_samples or e.num_samples))
+    for which in e.weights:
         try:
-            rows = evaluate_net(monitor.weights(state, which), cfg, features, ref)
+            rows = evaluate_net(monitor.weights(state, which), final, features, ref)
             out[which] = {k: r["fd"] for k, r in rows.items()}
         except ValueError as err:  # non-finite samples of an unstable run
             out[which] = {"error": str(err)[:200]}
-    return out
+    sweep = []
+    net = monitor.weights(state, e.weights[0])
+    for solver in e.solvers:
+        for w in e.cfg_scales or [e.cfg_scale]:
+            one = dataclasses.replace(cfg, eval=dataclasses.replace(e, solver=solver,
+                                                                    cfg_scale=w))
+            for k, r in evaluate_net(net, one, features, ref).items():
+                sweep.append({"solver": solver, "cfg_scale": w, "steps": int(k),
+                              "nfe": r["nfe"], "fd": r["fd"]})
+    return out, sweep
 
 
 # ---- the experiment ------------------------------------------------------------------------
@@ -274,10 +348,15 @@ def run_experiment(exp: ExperimentConfig, runs: list[RunConfig], out: str | Path
     for cfg in runs:
         cfg.out_dir = str(work / cfg.name)
         if only and cfg.name not in only:
-            if (cfg.run_dir / "checkpoint.pt").exists():
+            if (cfg.run_dir / "record.json").exists():  # a finished run others start from
                 done[cfg.name] = cfg.run_dir
+                upstream[cfg.name] = json.loads((cfg.run_dir / "record.json").read_text())[
+                    "total_s"]
             continue
         rec = run_record(cfg, done, upstream, log)
+        if exp.grids:
+            for png in cfg.run_dir.glob("samples_*step.png"):
+                shutil.copyfile(png, figures_dir() / f"{exp.name}_{cfg.name}_{png.name}")
         results["runs"][cfg.name] = rec
         done[cfg.name], upstream[cfg.name] = cfg.run_dir, rec["total_s"]
         results["wall_s"] = time.perf_counter() - t0

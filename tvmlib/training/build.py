@@ -144,6 +144,7 @@ def loop_config(cfg: RunConfig, world: int = 1) -> TrainConfig:
     return TrainConfig(
         steps=t.steps, lr=t.lr, warmup=t.warmup, betas=tuple(t.betas),
         weight_decay=t.weight_decay, grad_clip=t.grad_clip, ema_decay=t.ema_decay,
+        ema_warmup=t.ema_warmup,
         log_every=t.log_every, ckpt_every=t.ckpt_every,
         ckpt_path=str(cfg.run_dir / "checkpoint.pt"), log_path=str(cfg.run_dir / "log"),
         seed=t.seed, micro_batches=micro_batches(cfg, world), amp=t.amp,

@@ -88,6 +88,7 @@ class LossConfig:
     labels: str = "batch"
     pool: bool = False  # cmt: make every trajectory up front, pool_batch per teacher call
     pool_batch: int = 1000
+    pool_size: int | None = None  # cmt: trajectories in the pool (None: one per step's need)
 
 
 @dataclass
@@ -103,6 +104,7 @@ class TrainSection:
     weight_decay: float = 0.0
     grad_clip: float | None = None
     ema_decay: float = 0.9999
+    ema_warmup: bool = True  # evaluation EMA decay min(ema_decay, (1 + n) / (10 + n))
     log_every: int = 50
     ckpt_every: int = 500
     seed: int = 0
@@ -110,13 +112,15 @@ class TrainSection:
     tf32: bool = False
     cuda_graph: bool = False  # replay loss + backward as a CUDA graph (tvmlib.training.graphs)
     time_budget_s: float | None = None  # stop training after this many (GPU) seconds
+    total_budget_s: float | None = None  # ... counting the runs it starts from and its setup
 
 
 @dataclass
 class EvalConfig:
     """Sampling and metrics, at the end of a run and every ``every`` steps during it."""
 
-    num_samples: int = 1000
+    num_samples: int = 1000  # per evaluation during training and in the final sweep
+    final_samples: int | None = None  # the final evaluation of eval.weights (None: num_samples)
     steps: list[int] = field(default_factory=lambda: [1, 2, 4])  # solver steps (jumps)
     solver: str = "auto"  # auto: flowmap for flow-map losses, euler for fm; or any solver
     grid: str = "uniform"  # uniform | logsnr
@@ -132,6 +136,8 @@ class EvalConfig:
     attn_backend: str = "sdpa"  # sampling needs no JVP
     precision: str = "fp32"  # fp32 | fp64 | bf16
     every: int = 0  # evaluate the first of ``weights`` every this many steps (0: at the end)
+    solvers: list[str] = field(default_factory=list)  # final sweep: more solvers (fm runs)
+    cfg_scales: list[float] = field(default_factory=list)  # final sweep: more guidance scales
     probe_every: int = 0  # Lipschitz probes every this many steps (0: none)
     probe_batch: int = 32
     lipschitz_batch: int = 8
@@ -166,6 +172,7 @@ class ExperimentConfig:
     out: str | None = None  # results file name under figures/; default <name>.json
     work_dir: str | None = None  # run folders; default runs/<name>
     num_threads: int | None = None  # torch.set_num_threads
+    grids: bool = False  # copy each run's sample grids to figures/<name>_<run>_samples_<k>step.png
     defaults: dict[str, Any] = field(default_factory=dict)
     runs: list[dict[str, Any]] = field(default_factory=list)
 
@@ -219,6 +226,9 @@ def check_values(cfg: RunConfig) -> RunConfig:
         fail("train.ema_decay", "must be in [0, 1)")
     if not e.steps or min(e.steps) < 1:
         fail("eval.steps", "must be a non-empty list of step counts >= 1")
+    bad_solvers = [s for s in e.solvers if s not in CHOICES["eval.solver"][1:]]
+    if bad_solvers:
+        fail("eval.solvers", f"must be solvers of {', '.join(CHOICES['eval.solver'][1:])}")
     bad = [w for w in e.weights if w not in ("ema", "net", "target")]
     if bad or not e.weights:
         fail("eval.weights", "must be a non-empty list of ema, net, target")

@@ -43,6 +43,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float | None = 1.0
     ema_decay: float = 0.999
+    ema_warmup: bool = True  # decay_n = min(ema_decay, (1 + n) / (10 + n)) (tvmlib.core.ema)
     log_every: int = 100
     ckpt_every: int = 0  # 0: checkpoint only at the end and on interruption
     ckpt_path: str | None = None
@@ -230,7 +231,7 @@ class _Logger:
 def _new_state(net: nn.Module, cfg: TrainConfig) -> TrainState:
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
                             weight_decay=cfg.weight_decay)
-    return TrainState(net, EMA(net, cfg.ema_decay), opt)
+    return TrainState(net, EMA(net, cfg.ema_decay, cfg.ema_warmup), opt)
 
 
 def train(net: nn.Module, loss_fn: Callable, source, cfg: TrainConfig, resume: bool = False,
@@ -277,6 +278,8 @@ class _Loop:
                 self.clock.begin()
                 done_before = state.train_seconds
                 while state.step < cfg.steps and state.stopped is None:
+                    if self.over_budget():
+                        break
                     at_boundary = False
                     state.net.train()
                     logs = self.step(self.source.next_batch())
@@ -297,11 +300,17 @@ class _Loop:
         self.save()
         return state
 
+    def over_budget(self) -> bool:
+        """True (and ``state.stopped`` set) once the training seconds reach the budget."""
+        budget = self.cfg.time_budget_s
+        if budget is not None and self.state.train_seconds >= budget:
+            self.state.stopped = "time budget"
+        return self.state.stopped is not None
+
     def after_step(self, logs: dict) -> None:
         """Budget, evaluation, the log row, progress bar, checkpoint and callback of a step."""
         state, cfg = self.state, self.cfg
-        if cfg.time_budget_s is not None and state.train_seconds >= cfg.time_budget_s:
-            state.stopped = "time budget"
+        self.over_budget()
         extra = None
         if self.rank == 0 and self.eval_fn is not None and self.eval_every and (
                 state.step % self.eval_every == 0 or state.step == cfg.steps or state.stopped):

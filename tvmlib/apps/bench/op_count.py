@@ -35,6 +35,7 @@ from tvmlib.utils.atomic import atomic_write_json
 from tvmlib.utils.paths import figures_dir
 from tvmlib.utils.provenance import provenance
 
+
 def _nested(event) -> bool:
     """Whether an aten op was called by another aten op (then it launches nothing itself)."""
     parent = event.cpu_parent

@@ -55,6 +55,8 @@ class MeanFlowLoss:
             (MeanFlow Eq. 19 with kappa = 0); None disables it.
     """
 
+    graph_safe = True  # no host syncs, no Python state: can run as a CUDA graph
+
     def __init__(self, frac_unequal: float = 0.25, mean: float = -0.4, std: float = 1.0,
                  power: float = 1.0, eps: float = 1e-3, num_classes: int = 0,
                  label_dropout: float = 0.1, omega: float | None = None):
