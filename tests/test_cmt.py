@@ -443,8 +443,8 @@ def test_equal_time_experiment_at_smoke_size(tmp_path):
     assert [r.name for r in runs] == [r.name for r in small]
     assert [(r.loss.name, r.init) for r in runs] == [(r.loss.name, r.init) for r in small]
     budget = {r.name: (r.train.time_budget_s, r.train.total_budget_s) for r in runs}
-    assert {budget[n] for n in ("fm", "tvm", "meanflow")} == {(120.0, None)}
-    assert budget["cmt"] == budget["teacher_init"] == (None, 120.0)  # every stage counted
+    assert {budget[n] for n in ("fm", "tvm", "meanflow")} == {(100.0, None)}
+    assert budget["cmt"] == budget["teacher_init"] == (None, 100.0)  # every stage counted
     smoke.work_dir = str(tmp_path)
     res = run_experiment(smoke, small, out=False, log=lambda m: None)["results"]
     assert {r["solver"] for r in res["runs"]["fm"]["sweep"]} == {"euler", "heun", "dpm++2m"}

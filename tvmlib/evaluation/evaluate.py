@@ -95,7 +95,7 @@ def evaluate_net(net: nn.Module, cfg: RunConfig, features: FeatureFn | None, ref
         raise ValueError(f"{n_batches} batches for {n_world} processes: lower eval.batch_size")
     moments = {k: Moments() for k in e.steps}
     rows = {str(k): {"steps": k, "sample_seconds_rank0": 0.0} for k in e.steps}
-    with attention_backend(net, e.attn_backend):
+    with attention_backend(net, e.attn_backend), _autocast(e.precision, device):
         for b in mine:
             n = min(e.batch_size, e.num_samples - b * e.batch_size)
             noise, y = noise_and_labels(net, n, e.seed * 1_000_003 + b, b * e.batch_size)
@@ -142,10 +142,8 @@ def sample_grids(net: nn.Module, cfg: RunConfig, folder: Path, size: int = 64,
     return paths
 
 
-def _precision(net: nn.Module, precision: str, device):
-    """The autocast context of eval.precision (fp64 converts the network)."""
-    if precision == "fp64":
-        net.double()
+def _autocast(precision: str, device):
+    """bf16 autocast for eval.precision "bf16", else none (fp64 converts the network first)."""
     if precision == "bf16":
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -192,7 +190,9 @@ def evaluate_run(run_dir: str | Path, overrides: dict | None = None,
     _, net = load_run(run_dir, e.weights[0], device)
     decode = LatentDecoder(cfg, e.vae, device) if cfg.data.dataset == "latents" else None
     on_batch, write = _sample_saver(run_dir, e.steps) if save_samples else (None, None)
-    with _precision(net, e.precision, device):
+    if e.precision == "fp64":
+        net.double()
+    with _autocast(e.precision, device):
         rows = evaluate_net(net, cfg, features, ref, decode, on_batch)
         grids = sample_grids(net, cfg, run_dir, grid_size, decode) if rank == 0 and grid_size \
             else {}
