@@ -450,3 +450,23 @@ def test_equal_time_experiment_at_smoke_size(tmp_path):
     assert {r["solver"] for r in res["runs"]["fm"]["sweep"]} == {"euler", "heun", "dpm++2m"}
     assert res["runs"]["cmt"]["upstream_s"] == res["runs"]["mid"]["total_s"]
     assert set(res["reference_fd"]["by_n"]) == {"32", "48"}
+
+
+def test_equal_time_targets_read_the_records():
+    from tvmlib.experiments.results import equal_time_targets
+
+    def rec(fd1, fd4=None, up=0.0, train=(0.0, 10.0), total=10.0):
+        return {"evals": {"fd_1": list(fd1), "fd_4": [fd4] * len(fd1), "train_s": list(train)},
+                "upstream_s": up, "setup_s": 1.0, "total_s": total}
+
+    runs = {"tvm": rec([90.0, 12.0], 9.0, total=100.0),
+            "fm": {"sweep": [{"fd": 10.0}, {"fd": 20.0}]},
+            "meanflow": rec([50.0, 13.0]),
+            "cmt": rec([40.0, 12.0], up=30.0, train=(0.0, 18.0))}
+    got = {r["target"][:12]: (r["value"], r["bound"], r["hit"]) for r in equal_time_targets(runs)}
+    assert got["TVM 1 NFE <="] == (12.0, 13.0, True)  # 12 <= 1.3 x 10
+    assert got["TVM 4 NFE <="] == (9.0, 10.0, True)
+    assert got["TVM 1 NFE < "] == (12.0, 13.0, True)
+    assert got["CMT -> TVM r"] == (49.0, 50.0, True)  # 30 upstream + 1 setup + 18 training
+    runs["cmt"]["evals"]["fd_1"] = [40.0, 12.5]  # never reaches scratch's 12
+    assert not equal_time_targets(runs)[-1]["hit"] and equal_time_targets(runs)[-1]["value"] is None

@@ -70,3 +70,44 @@ def plot_runs(ax, runs: dict, key: str, probes: bool = False, logy: bool = True,
     ax.set_title(title or key)
     ax.grid(alpha=0.3)
     return ax
+
+
+def last_eval(rec: dict, key: str = "fd_1") -> float | None:
+    """A run's ``key`` at its last evaluation during training (eval.num_samples samples)."""
+    values = rec.get("evals", {}).get(key) or [None]
+    return values[-1]
+
+
+def seconds_axis(rec: dict) -> list[float]:
+    """GPU seconds of every evaluation of a run, all stages counted: upstream + setup + train."""
+    return [rec["upstream_s"] + rec["setup_s"] + s for s in rec["evals"]["train_s"]]
+
+
+def best_sweep(rec: dict) -> dict:
+    """The sweep row {solver, cfg_scale, steps, nfe, fd} with the lowest FD."""
+    return min(rec["sweep"], key=lambda r: r["fd"])
+
+
+def equal_time_targets(runs: dict[str, dict]) -> list[dict]:
+    """The image comparison's targets (issue 14), each {"target", "value", "bound", "hit"},
+    at the evaluations' sample size (eval.num_samples, where the FM sweep lives):
+
+    * TVM 1-NFE FD <= 1.3 x FM's best FD at any NFE (solver and guidance of the sweep);
+    * TVM 4-NFE FD <= FM's best;
+    * TVM 1-NFE FD < MeanFlow 1-NFE FD;
+    * CMT -> TVM reaches TVM-from-scratch's final 1-NFE FD within half of scratch's GPU
+      seconds, all stages counted (value: the seconds it took, None if never).
+    """
+    tvm, fm, mf, cmt = runs["tvm"], runs["fm"], runs["meanflow"], runs["cmt"]
+    best = best_sweep(fm)["fd"]
+    goal, half = last_eval(tvm), 0.5 * tvm["total_s"]
+    reach = next((s for s, v in zip(seconds_axis(cmt), cmt["evals"]["fd_1"])
+                  if v is not None and v <= goal), None)
+    rows = [("TVM 1 NFE <= 1.3 x FM best", last_eval(tvm), 1.3 * best, False),
+            ("TVM 4 NFE <= FM best", last_eval(tvm, "fd_4"), best, False),
+            ("TVM 1 NFE < MeanFlow 1 NFE", last_eval(tvm), last_eval(mf), True),
+            ("CMT -> TVM reaches scratch's final 1 NFE within 50% of its GPU s", reach, half,
+             False)]
+    return [{"target": t, "value": v, "bound": b,
+             "hit": v is not None and (v < b if strict else v <= b)}
+            for t, v, b, strict in rows]
