@@ -67,3 +67,14 @@ def test_no_import_cycles():
 
     for name in MODULES:
         visit(name, [name], {name})
+
+
+def test_notebooks_import_the_library_not_the_applications():
+    import json
+    import re
+
+    pattern = re.compile(r"^\s*(from|import)\s+tvmlib\.apps\b", re.M)
+    for nb in sorted((PACKAGE.parent / "notebooks").glob("**/*.ipynb")):
+        code = "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"]
+                         if c["cell_type"] == "code")
+        assert not pattern.search(code), f"{nb.name} imports an application module"
