@@ -108,3 +108,17 @@ def test_cli_rejects_unknown_key_before_work(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "train.stepz: unknown key" in out.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_run_folder_resumes_only_its_own_settings(tmp_path):
+    """The train command continues a run with more steps, refuses a resume whose settings
+    differ (the old learning rate would silently win), and trains afresh when asked."""
+    quiet = dict(log=lambda msg: None)
+    cfg = load_config(SMOKE, [f"out_dir={tmp_path}", "train.steps=2"])
+    assert train_run(cfg, **quiet).step == 2
+    longer = load_config(SMOKE, [f"out_dir={tmp_path}", "train.steps=4"])
+    assert train_run(longer, **quiet).step == 4
+    other = load_config(SMOKE, [f"out_dir={tmp_path}", "train.steps=4", "train.lr=0.5"])
+    with pytest.raises(ValueError, match="other settings.*train.lr"):
+        train_run(other, **quiet)
+    assert train_run(other, resume=False, **quiet).step == 4  # --fresh

@@ -22,12 +22,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import yaml
 
 from tvmlib.evaluation.evaluate import evaluate_net, sample_grids
 from tvmlib.evaluation.features import metric_setup
 from tvmlib.evaluation.lipschitz import first_spike, make_probe, measure
 from tvmlib.training.build import Built, build, load_run, resolve_device
 from tvmlib.training.config import ExperimentConfig, RunConfig, config_to_dict
+from tvmlib.training.distributed import world as process_rank
 from tvmlib.training.loop import TrainState, train
 from tvmlib.training.weights import load_weights
 from tvmlib.utils.atomic import atomic_write_json, atomic_write_text
@@ -59,9 +61,13 @@ def sample_shape(cfg: RunConfig) -> tuple[int, ...]:
 
 
 def start_run(cfg: RunConfig, device: torch.device | None = None, world: int = 1,
-              done: dict[str, Path] | None = None, log: Callable = print) -> tuple[Built, float]:
+              done: dict[str, Path] | None = None, log: Callable = print,
+              resume: bool = True) -> tuple[Built, float]:
     """Build the run, load its teacher and initial weights, make CMT's trajectory pool, and
-    write ``config.yaml``; returns (what it trains with, the GPU seconds of the setup)."""
+    write ``config.yaml`` (rank 0); returns (what it trains with, the GPU seconds of the
+    setup). With ``resume``, a run folder holding a checkpoint of other settings is refused."""
+    if resume:
+        _check_resume(cfg)
     done, device = done or {}, resolve_device(device or cfg.device)
     clock = GpuClock(device).begin()
     teacher = None
@@ -79,15 +85,11 @@ def start_run(cfg: RunConfig, device: torch.device | None = None, world: int = 1
         built.loss.prefill(n, torch.zeros(1, *sample_shape(cfg), device=device),
                            batch=cfg.loss.pool_batch)
         log(f"[{cfg.name}] {n} teacher trajectories made up front")
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(_yaml(config_to_dict(cfg)), cfg.run_dir / "config.yaml")
+    if process_rank()[0] == 0:
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False),
+                          cfg.run_dir / "config.yaml")
     return built, clock.seconds()
-
-
-def _yaml(values: dict) -> str:
-    import yaml
-
-    return yaml.safe_dump(values, sort_keys=False)
 
 
 def train_run(cfg: RunConfig, resume: bool = True, device: torch.device | None = None,
@@ -95,7 +97,7 @@ def train_run(cfg: RunConfig, resume: bool = True, device: torch.device | None =
               **train_kw) -> TrainState:
     """Train one run in ``cfg.run_dir`` (resuming from its checkpoint if ``resume``);
     ``train_kw`` goes to ``tvmlib.training.loop.train`` (eval_fn, eval_every, callback)."""
-    built, _ = start_run(cfg, device, world, done, log)
+    built, _ = start_run(cfg, device, world, done, log, resume)
     n = sum(p.numel() for p in built.net.parameters())
     log(f"[{cfg.name}] {n:,} params on {built.device}, {cfg.train.steps} steps of global batch "
         f"{cfg.train.global_batch} ({built.loop.micro_batches} micro-batches x {world} "
@@ -120,7 +122,6 @@ class Monitor:
         self.evals: list[dict] = saved.get("evals", [])
         self.probes: list[dict] = saved.get("probes", [])
         self.state: TrainState | None = None
-
         self.setup_s: float | None = saved.get("setup_s")
 
     def setup_seconds(self, seconds: float) -> float:
@@ -221,7 +222,6 @@ def run_record(cfg: RunConfig, done: dict[str, Path], upstream: dict[str, float]
     FD}} at the end) and ``sweep`` (the final FD of every solver x guidance x steps asked for).
     The record is also written to the run folder (``record.json``)."""
     t0 = time.perf_counter()
-    _check_resume(cfg)
     built, setup_s = start_run(cfg, None, 1, done, log)
     monitor = Monitor(cfg, built, log)
     setup_s = monitor.setup_seconds(setup_s)
@@ -263,8 +263,6 @@ def _check_resume(cfg: RunConfig) -> None:
     stored = cfg.run_dir / "config.yaml"
     if not (cfg.run_dir / "checkpoint.pt").exists() or not stored.exists():
         return
-    import yaml
-
     old, new = yaml.safe_load(stored.read_text()), config_to_dict(cfg)
     for values in (old, new):
         for key in RESUMABLE:
@@ -274,7 +272,8 @@ def _check_resume(cfg: RunConfig) -> None:
     diff += [k for k in new if not isinstance(new[k], dict) and old.get(k) != new[k]]
     if diff:
         raise ValueError(f"{cfg.run_dir} holds a checkpoint of a run with other settings "
-                         f"({', '.join(diff)}); delete the folder or use another --work-dir")
+                         f"({', '.join(diff)}); delete the folder, train afresh (--fresh) or use "
+                         "another folder (out_dir, --work-dir)")
 
 
 def _train(cfg: RunConfig, built: Built, monitor: Monitor, log: Callable):
