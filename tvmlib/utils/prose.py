@@ -4,7 +4,7 @@ A notebook states a measured number in a sentence rendered from its results (a d
 ``figures/*.json`` file), so the prose cannot drift from the data:
 
     say("TVM's one jump reaches W2 {w2:.3f}, {ratio:.2f}x FM's best: **{verdict}**.",
-        w2=r["tvm"][1], ratio=r["tvm"][1] / best_fm, verdict=hit_or_miss(r["tvm"][1], 1.3 * best_fm))
+        w2=tvm_w2, ratio=tvm_w2 / best_fm, verdict=hit_or_miss(tvm_w2, 1.3 * best_fm))
 
 ``render`` formats the template with ``str.format``; ``say`` also shows the text as Markdown in a
 notebook (prints it elsewhere). Measured numbers in a notebook's own markdown cells are what
