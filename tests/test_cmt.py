@@ -5,6 +5,7 @@ References are independent: the closed-form Gaussian flow (``tvmlib.core.analyti
 exact teacher and exact student, float64 throughout where exactness is claimed."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -440,8 +441,11 @@ def test_equal_time_experiment_at_smoke_size(tmp_path):
     exp, runs = load_experiment(ROOT / "configs" / "experiments" / "fashion_equal_time.yaml")
     smoke, small = load_experiment(ROOT / "configs" / "experiments" /
                                    "fashion_equal_time_smoke.yaml")
-    assert [r.name for r in runs] == [r.name for r in small]
-    assert [(r.loss.name, r.init) for r in runs] == [(r.loss.name, r.init) for r in small]
+    # the smoke file has every run but the extra training seeds ("<run>_seed<N>")
+    full = [r for r in runs if "_seed" not in r.name]
+    assert [r.name for r in full] == [r.name for r in small]
+    assert [(r.loss.name, r.init, r.loss.cfg_scale, r.model.guidance) for r in full] == \
+        [(r.loss.name, r.init, r.loss.cfg_scale, r.model.guidance) for r in small]
     budget = {r.name: (r.train.time_budget_s, r.train.total_budget_s) for r in runs}
     assert {budget[n] for n in ("fm", "tvm", "meanflow")} == {(100.0, None)}
     assert budget["cmt"] == budget["teacher_init"] == (None, 100.0)  # every stage counted
@@ -470,3 +474,33 @@ def test_equal_time_targets_read_the_records():
     assert got["CMT -> TVM r"] == (49.0, 50.0, True)  # 30 upstream + 1 setup + 18 training
     runs["cmt"]["evals"]["fd_1"] = [40.0, 12.5]  # never reaches scratch's 12
     assert not equal_time_targets(runs)[-1]["hit"] and equal_time_targets(runs)[-1]["value"] is None
+
+
+def test_equal_time_targets_average_seeds_and_take_each_method_at_its_best():
+    """Seeds ("<run>_seed<N>") are averaged; TVM and MeanFlow are taken at their better variant
+    (with or without folded guidance); FM at each seed's best sampler."""
+    from tvmlib.experiments.results import equal_time_summary, equal_time_targets
+
+    def rec(fd1, fd4=0.0, final=None):
+        return {"evals": {"fd_1": [999.0, fd1], "fd_4": [999.0, fd4], "train_s": [0.0, 9.0]},
+                "upstream_s": 0.0, "setup_s": 1.0, "total_s": 10.0, "train_s": 9.0,
+                "steps_done": 5, "final": {"ema": final or {"1": fd1}}}
+
+    runs = {"fm": {"sweep": [{"fd": 10.0}, {"fd": 30.0}]}, "fm_seed1": {"sweep": [{"fd": 20.0}]},
+            "tvm": rec(40.0, 30.0), "tvm_seed1": rec(50.0, 30.0),
+            "tvm_w15": rec(16.0, 12.0), "tvm_w15_seed1": rec(22.0, 18.0),
+            "meanflow": rec(30.0), "meanflow_w15": rec(25.0), "cmt": rec(45.0)}
+    got = {r["target"][:12]: r for r in equal_time_targets(runs)}
+    one = got["TVM 1 NFE <="]
+    assert one["runs"] == ["tvm_w15", "fm"] and one["seeds"] == [2, 2]
+    assert one["value"] == pytest.approx(19.0) and one["bound"] == pytest.approx(19.5)
+    assert one["value_sd"] == pytest.approx(math.sqrt(18.0)) and one["hit"]
+    four = got["TVM 4 NFE <="]
+    assert four["value"] == pytest.approx(15.0) and four["bound"] == pytest.approx(15.0)
+    assert four["hit"]  # at or below
+    mf = got["TVM 1 NFE < "]
+    assert mf["runs"] == ["tvm_w15", "meanflow_w15"] and mf["bound"] == 25.0 and mf["hit"]
+    assert got["CMT -> TVM r"]["runs"] == ["cmt", "tvm"]  # scratch: the unguided seed 0 run
+    rows = {r["run"]: r for r in equal_time_summary({k: v for k, v in runs.items()
+                                                     if "final" in v})}
+    assert rows["tvm_w15"]["seeds"] == 2 and rows["tvm_w15"]["fd"]["1"][0] == pytest.approx(19.0)

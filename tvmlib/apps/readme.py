@@ -14,7 +14,12 @@ import json
 import sys
 from pathlib import Path
 
-from tvmlib.experiments.results import best_sweep, by_group, equal_time_targets, reach_step
+from tvmlib.experiments.results import (
+    by_group,
+    equal_time_summary,
+    equal_time_targets,
+    reach_step,
+)
 from tvmlib.utils.paths import repo_root
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -50,9 +55,17 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def _commits(prov: dict) -> list[str]:
+    """The commits of a results file, those of its merged parts too (in order, once each)."""
+    parts = prov.get("parts") or []
+    found = [str(prov.get("commit", "?"))[:10]] + [c for p in parts for c in _commits(p)]
+    return list(dict.fromkeys(found))
+
+
 def _source(name: str, prov: dict) -> str:
+    commits = ", ".join(f"`{c}`" for c in _commits(prov))
     return (f"*From `figures/{name}` ({prov.get('device', '?')}, torch {prov.get('torch', '?')}, "
-            f"commit `{str(prov.get('commit', '?'))[:10]}`).*")
+            f"commit{'s' if ',' in commits else ''} {commits}).*")
 
 
 def table_2d() -> str:
@@ -135,29 +148,32 @@ def table_train_step() -> str:
     return "\n\n".join(out)
 
 
+def _pm(mean: float | None, sd: float, n: int) -> str:
+    """"m +- sd" over n seeds, the value alone for one."""
+    return _fmt(mean) if n < 2 or mean is None else f"{_fmt(mean)} ± {_fmt(sd, 2)}"
+
+
 def table_equal_time() -> str:
     name = "06_fashion_equal_time.json"
     d = _need(name, "run `python -m tvmlib.apps.experiment "
                     "configs/experiments/fashion_equal_time.yaml`")
     runs, floor = d["results"]["runs"], d["results"]["reference_fd"]["by_n"]
-    rows = []
-    for run, r in runs.items():
-        fd = r["final"].get("ema", {})
-        rows.append([run, r["train_s"], r["total_s"], r["steps_done"],
-                     ", ".join(f"{k}: {_fmt(v)}" for k, v in fd.items())])
-    best = best_sweep(runs["fm"])
-    targets = [[t["target"], t["value"], t["bound"], "hit" if t["hit"] else "miss"]
-               for t in equal_time_targets(runs)]
-    return (f"Class-conditional {runs['fm']['config']['model']['preset']} from scratch, one "
-            "seed per run, the same GPU seconds per method with every stage counted (`tvm_250s` "
-            "is the TVM run continued to 250 s). Final classifier FD of 10000 EMA samples at "
-            "each step count (real training images: "
+    rows = [[r["run"], r["seeds"], r["total_s"], round(r["steps"]),
+             ", ".join(f"{k}: {_pm(m, sd, r['seeds'])}" for k, (m, sd) in r["fd"].items())]
+            for r in equal_time_summary(runs)]
+    targets = [[t["target"], _pm(t["value"], t["value_sd"], t["seeds"][0]),
+                _pm(t["bound"], t["bound_sd"], t["seeds"][1]), " vs ".join(t["runs"]),
+                "hit" if t["hit"] else "miss"] for t in equal_time_targets(runs)]
+    return (f"Class-conditional {runs['fm']['config']['model']['preset']} from scratch, the same "
+            "GPU seconds per method with every stage counted; `_w15`: guidance w = 1.5 folded "
+            "into training; `tvm_250s`: the seed-0 TVM run continued to 250 s. Final classifier "
+            "FD of 10000 EMA samples at each step count, mean ± std over the training seeds "
+            "(real training images: "
             f"{_fmt(floor['10000'])}):\n\n"
-            + _table(["run", "train GPU s", "GPU s, all stages", "steps", "FD by steps"], rows)
-            + f"\n\nFM's best in its sweep (2000 samples, floor {_fmt(floor['2000'])}): FD "
-            f"{_fmt(best['fd'])} ({best['solver']}, {best['nfe']} NFE, guidance "
-            f"{best['cfg_scale']}). Targets, at 2000 samples:\n\n"
-            + _table(["target", "value", "bound", ""], targets)
+            + _table(["run", "seeds", "GPU s, all stages", "steps", "FD by steps"], rows)
+            + f"\n\nTargets, at 2000 samples (floor {_fmt(floor['2000'])}), each method at its "
+            "best variant (FM: each seed's best sampler of its sweep), mean ± std over seeds:\n\n"
+            + _table(["target", "value", "bound", "runs", ""], targets)
             + "\n\n" + _source(name, d["provenance"]))
 
 

@@ -4,6 +4,7 @@ at which a run first reaches a target, and curve plots of records."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -88,26 +89,81 @@ def best_sweep(rec: dict) -> dict:
     return min(rec["sweep"], key=lambda r: r["fd"])
 
 
-def equal_time_targets(runs: dict[str, dict]) -> list[dict]:
-    """The image comparison's targets (issue 14), each {"target", "value", "bound", "hit"},
-    at the evaluations' sample size (eval.num_samples, where the FM sweep lives):
+def seed_groups(runs: dict[str, dict]) -> dict[str, list[dict]]:
+    """{base name: [records]}: a run and its training seeds, named "<base>_seed<N>", in file
+    order (the base run is seed 0)."""
+    groups: dict[str, list[dict]] = {}
+    for name, rec in runs.items():
+        groups.setdefault(re.sub(r"_seed\d+$", "", name), []).append(rec)
+    return groups
 
-    * TVM 1-NFE FD <= 1.3 x FM's best FD at any NFE (solver and guidance of the sweep);
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """(mean, sample standard deviation; 0 for one value) of finite ``values``."""
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def best_variant(groups: dict[str, list[dict]], names: tuple[str, ...],
+                 key: str = "fd_1") -> str:
+    """Of the variants ``names`` present in ``groups``, the one with the lowest mean ``key`` at
+    its last evaluation (a method "at its best": e.g. TVM with or without folded guidance)."""
+    present = [n for n in names if n in groups]
+    if not present:
+        raise KeyError(f"none of the runs {names} is in the results")
+    return min(present, key=lambda n: mean_sd([last_eval(r, key) for r in groups[n]])[0])
+
+
+def equal_time_targets(runs: dict[str, dict]) -> list[dict]:
+    """The image comparison's targets (issue 14), each {"target", "value", "value_sd",
+    "bound", "bound_sd", "seeds", "runs", "hit"}, at the evaluations' sample size
+    (eval.num_samples, where the FM sweep lives), as means over the training seeds:
+
+    * TVM 1-NFE FD <= 1.3 x FM's best FD at any NFE (each seed's best solver and guidance);
     * TVM 4-NFE FD <= FM's best;
     * TVM 1-NFE FD < MeanFlow 1-NFE FD;
     * CMT -> TVM reaches TVM-from-scratch's final 1-NFE FD within half of scratch's GPU
-      seconds, all stages counted (value: the seconds it took, None if never).
+      seconds, all stages counted (value: the seconds it took, None if never; one seed, and
+      scratch is the unguided ``tvm`` run, like the CMT chain).
+
+    TVM and MeanFlow are each taken at their best variant (``tvm`` or ``tvm_w15``, ``meanflow``
+    or ``meanflow_w15``: without or with guidance folded into training), FM at its best sampler.
     """
-    tvm, fm, mf, cmt = runs["tvm"], runs["fm"], runs["meanflow"], runs["cmt"]
-    best = best_sweep(fm)["fd"]
-    goal, half = last_eval(tvm), 0.5 * tvm["total_s"]
+    g = seed_groups(runs)
+    tvm = best_variant(g, ("tvm", "tvm_w15"))
+    mf = best_variant(g, ("meanflow", "meanflow_w15"))
+    fm_best = [best_sweep(r)["fd"] for r in g["fm"]]
+    tvm1, tvm4 = ([last_eval(r, k) for r in g[tvm]] for k in ("fd_1", "fd_4"))
+    rows = [("TVM 1 NFE <= 1.3 x FM best", tvm1, [1.3 * b for b in fm_best], False, [tvm, "fm"]),
+            ("TVM 4 NFE <= FM best", tvm4, fm_best, False, [tvm, "fm"]),
+            ("TVM 1 NFE < MeanFlow 1 NFE", tvm1, [last_eval(r) for r in g[mf]], True, [tvm, mf])]
+    out = []
+    for target, values, bounds, strict, names in rows:
+        (v, v_sd), (b, b_sd) = mean_sd(values), mean_sd(bounds)
+        out.append({"target": target, "value": v, "value_sd": v_sd, "bound": b, "bound_sd": b_sd,
+                    "seeds": [len(values), len(bounds)], "runs": names,
+                    "hit": v < b if strict else v <= b})
+    scratch, cmt = runs["tvm"], runs["cmt"]
+    goal, half = last_eval(scratch), 0.5 * scratch["total_s"]
     reach = next((s for s, v in zip(seconds_axis(cmt), cmt["evals"]["fd_1"])
                   if v is not None and v <= goal), None)
-    rows = [("TVM 1 NFE <= 1.3 x FM best", last_eval(tvm), 1.3 * best, False),
-            ("TVM 4 NFE <= FM best", last_eval(tvm, "fd_4"), best, False),
-            ("TVM 1 NFE < MeanFlow 1 NFE", last_eval(tvm), last_eval(mf), True),
-            ("CMT -> TVM reaches scratch's final 1 NFE within 50% of its GPU s", reach, half,
-             False)]
-    return [{"target": t, "value": v, "bound": b,
-             "hit": v is not None and (v < b if strict else v <= b)}
-            for t, v, b, strict in rows]
+    out.append({"target": "CMT -> TVM reaches scratch's final 1 NFE within 50% of its GPU s",
+                "value": reach, "value_sd": 0.0, "bound": half, "bound_sd": 0.0,
+                "seeds": [1, 1], "runs": ["cmt", "tvm"],
+                "hit": reach is not None and reach <= half})
+    return out
+
+
+def equal_time_summary(runs: dict[str, dict]) -> list[dict]:
+    """One row per method (a run and its seeds): {"run", "seeds", "train_s", "total_s",
+    "steps", "fd": {steps: (mean, sd)}} of the final FDs (``final.ema``, eval.final_samples)."""
+    rows = []
+    for base, recs in seed_groups(runs).items():
+        finals = [r["final"].get("ema", {}) for r in recs]
+        keys = [k for k in finals[0] if all(k in f for f in finals)]
+        rows.append({"run": base, "seeds": len(recs),
+                     "train_s": mean_sd([r["train_s"] for r in recs])[0],
+                     "total_s": mean_sd([r["total_s"] for r in recs])[0],
+                     "steps": mean_sd([r["steps_done"] for r in recs])[0],
+                     "fd": {k: mean_sd([f[k] for f in finals]) for k in keys}})
+    return rows
