@@ -25,7 +25,7 @@ from tvmlib.utils.checks import ConfigError, fail
 
 __all__ = ["ConfigError", "ExperimentConfig", "RunConfig", "check_values", "config_from_dict",
            "config_to_dict", "experiment_from_dict", "load_config", "load_experiment",
-           "parse_overrides"]
+           "parse_overrides", "read_yaml"]
 
 
 @dataclass
@@ -253,7 +253,7 @@ def parse_overrides(overrides: dict | list[str] | None) -> dict:
     return nested
 
 
-def _read_yaml(path: str | Path) -> dict:
+def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no config file at {path}; see configs/ for the available ones")
@@ -274,7 +274,7 @@ def config_from_dict(values: dict, overrides: dict | list[str] | None = None) ->
 
 def load_config(path: str | Path, overrides: dict | list[str] | None = None) -> RunConfig:
     """Read a YAML run config; ``overrides`` is {"train.lr": 3e-4} or ["train.lr=3e-4"]."""
-    return config_from_dict(_read_yaml(path), overrides)
+    return config_from_dict(read_yaml(path), overrides)
 
 
 def config_to_dict(cfg) -> dict:
@@ -305,4 +305,4 @@ def experiment_from_dict(values: dict, overrides: dict | list[str] | None = None
 
 def load_experiment(path: str | Path, overrides: dict | list[str] | None = None
                     ) -> tuple[ExperimentConfig, list[RunConfig]]:
-    return experiment_from_dict(_read_yaml(path), overrides)
+    return experiment_from_dict(read_yaml(path), overrides)

@@ -16,6 +16,9 @@ KINDS = {  # what a parameter may hold
     "flag": checks.flag,
     "name": checks.plain_name,  # a file name under figures/, a toy data set
     "text": lambda k, v: v if isinstance(v, str) else checks.fail(k, "must be a string", v),
+    "path": lambda k, v: v if v is None or isinstance(v, str) else checks.fail(
+        k, "must be a path (a string) or None", v),
+    "mapping": lambda k, v: v if isinstance(v, dict) else checks.fail(k, "must be a dict", v),
 }
 
 
@@ -30,9 +33,12 @@ def kind_of(default) -> str:
     return "text"
 
 
-def check_value(key: str, value, kind: str | list[str]):
-    """``value`` checked as ``kind``; ``[kind]`` is a non-empty list of them (one value
-    becomes a one-item list: ``-p datasets moons`` arrives as a string)."""
+def check_value(key: str, value, kind: str | list[str] | tuple):
+    """``value`` checked as ``kind`` (a key of :data:`KINDS`); ``[kind]`` is a non-empty list
+    of them (one value becomes a one-item list: ``-p datasets moons`` arrives as a string); a
+    tuple lists the allowed values."""
+    if isinstance(kind, tuple):
+        return checks.choice(key, value, kind)
     if isinstance(kind, list):
         items = [value] if not isinstance(value, (list, tuple)) else list(value)
         if not items:
@@ -41,18 +47,18 @@ def check_value(key: str, value, kind: str | list[str]):
     return KINDS[kind](key, value)
 
 
-def check_params(cfg: dict, defaults: dict, **kinds: str | list[str]) -> dict:
+def check_params(cfg: dict, defaults: dict, **kinds: str | list[str] | tuple) -> dict:
     """``cfg`` with every checked key validated: the keys of ``defaults`` (the scale's values)
     must hold what their default holds (an int >= 1, a number > 0, true/false, a string, or a
     list of those), ``seed`` an integer >= 0, and each of ``kinds`` its kind (a key of
-    :data:`KINDS`, or a one-item list for a list of them). Other keys are the notebook's
-    constants and pass unchecked."""
+    :data:`KINDS`, a one-item list for a list of them, or a tuple of allowed values). Other
+    keys are the notebook's constants and pass unchecked."""
     wanted = {"seed": "seed", **{k: ([kind_of(v[0])] if isinstance(v, list) and v else
                                      kind_of(v)) for k, v in defaults.items()}, **kinds}
     return {k: check_value(k, v, wanted[k]) if k in wanted else v for k, v in cfg.items()}
 
 
-def notebook_config(cfg: dict, defaults: dict, **kinds: str | list[str]) -> dict:
+def notebook_config(cfg: dict, defaults: dict, **kinds: str | list[str] | tuple) -> dict:
     """:func:`check_params`, then at ``cfg["scale"] == "smoke"`` figures go to a scratch folder
     unless ``$TVMLIB_FIGURES`` says where (``tvmlib.utils.paths.use_scratch_figures``)."""
     cfg = check_params(cfg, defaults, **kinds)
