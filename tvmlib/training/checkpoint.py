@@ -15,8 +15,10 @@ log window in progress).
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -137,7 +139,13 @@ def load_checkpoint(path, state, loss_fn, source, settings: dict | None = None) 
     state.log_window = ckpt.get("log_window", {"sums": {}, "n": 0})
 
 
-def run_lock(ckpt_path: str | Path):
-    """The lock held while a run trains into ``ckpt_path`` (``<ckpt_path>.lock``; see
-    ``tvmlib.utils.lock.exclusive``): a second process training there fails at once."""
-    return exclusive(f"{ckpt_path}.lock", what=f"the run folder of {ckpt_path}")
+@contextlib.contextmanager
+def run_lock(ckpt_path: str | Path) -> Iterator[None]:
+    """Hold the lock of a run training into ``ckpt_path`` (``<ckpt_path>.lock``; see
+    ``tvmlib.utils.lock.exclusive``): a second process training there fails at once. Once it
+    is held, temporary files of writes cut short (a run killed mid-write) are removed."""
+    ckpt_path = Path(ckpt_path)
+    with exclusive(f"{ckpt_path}.lock", what=f"the run folder of {ckpt_path}"):
+        for stale in ckpt_path.parent.glob(f"{ckpt_path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)  # no other writer holds the lock
+        yield
