@@ -164,7 +164,8 @@ class Monitor:
         rows = evaluate_net(net, self.cfg, features, ref)
         row = {"step": step, "train_s": seconds,
                **{f"fd_{k}": r.get("fd") for k, r in rows.items()}}
-        self.evals.append(row)
+        self.evals = [r for r in self.evals if r["step"] < step] + [row]  # a resumed run redoes
+        # the evaluations made after its checkpoint: they replace the earlier ones
         self.save()
         self.log(f"[{self.cfg.name}] step {step}: " + ", ".join(
             f"{k} {v:.4g}" for k, v in row.items() if k.startswith("fd_") and v is not None))
@@ -172,8 +173,9 @@ class Monitor:
 
     def probe_now(self, net, step: int) -> None:
         e = self.cfg.eval
-        self.probes.append({"step": step, **measure(net, self.probe, e.lipschitz_batch,
-                                                    e.power_iters, self.cfg.train.seed)})
+        self.probes = [r for r in self.probes if r["step"] < step] + [
+            {"step": step, **measure(net, self.probe, e.lipschitz_batch, e.power_iters,
+                                     self.cfg.train.seed)}]
         self.save()
 
     def start(self, net) -> None:

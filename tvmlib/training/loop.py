@@ -325,6 +325,7 @@ class _Loop:
 
     def run(self) -> TrainState:
         state, cfg, at_boundary = self.state, self.cfg, True  # False while a step is half done
+        first = state.step
         try:
             with _StopFlag() as stop:
                 self.clock.begin()
@@ -349,7 +350,8 @@ class _Loop:
             raise
         finally:
             self.bar.close()
-        self.save()
+        if state.step != first or not (cfg.ckpt_path and Path(cfg.ckpt_path).exists()):
+            self.save()  # a resumed run with nothing left to do leaves its checkpoint alone
         return state
 
     def over_budget(self) -> bool:
