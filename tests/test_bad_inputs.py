@@ -6,7 +6,6 @@ are in ``tests/test_resume_faults.py``.
 from __future__ import annotations
 
 import ast
-import contextlib
 import json
 import math
 import os
@@ -42,22 +41,12 @@ from tvmlib.utils.provenance import write_results
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "toy_tvm_smoke.yaml"
 QUIET = dict(log=lambda msg: None)
-
-
-@contextlib.contextmanager
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _toy_run(folder: Path, steps: int = 2, *extra: str):
-    with _one_thread():
-        return train_run(load_config(SMOKE, [f"out_dir={folder}", f"train.steps={steps}",
-                                             *extra]), **QUIET)
+    return train_run(load_config(SMOKE, [f"out_dir={folder}", f"train.steps={steps}", *extra]),
+                     **QUIET)
 
 
 def _image_run_folder(folder: Path, **eval_keys) -> Path:
@@ -133,9 +122,8 @@ def test_a_longer_run_is_never_replaced_without_fresh(tmp_path):
     before = (tmp_path / "checkpoint.pt").read_bytes()
     assert _toy_run(tmp_path, 2).step == 4  # resumed: already past 2 steps
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
-    with _one_thread():  # asked for explicitly: trained afresh
-        fresh = train_run(load_config(SMOKE, [f"out_dir={tmp_path}", "train.steps=2"]),
-                          resume=False, **QUIET)
+    fresh = train_run(load_config(SMOKE, [f"out_dir={tmp_path}", "train.steps=2"]),
+                      resume=False, **QUIET)  # asked for explicitly: trained afresh
     assert fresh.step == 2 and read_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
 
 

@@ -11,7 +11,6 @@ gains nothing from more, and the same kernels run in both processes).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -30,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "toy_tvm_smoke.yaml"
 SETTINGS = ["train.steps=8", "train.ckpt_every=3", "train.log_every=2"]  # checkpoints 3, 6, 8
 QUIET = dict(log=lambda msg: None)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CHILD = '''
 import io, os, sys, time
@@ -94,19 +94,8 @@ def _wait_for(marker: Path, proc: subprocess.Popen, timeout: float = 240) -> Non
         time.sleep(0.05)
 
 
-@contextlib.contextmanager
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _resume(run: Path):
-    with _one_thread():
-        return train_run(load_config(SMOKE, [f"out_dir={run}", *SETTINGS]), **QUIET)
+    return train_run(load_config(SMOKE, [f"out_dir={run}", *SETTINGS]), **QUIET)
 
 
 def _drop_seconds(obj):
@@ -136,7 +125,7 @@ def _assert_identical(a, b, where: str = "checkpoint") -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict:
+def reference(tmp_path_factory, one_thread) -> dict:
     """The 8-step run trained without interruption."""
     run = tmp_path_factory.mktemp("reference") / "run"
     assert _resume(run).step == 8

@@ -250,7 +250,7 @@ def _record(cfg: RunConfig, done: dict[str, Path], upstream: dict[str, float],
     up = sum(upstream.get(r, 0.0) for r in dict.fromkeys(refs))
     budgets = [b for b in (cfg.train.time_budget_s, None if cfg.train.total_budget_s is None
                            else cfg.train.total_budget_s - up - setup_s) if b is not None]
-    built.loop.time_budget_s = min(budgets) if budgets else None
+    built.loop.time_budget_s = max(0.0, min(budgets)) if budgets else None  # < 0: spent
     state, diverged = _train(cfg, built, monitor, log)
     history = [r for r in (state.history if state else []) if "loss" in r]
     curves = _columns([{k: r.get(k) for k in ("step", *CURVE_KEYS) if k in r} for r in history])

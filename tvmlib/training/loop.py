@@ -99,7 +99,7 @@ def check_train_config(cfg: TrainConfig) -> TrainConfig:
     if clip is not None and not (isinstance(clip, (int, float)) and 0 < clip < math.inf):
         fail(key("grad_clip"), "must be > 0 or None (no clipping)", clip)
     if cfg.time_budget_s is not None:
-        number(key("time_budget_s"), cfg.time_budget_s, positive=True)
+        number(key("time_budget_s"), cfg.time_budget_s, low=0)  # 0: spent, no step
     choice(key("amp"), cfg.amp, ("auto", "bf16", "off"))
     flag(key("ema_warmup"), cfg.ema_warmup)
     flag(key("cuda_graph"), cfg.cuda_graph)
