@@ -362,11 +362,15 @@ def test_guidance_must_be_finite_and_positive_everywhere(w):
 def test_times_must_be_finite_everywhere(t, s):
     net, x = _mlp(), torch.randn(4, 2)
     tt, ss = torch.full((4,), t), torch.full((4,), s)
-    for call in (lambda: displacement(net, x, tt, ss), lambda: flow_map(net, x, tt, ss),
-                 lambda: displacement_and_dfds(net, x, tt, ss), lambda: velocity(net, x, ss)
-                 if math.isnan(s) else velocity(net, x, tt)):
+    bad = "t" if not math.isfinite(t) else "s"
+    for call in (lambda: displacement(net, x, tt, ss),
+                 lambda: velocity(net, x, tt if bad == "t" else ss)):
+        with pytest.raises(ValueError, match="times must be finite; [ts] is (nan|inf) at sample 0"):
+            call()
+    for call in (lambda: flow_map(net, x, tt, ss), lambda: displacement_and_dfds(net, x, tt, ss)):
         with pytest.raises(ValueError, match="flow maps need finite times 0 <= s <= t <= 1"):
             call()
+    displacement(net, x, torch.full((4,), 0.9), torch.full((4,), -0.01))  # s past 0: allowed
 
 
 def test_labels_must_lie_in_the_classes():

@@ -32,6 +32,18 @@ def check_times(t: Tensor, s: Tensor) -> None:
                          f"t={float(t[i]):.4g}, s={float(s[i]):.4g}")
 
 
+def check_finite(**times: Tensor) -> None:
+    """Times must be finite (NaN or inf would flow silently through the network)."""
+    if capturing():
+        return
+    for name, v in times.items():
+        bad = ~torch.isfinite(torch.as_tensor(v))
+        if bool(bad.any()):
+            i = int(bad.flatten().nonzero()[0, 0])
+            raise ValueError(f"times must be finite; {name} is "
+                             f"{float(torch.as_tensor(v).flatten()[i])} at sample {i}")
+
+
 def check_guidance(w: Tensor | float | None) -> None:
     """Guidance scales must be positive (the loss is weighted by 1/w^2 and beta = 1/w)."""
     if w is None or capturing():
@@ -61,15 +73,18 @@ def _displacement(net: nn.Module, x: Tensor, t: Tensor, s: Tensor, y: Tensor | N
 def displacement(net: nn.Module, x: Tensor, t: Tensor, s: Tensor, y: Tensor | None = None,
                  w: Tensor | float | None = None, scale_param: bool = False) -> Tensor:
     """f_theta(x, t, s) = (s - t) [w] F_theta(x, t, s, y, w).   x: (B, ...), t, s: (B,).
-    Raises ValueError unless 0 <= s <= t <= 1 and w (if given) is finite and > 0."""
-    check_times(t, s)
+    Raises ValueError unless t and s are finite and w (if given) finite and > 0; any s is
+    allowed (finite differences in s step past s = 0), :func:`flow_map` wants s <= t."""
+    check_finite(t=t, s=s)
     check_guidance(w)
     return _displacement(net, x, t, s, y, w, scale_param)
 
 
 def flow_map(net: nn.Module, x: Tensor, t: Tensor, s: Tensor, y: Tensor | None = None,
              w: Tensor | float | None = None, scale_param: bool = False) -> Tensor:
-    """x_s = x_t + f_theta(x_t, t, s) (times and w checked as in :func:`displacement`)."""
+    """x_s = x_t + f_theta(x_t, t, s); ValueError unless 0 <= s <= t <= 1 and w (if given) is
+    finite and > 0."""
+    check_times(t, s)
     return x + displacement(net, x, t, s, y, w, scale_param)
 
 
@@ -77,10 +92,10 @@ def velocity(net: nn.Module, x: Tensor, t: Tensor, y: Tensor | None = None,
              w: Tensor | float | None = None, scale_param: bool = False,
              check: bool = True) -> Tensor:
     """u_theta(x, t) = [w] F_theta(x, t, t, y, w): the instantaneous velocity of the flow map.
-    t must be finite in [0, 1] and w finite and > 0; ``check=False`` skips the checks (a host
-    sync on a GPU) for callers whose t and w are valid by construction, such as the losses."""
+    t must be finite and w finite and > 0; ``check=False`` skips the checks (a host sync on a
+    GPU) for callers whose t and w are valid by construction, such as the losses."""
     if check:
-        check_times(torch.as_tensor(t), torch.as_tensor(t))
+        check_finite(t=t)
         check_guidance(w)
     return _out_scale(w, scale_param, x) * net(x, t, t, y, w)
 
