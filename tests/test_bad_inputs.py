@@ -281,12 +281,12 @@ def test_override_syntax_errors_name_the_override():
 def test_resume_refuses_a_changed_learning_rate_or_loss_saying_which(tmp_path):
     """The run folder's check names old -> new; the loop's own check catches library callers."""
     _toy_run(tmp_path, 2)
-    before = (tmp_path / "checkpoint.pt").read_bytes()
+    before = {n: (tmp_path / n).read_bytes() for n in ("checkpoint.pt", "config.yaml")}
     for change, named in (("train.lr=0.5", "train.lr 0.001 -> 0.5"),
                           ("loss.name=fm", "loss.name 'tvm' -> 'fm'")):
         with pytest.raises(ValueError, match=re.escape(named) + ".*refusing to resume"):
             _toy_run(tmp_path, 4, change)
-    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    assert before == {n: (tmp_path / n).read_bytes() for n in before}  # config.yaml kept too
     net, ckpt = MLP2D(hidden=8, depth=1), str(tmp_path / "lib.pt")
     train(net, TVMLoss(net), ToySource("moons", 8, labels=False),
           TrainConfig(steps=1, ckpt_path=ckpt))
