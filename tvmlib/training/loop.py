@@ -170,9 +170,9 @@ class _StopFlag:
         if signum == signal.SIGINT and self.requested:
             raise KeyboardInterrupt("second Ctrl-C")
         self.requested = signal.Signals(signum).name
-        if signum == signal.SIGINT:
-            print("Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again: at once)",
-                  flush=True)
+        if signum == signal.SIGINT:  # os.write: a print could re-enter a print it interrupted
+            os.write(2, b"Ctrl-C: stopping after this step with a checkpoint "
+                        b"(Ctrl-C again: at once)\n")
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
@@ -291,12 +291,11 @@ def train(net: nn.Module, loss_fn: Callable, source, cfg: TrainConfig, resume: b
     ``resume=True`` continues from ``cfg.ckpt_path`` if it exists, the same run only (same
     classes of network, loss and source, same :data:`RESUME_SETTINGS`; ValueError otherwise).
     While it trains, the checkpoint is locked (``<ckpt_path>.lock``): a second process training
-    into it fails at once. ``eval_fn(state)`` runs on
-    rank 0 every ``eval_every`` steps (and at the end), outside the training clock, and its
-    dict is logged. ``callback(state, logs)`` runs after every step; it may raise (e.g.
-    KeyboardInterrupt) to stop, and the loop checkpoints first, as on SIGTERM or a first Ctrl-C
-    (both finish the step under way). A run that reaches ``cfg.time_budget_s`` stops with
-    ``state.stopped = "time budget"``.
+    into it fails at once. ``eval_fn(state)`` runs on rank 0 every ``eval_every`` steps (and at
+    the end), outside the training clock, and its dict is logged. ``callback(state, logs)``
+    runs after every step; it may raise (e.g. KeyboardInterrupt) to stop, and the loop
+    checkpoints first, as on SIGTERM or a first Ctrl-C (both finish the step under way). A run
+    that reaches ``cfg.time_budget_s`` stops with ``state.stopped = "time budget"``.
     """
     check_train_config(cfg)
     torch.manual_seed(cfg.seed)
