@@ -29,3 +29,13 @@ def _figures_to_tmp(tmp_path, monkeypatch):
 def seed():
     torch.manual_seed(0)
     return 0
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests: tiny models gain nothing from more on a shared CPU,
+    and a child process started with one thread then runs the same kernels."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -234,9 +234,9 @@ def test_mid_trained_weights_load_into_student_ema_and_tvm_target(tmp_path):
     state = train(net, CMTLoss(_tiny_dit(seed=1), steps=2, points=2), Source(),
                   TrainConfig(steps=2, lr=1e-2, ema_decay=0.5, ckpt_path=str(ckpt),
                               progress=False))
-    saved = torch.load(ckpt, weights_only=False)
+    saved = torch.load(ckpt, weights_only=True)
     assert set(saved) == {"step", "net", "ema", "opt", "loss", "source", "rng", "history",
-                          "train_seconds"}
+                          "train_seconds", "log_window", "meta", "sha256"}
     want = state.ema.module.state_dict()
 
     student = _tiny_dit(seed=2)

@@ -144,7 +144,7 @@ def test_tensor_source_resume_replays_exactly(tmp_path):
     torch.save(src.state_dict(), tmp_path / "src.pt")
     expected = [src.next_batch() for _ in range(12)]  # crosses two more epoch boundaries
     resumed = TensorSource(x, y, batch_size=5, seed=99)  # a different seed: state must win
-    resumed.load_state_dict(torch.load(tmp_path / "src.pt", weights_only=False))
+    resumed.load_state_dict(torch.load(tmp_path / "src.pt", weights_only=True))
     for (xe, ye), (xr, yr) in zip(expected, (resumed.next_batch() for _ in range(12))):
         assert torch.equal(xe, xr) and torch.equal(ye, yr)
     with pytest.raises(ValueError, match="saved for 23 items"):

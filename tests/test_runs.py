@@ -28,35 +28,9 @@ def test_every_committed_config_loads():
         assert cfgs
 
 
-@pytest.mark.parametrize("values,message", [
-    ({"model": {"presett": "DiT-S/2"}}, "model.presett: unknown key; valid keys: attn_backend"),
-    ({"train": {"lr": "fast"}}, "train.lr: Value 'fast' of type 'str' could not be converted"),
-    ({"train": {"steps": 1.5}}, "train.steps: Value '1.5' of type 'float' could not be conv"),
-    ({"train": {"betas": 0.9}}, "train.betas: "),
-    ({"loss": {"cfg_scale": True}}, "loss.cfg_scale"),
-    ({"bogus": 1}, "bogus: unknown key"),
-    ({"data": 3}, "data: expected a mapping of DataConfig keys, got 3"),
-    ({"train": {"cuda_graph": 3}}, "train.cuda_graph: expected true or false, got 3"),
-    ({"model": {"lipschitz": {"rmsnorm": "maybe"}}},
-     "model.lipschitz.rmsnorm: expected true or false, got 'maybe'"),
-    ({"train": {"steps": -3}}, "train.steps: must be > 0, got -3"),
-    ({"train": {"grad_clip": -1.0}}, "train.grad_clip: must be > 0 or null"),
-    ({"train": {"ckpt_every": -1}}, "train.ckpt_every: must be >= 0"),
-    ({"train": {"betas": [0.9]}}, "train.betas: must be two numbers"),
-    ({"loss": {"name": "sm"}}, "loss.name: must be one of fm, tvm, meanflow, cmt"),
-])
-def test_bad_keys_and_types_name_the_key(values, message):
-    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
-        config_from_dict(values)
-
-
 def test_overrides_and_batch_split():
     cfg = load_config(SMOKE, ["train.lr=3e-4", "model.hidden_size=32"])
     assert cfg.train.lr == 3e-4 and cfg.model.hidden_size == 32
-    for bad, message in (("=5", "must look like section.key"), ("train.steps=[1", "cannot parse"),
-                         ("train", "must look like section.key=value")):
-        with pytest.raises(ConfigError, match=message):
-            load_config(SMOKE, [bad])
     cfg = config_from_dict({"train": {"global_batch": 64, "per_gpu_batch": 8}})
     assert micro_batches(cfg, world=2) == 4 and micro_batches(cfg, world=8) == 1
     with pytest.raises(ValueError, match="multiple of"):

@@ -34,7 +34,7 @@ def test_interrupt_and_resume_is_exact(tmp_path, loss_name):
     ref, ref_loss = _run(tmp_path, loss_name, 20, tag="ref")
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, loss_name, 20, interrupt_at=8, tag="run")
-    assert torch.load(tmp_path / "run.pt", weights_only=False)["step"] == 8
+    assert torch.load(tmp_path / "run.pt", weights_only=True)["step"] == 8
     res, res_loss = _run(tmp_path, loss_name, 20, resume=True, tag="run")
     assert res.step == 20
     for a, b in zip(ref.net.parameters(), res.net.parameters()):

@@ -14,7 +14,6 @@ from that manifest, and the full provenance (commit, device, versions, loss hist
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from tvmlib.apps import cli
 from tvmlib.core.solvers import sample
 from tvmlib.data.toy2d import num_classes
 from tvmlib.evaluation.metrics import w2
@@ -144,8 +144,7 @@ def save_2d(method: str, dataset: str, net: torch.nn.Module, kwargs: dict, resul
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(description=__doc__.split("\n\n")[0])
     names = [f"{m}_{d}" for m, d in MODELS_2D]
     p.add_argument("--only", nargs="+", choices=names, default=None,
                    help="train only these models (default: all)")
@@ -178,4 +177,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -15,13 +15,13 @@ the results file) in ``data/checkpoints/manifest_fashion.json`` and writes
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import torch
 
+from tvmlib.apps import cli
 from tvmlib.evaluation.pretrained import (
     FASHION_GPU_COMMAND,
     FASHION_MANIFEST_COMMAND,
@@ -160,9 +160,8 @@ def write_manifest_fashion(folder: Path, results_path: Path, commit: str | None 
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m tvmlib.apps.checkpoints_fashion",
-                                description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(prog="python -m tvmlib.apps.checkpoints_fashion",
+                    description=__doc__.split("\n\n")[0])
     p.add_argument("--export", metavar="RUNS", help="the experiment's run folder "
                    "(runs/cmt_fashion): save its teacher, scratch and cmt EMA weights")
     p.add_argument("--manifest", action="store_true", help=f"(re)write {MANIFEST_FASHION} and "
@@ -194,4 +193,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -7,7 +7,6 @@ CPU, and commit them under ``data/checkpoints/`` with their sha256 manifest:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tvmlib.apps import cli
 from tvmlib.data.images import MNIST_LIKE, TensorSource, load_mnist
 from tvmlib.evaluation.classifier import (
     DEFAULT_EPOCHS,
@@ -120,8 +120,7 @@ def train_classifier(name: str, epochs: int, batch_size: int = 128, lr: float = 
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", choices=list(MNIST_LIKE), required=True)
     p.add_argument("--epochs", type=float, default=None,
                    help=f"default: {DEFAULT_EPOCHS}")
@@ -157,4 +156,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

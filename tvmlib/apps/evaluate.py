@@ -20,10 +20,9 @@ function), ``none``. Writes ``eval.json`` and ``samples_<k>step.png`` into the r
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
+from tvmlib.apps import cli
 from tvmlib.evaluation.evaluate import evaluate_run, make_ref_stats
 from tvmlib.evaluation.features import inception_features, load_feature_fn
 from tvmlib.training.distributed import init_distributed, shutdown
@@ -34,9 +33,8 @@ FLAGS = {"steps": "steps", "solver": "solver", "cfg_scale": "cfg_scale",
          "features": "features", "vae": "vae", "seed": "seed"}
 
 
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m tvmlib.apps.evaluate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> cli.Parser:
+    ap = cli.Parser(prog="python -m tvmlib.apps.evaluate", description=__doc__)
     ap.add_argument("--run", help="run folder (runs/NAME) with config.yaml and checkpoint.pt")
     ap.add_argument("--steps", type=int, nargs="+", help="solver steps (jumps), e.g. 1 2 4")
     ap.add_argument("--solver", choices=["auto", "euler", "heun", "dpm++2m", "flowmap"])
@@ -98,4 +96,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -16,7 +16,6 @@ order through the notebook, and clears all outputs and execution counts. The com
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import re
@@ -24,6 +23,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import nbformat
+
+from tvmlib.apps import cli
 
 # ---------------------------------------------------------------------------------------------
 # Student copies
@@ -144,7 +145,7 @@ def _default_masters() -> list[Path]:
 
 def main(argv: Iterable[str] | None = None) -> int:
     """CLI: write (or with ``--check`` compare) the student copies. Returns the exit code."""
-    parser = argparse.ArgumentParser(
+    parser = cli.Parser(
         prog="python -m tvmlib.apps.exercises",
         description="Write notebooks/exercises/<name> from each master notebook's "
                     "### BEGIN SOLUTION / ### END SOLUTION markers.")
@@ -183,4 +184,4 @@ def main(argv: Iterable[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli.run(main)

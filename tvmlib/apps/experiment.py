@@ -12,19 +12,18 @@ experiment can be split over calls or GPUs and the parts joined with ``--merge``
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from tvmlib.apps import cli
 from tvmlib.experiments.runner import merge_results, run_experiment
 from tvmlib.training.config import ConfigError, load_experiment
 from tvmlib.utils.atomic import atomic_write_json
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m tvmlib.apps.experiment", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.Parser(prog="python -m tvmlib.apps.experiment", description=__doc__)
     ap.add_argument("config", nargs="?", help="an experiment YAML (configs/experiments/)")
     ap.add_argument("--out", help="results JSON (default figures/<experiment name>.json)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -59,4 +58,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

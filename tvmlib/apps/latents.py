@@ -11,7 +11,6 @@ Resumable: finished shards are skipped. Under torchrun rank r encodes shards r, 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -21,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from tvmlib.apps import cli
 from tvmlib.data.latents import (
     DEFAULT_VAE,
     FORMAT_VERSION,
@@ -163,8 +163,7 @@ def encode_folder(folder: str | Path, out: str | Path, resolution: int, vae: str
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m tvmlib.apps.latents", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.Parser(prog="python -m tvmlib.apps.latents", description=__doc__)
     ap.add_argument("--folder", required=True, help="ImageFolder root (IMAGENET/train)")
     ap.add_argument("--out", required=True, help="output folder for meta.json and shards")
     ap.add_argument("--resolution", type=int, required=True, help="256 or 512 for TVM")
@@ -190,4 +189,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

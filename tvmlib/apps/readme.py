@@ -9,11 +9,11 @@ and each table names the file and the device that produced it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from tvmlib.apps import cli
 from tvmlib.experiments.results import (
     by_group,
     equal_time_summary,
@@ -245,8 +245,7 @@ def update(readme: Path, check: bool = False) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tvmlib.apps.readme", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.Parser(prog="python -m tvmlib.apps.readme", description=__doc__)
     ap.add_argument("--check", action="store_true", help="fail if the README is out of date")
     args = ap.parse_args(argv)
     same = update(repo_root() / "README.md", check=args.check)
@@ -258,4 +257,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

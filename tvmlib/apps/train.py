@@ -4,24 +4,24 @@
     torchrun --nproc_per_node=8 -m tvmlib.apps.train --config configs/im256_w2.yaml
 
 The run folder (``runs/<name>``, or ``out_dir``) gets ``config.yaml``, ``checkpoint.pt``,
-``log.csv`` and ``log.json``; an existing checkpoint is resumed unless ``--fresh``. Under
-``torchrun`` the process group is set up here (NCCL on GPUs, gloo on CPUs), every process trains
-on its slice of each global batch, and only rank 0 writes.
+``log.csv`` and ``log.json``; an existing checkpoint is resumed (the same run only: other
+settings are refused) unless ``--fresh``. The folder is locked while the run trains. Ctrl-C or
+SIGTERM checkpoints at the next step boundary (exit code 130); an error is one line (exit
+code 2; ``--debug`` shows the traceback). Under ``torchrun`` the process group is set up here
+(NCCL on GPUs, gloo on CPUs), every process trains on its slice of each global batch, and only
+rank 0 writes.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-
+from tvmlib.apps import cli
 from tvmlib.experiments.runner import train_run
 from tvmlib.training.config import ConfigError, load_config
 from tvmlib.training.distributed import init_distributed, shutdown
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m tvmlib.apps.train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.Parser(prog="python -m tvmlib.apps.train", description=__doc__)
     ap.add_argument("--config", required=True, help="a YAML file under configs/")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     metavar="KEY=VALUE", help="override a config value, e.g. train.steps=200")
@@ -36,8 +36,6 @@ def main(argv: list[str] | None = None) -> None:
         state = train_run(cfg, resume=not args.fresh, device=device, world=world,
                           log=(lambda msg: print(msg, flush=True)) if rank == 0 else
                           (lambda msg: None))
-    except KeyboardInterrupt:
-        sys.exit(130)
     finally:
         shutdown()
     if state.history and rank == 0:
@@ -45,4 +43,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

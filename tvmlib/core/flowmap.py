@@ -20,7 +20,7 @@ from tvmlib.utils.cuda import capturing
 
 
 def check_times(t: Tensor, s: Tensor) -> None:
-    """Flow maps jump backwards in time: require 0 <= s <= t <= 1 (elementwise)."""
+    """Flow maps jump backwards in time: require finite 0 <= s <= t <= 1 (elementwise)."""
     if t.shape != s.shape:
         raise ValueError(f"t {tuple(t.shape)} and s {tuple(s.shape)} must have the same shape")
     if capturing():  # a CUDA graph cannot read values back to the host
@@ -28,8 +28,20 @@ def check_times(t: Tensor, s: Tensor) -> None:
     bad = ~((s <= t) & (s >= 0) & (t <= 1))  # NaN fails every comparison
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
-        raise ValueError(f"flow maps need 0 <= s <= t <= 1; sample {i} has t={float(t[i]):.4g}, "
-                         f"s={float(s[i]):.4g}")
+        raise ValueError(f"flow maps need finite times 0 <= s <= t <= 1; sample {i} has "
+                         f"t={float(t[i]):.4g}, s={float(s[i]):.4g}")
+
+
+def check_finite(**times: Tensor) -> None:
+    """Times must be finite (NaN or inf would flow silently through the network)."""
+    if capturing():
+        return
+    for name, v in times.items():
+        bad = ~torch.isfinite(torch.as_tensor(v))
+        if bool(bad.any()):
+            i = int(bad.flatten().nonzero()[0, 0])
+            raise ValueError(f"times must be finite; {name} is "
+                             f"{float(torch.as_tensor(v).flatten()[i])} at sample {i}")
 
 
 def check_guidance(w: Tensor | float | None) -> None:
@@ -52,23 +64,39 @@ def _bcast(t: Tensor, x: Tensor) -> Tensor:
     return t.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
 
 
-def displacement(net: nn.Module, x: Tensor, t: Tensor, s: Tensor, y: Tensor | None = None,
-                 w: Tensor | float | None = None, scale_param: bool = False) -> Tensor:
-    """f_theta(x, t, s) = (s - t) [w] F_theta(x, t, s, y, w).   x: (B, ...), t, s: (B,)."""
+def _displacement(net: nn.Module, x: Tensor, t: Tensor, s: Tensor, y: Tensor | None,
+                  w: Tensor | float | None, scale_param: bool) -> Tensor:
     F = net(x, t, s, y, w)
     return _bcast(s - t, x) * _out_scale(w, scale_param, x) * F
 
 
+def displacement(net: nn.Module, x: Tensor, t: Tensor, s: Tensor, y: Tensor | None = None,
+                 w: Tensor | float | None = None, scale_param: bool = False) -> Tensor:
+    """f_theta(x, t, s) = (s - t) [w] F_theta(x, t, s, y, w).   x: (B, ...), t, s: (B,).
+    Raises ValueError unless t and s are finite and w (if given) finite and > 0; any s is
+    allowed (finite differences in s step past s = 0), :func:`flow_map` wants s <= t."""
+    check_finite(t=t, s=s)
+    check_guidance(w)
+    return _displacement(net, x, t, s, y, w, scale_param)
+
+
 def flow_map(net: nn.Module, x: Tensor, t: Tensor, s: Tensor, y: Tensor | None = None,
              w: Tensor | float | None = None, scale_param: bool = False) -> Tensor:
-    """x_s = x_t + f_theta(x_t, t, s)."""
+    """x_s = x_t + f_theta(x_t, t, s); ValueError unless 0 <= s <= t <= 1 and w (if given) is
+    finite and > 0."""
     check_times(t, s)
     return x + displacement(net, x, t, s, y, w, scale_param)
 
 
 def velocity(net: nn.Module, x: Tensor, t: Tensor, y: Tensor | None = None,
-             w: Tensor | float | None = None, scale_param: bool = False) -> Tensor:
-    """u_theta(x, t) = [w] F_theta(x, t, t, y, w): the instantaneous velocity of the flow map."""
+             w: Tensor | float | None = None, scale_param: bool = False,
+             check: bool = True) -> Tensor:
+    """u_theta(x, t) = [w] F_theta(x, t, t, y, w): the instantaneous velocity of the flow map.
+    t must be finite and w finite and > 0; ``check=False`` skips the checks (a host sync on a
+    GPU) for callers whose t and w are valid by construction, such as the losses."""
+    if check:
+        check_finite(t=t)
+        check_guidance(w)
     return _out_scale(w, scale_param, x) * net(x, t, t, y, w)
 
 
@@ -85,6 +113,6 @@ def displacement_and_dfds(net: nn.Module, x: Tensor, t: Tensor, s: Tensor,
     check_guidance(w)
 
     def f_of_s(s_: Tensor) -> Tensor:
-        return displacement(net, x, t, s_, y, w, scale_param)
+        return _displacement(net, x, t, s_, y, w, scale_param)
 
     return torch.func.jvp(f_of_s, (s,), (torch.ones_like(s),))

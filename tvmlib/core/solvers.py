@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from tvmlib.core.flowmap import check_guidance
+
 Velocity = Callable[[Tensor, Tensor], Tensor]  # u(x (B, ...), t (B,)) -> (B, ...)
 FlowMap = Callable[[Tensor, Tensor, Tensor], Tensor]  # F(x, t (B,), s (B,)) -> (B, ...)
 T_MAX = 80.0 / 81.0  # EDM sigma_max = 80 as t = sigma / (1 + sigma)
@@ -240,10 +242,14 @@ def sample(net: nn.Module, noise: Tensor, steps: int | None = None, solver: str 
     Give ``steps`` (then the grid is ``time_grid(steps, grid, **grid_kw)``) or an explicit
     decreasing ``times``. ``y``, ``w``, ``cfg_scale`` and ``scale_param`` as in
     :func:`network_output`; velocity solvers evaluate the network at s = t. ``batch_size``
-    bounds the samples per network call (the results are concatenated). No gradients.
+    bounds the samples per network call (the results are concatenated). No gradients. A
+    guidance input w must be finite and > 0 (ValueError).
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
+    check_guidance(w)
+    if cfg_scale is not None and not math.isfinite(cfg_scale):
+        raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale}")
     if (steps is None) == (times is None):
         raise ValueError("give exactly one of steps or times")
     times = time_grid(steps, grid, **grid_kw) if times is None else check_grid(times)

@@ -37,6 +37,7 @@ from tvmlib.training.checkpoint import read_checkpoint
 from tvmlib.training.config import RunConfig, config_from_dict, config_to_dict, load_config
 from tvmlib.training.distributed import world
 from tvmlib.utils.atomic import atomic_write_json
+from tvmlib.utils.checks import plain_name
 from tvmlib.utils.cuda import synchronize
 
 
@@ -178,13 +179,10 @@ def evaluate_run(run_dir: str | Path, overrides: dict | None = None,
     ``samples_<k>step.npz`` (this process's uint8 images and labels).
     """
     run_dir, (rank, n_world) = Path(run_dir), world()
+    if figures is not None:
+        plain_name("--figures", figures)
     device = resolve_device(device or "auto")
-    cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else None
-    if cfg is None:
-        raise FileNotFoundError(f"{run_dir / 'config.yaml'} does not exist: a run folder is "
-                                "written by python -m tvmlib.apps.train")
-    cfg = config_from_dict(config_to_dict(cfg), {f"eval.{k}": v
-                                                 for k, v in (overrides or {}).items()})
+    cfg = run_config(run_dir, overrides)
     e = cfg.eval
     features, ref, ref_name = metric_setup(cfg, device, feature_fn)  # fails before sampling
     _, net = load_run(run_dir, e.weights[0], device)
@@ -206,6 +204,24 @@ def evaluate_run(run_dir: str | Path, overrides: dict | None = None,
     if rank == 0:
         _write(results, run_dir, cfg, figures, grids)
     return results
+
+
+def run_config(run_dir: Path, overrides: dict | None = None) -> RunConfig:
+    """The config a run folder is evaluated with: its ``config.yaml`` with the ``eval``
+    ``overrides``. The folder's own ``eval.features`` is dropped: a feature function (code to
+    run) comes from the caller (``--features``), never from a folder one may have been given.
+    Runs on 2D toys are refused (they are scored by W2 on points, notebooks 01-02)."""
+    if not (run_dir / "config.yaml").exists():
+        raise FileNotFoundError(f"{run_dir / 'config.yaml'} does not exist: a run folder is "
+                                "written by python -m tvmlib.apps.train")
+    values = config_to_dict(load_config(run_dir / "config.yaml"))
+    values["eval"]["features"] = None
+    cfg = config_from_dict(values, {f"eval.{k}": v for k, v in (overrides or {}).items()})
+    if cfg.data.dataset.startswith("toy:"):
+        raise ValueError(f"{run_dir} is a run on the 2D toy {cfg.data.dataset[4:]!r}: evaluate "
+                         "scores image runs; score 2D samples with tvmlib.evaluation.metrics.w2 "
+                         "(notebooks 01 and 02)")
+    return cfg
 
 
 def _write(results: dict, run_dir: Path, cfg: RunConfig, figures: str | None, grids: dict):

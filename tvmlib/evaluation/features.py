@@ -16,8 +16,8 @@ from tvmlib.training.config import RunConfig
 
 FeatureFn = Callable[[Tensor], Tensor]  # images (B, C, H, W) in [-1, 1] -> features (B, d)
 MNIST_LIKE = ("mnist", "fashion-mnist")
-FLAG_OF = {"inception_weights": "--inception", "reference_stats": "--ref-stats",
-           "features": "--features", "vae": "--vae"}
+FLAG_OF = {"inception_weights": "--inception PATH", "reference_stats": "--ref-stats PATH",
+           "features": "--features MODULE:FUNCTION", "vae": "--vae PATH"}
 
 
 def quantize(images: Tensor) -> Tensor:
@@ -92,7 +92,7 @@ def metric_setup(cfg: RunConfig, device, feature_fn: FeatureFn | None = None
     def need(key: str) -> str:
         value = getattr(e, key)
         if not value:
-            raise ValueError(f"metric {metric} needs {FLAG_OF[key]} PATH (eval.{key})")
+            raise ValueError(f"metric {metric} needs {FLAG_OF[key]} (eval.{key})")
         return value
 
     if metric == "none":

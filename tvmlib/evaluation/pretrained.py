@@ -13,7 +13,6 @@ outside the network (classifier-free guidance, 2 NFE per step).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 from torch import Tensor
 
 from tvmlib.data.toy2d import num_classes, sample_toy2d
-from tvmlib.training.weights import checkpoints_dir, load_verified
+from tvmlib.training.weights import checkpoints_dir, load_verified, read_manifest
 
 # ---- 2D ---------------------------------------------------------------------------------------
 METHODS_2D = ("fm", "meanflow", "tvm")
@@ -62,8 +61,8 @@ def sampler_2d(method: str, guidance: float | None = None) -> dict:
 
 
 def read_manifest_2d(folder: str | Path | None = None) -> dict:
-    path = Path(folder or checkpoints_dir()) / MANIFEST_2D
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_manifest(Path(folder or checkpoints_dir()) / MANIFEST_2D,
+                         "Regenerate the 2D checkpoints with: python -m tvmlib.apps.checkpoints2d")
 
 
 def load_2d(method: str, dataset: str, folder: str | Path | None = None):
@@ -163,8 +162,8 @@ def check_steps(name: str, steps: int) -> FashionModel:
 
 
 def read_manifest_fashion(folder: str | Path | None = None) -> dict:
-    path = Path(folder or checkpoints_dir()) / MANIFEST_FASHION
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_manifest(Path(folder or checkpoints_dir()) / MANIFEST_FASHION,
+                         regenerate_advice())
 
 
 def dit_from_export(ckpt: dict):

@@ -13,6 +13,7 @@ Results: ``{"provenance", "results": {"experiment", "config", "runs": {name: rec
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -27,7 +28,8 @@ import yaml
 from tvmlib.evaluation.evaluate import evaluate_net, sample_grids
 from tvmlib.evaluation.features import metric_setup
 from tvmlib.evaluation.lipschitz import first_spike, make_probe, measure
-from tvmlib.training.build import Built, build, load_run, resolve_device
+from tvmlib.training.build import Built, build, check_resume, load_run, resolve_device
+from tvmlib.training.checkpoint import run_lock
 from tvmlib.training.config import ExperimentConfig, RunConfig, config_to_dict
 from tvmlib.training.distributed import world as process_rank
 from tvmlib.training.loop import TrainState, train
@@ -67,7 +69,7 @@ def start_run(cfg: RunConfig, device: torch.device | None = None, world: int = 1
     write ``config.yaml`` (rank 0); returns (what it trains with, the GPU seconds of the
     setup). With ``resume``, a run folder holding a checkpoint of other settings is refused."""
     if resume:
-        _check_resume(cfg)
+        check_resume(cfg)
     done, device = done or {}, resolve_device(device or cfg.device)
     clock = GpuClock(device).begin()
     teacher = None
@@ -97,12 +99,21 @@ def train_run(cfg: RunConfig, resume: bool = True, device: torch.device | None =
               **train_kw) -> TrainState:
     """Train one run in ``cfg.run_dir`` (resuming from its checkpoint if ``resume``);
     ``train_kw`` goes to ``tvmlib.training.loop.train`` (eval_fn, eval_every, callback)."""
-    built, _ = start_run(cfg, device, world, done, log, resume)
-    n = sum(p.numel() for p in built.net.parameters())
-    log(f"[{cfg.name}] {n:,} params on {built.device}, {cfg.train.steps} steps of global batch "
-        f"{cfg.train.global_batch} ({built.loop.micro_batches} micro-batches x {world} "
-        "process(es))")
-    return train(built.net, built.loss, built.source, built.loop, resume=resume, **train_kw)
+    with folder_lock(cfg):
+        built, _ = start_run(cfg, device, world, done, log, resume)
+        n = sum(p.numel() for p in built.net.parameters())
+        log(f"[{cfg.name}] {n:,} params on {built.device}, {cfg.train.steps} steps of global "
+            f"batch {cfg.train.global_batch} ({built.loop.micro_batches} micro-batches x {world} "
+            "process(es))")
+        return train(built.net, built.loss, built.source, built.loop, resume=resume, **train_kw)
+
+
+def folder_lock(cfg: RunConfig):
+    """The run folder's lock (``tvmlib.training.checkpoint.run_lock``), held by rank 0 from
+    before ``config.yaml`` is written until the run is done: a second process fails at once."""
+    if process_rank()[0] != 0:
+        return contextlib.nullcontext()
+    return run_lock(cfg.run_dir / "checkpoint.pt")
 
 
 # ---- evaluation during training -------------------------------------------------------------
@@ -153,7 +164,8 @@ class Monitor:
         rows = evaluate_net(net, self.cfg, features, ref)
         row = {"step": step, "train_s": seconds,
                **{f"fd_{k}": r.get("fd") for k, r in rows.items()}}
-        self.evals.append(row)
+        self.evals = [r for r in self.evals if r["step"] < step] + [row]  # a resumed run redoes
+        # the evaluations made after its checkpoint: they replace the earlier ones
         self.save()
         self.log(f"[{self.cfg.name}] step {step}: " + ", ".join(
             f"{k} {v:.4g}" for k, v in row.items() if k.startswith("fd_") and v is not None))
@@ -161,8 +173,9 @@ class Monitor:
 
     def probe_now(self, net, step: int) -> None:
         e = self.cfg.eval
-        self.probes.append({"step": step, **measure(net, self.probe, e.lipschitz_batch,
-                                                    e.power_iters, self.cfg.train.seed)})
+        self.probes = [r for r in self.probes if r["step"] < step] + [
+            {"step": step, **measure(net, self.probe, e.lipschitz_batch, e.power_iters,
+                                     self.cfg.train.seed)}]
         self.save()
 
     def start(self, net) -> None:
@@ -215,7 +228,15 @@ def spikes(curves: dict, e) -> dict:
 
 def run_record(cfg: RunConfig, done: dict[str, Path], upstream: dict[str, float],
                log: Callable = print) -> dict:
-    """Train (or resume) and evaluate one run of an experiment; returns its record: config,
+    """Train (or resume) and evaluate one run of an experiment, its folder locked throughout
+    (:func:`folder_lock`); returns its record (see :func:`_record`)."""
+    with folder_lock(cfg):
+        return _record(cfg, done, upstream, log)
+
+
+def _record(cfg: RunConfig, done: dict[str, Path], upstream: dict[str, float],
+            log: Callable = print) -> dict:
+    """Train (or resume) and evaluate one run; returns its record: config,
     steps done, ``stopped`` / ``diverged_step``, seconds (``setup_s``, ``train_s``,
     ``upstream_s`` of the runs it starts from, ``total_s``), ``curves`` (the training log),
     ``evals`` (FD during training), ``probes``, ``spike_step``, ``final`` ({weights: {steps:
@@ -229,7 +250,7 @@ def run_record(cfg: RunConfig, done: dict[str, Path], upstream: dict[str, float]
     up = sum(upstream.get(r, 0.0) for r in dict.fromkeys(refs))
     budgets = [b for b in (cfg.train.time_budget_s, None if cfg.train.total_budget_s is None
                            else cfg.train.total_budget_s - up - setup_s) if b is not None]
-    built.loop.time_budget_s = min(budgets) if budgets else None
+    built.loop.time_budget_s = max(0.0, min(budgets)) if budgets else None  # < 0: spent
     state, diverged = _train(cfg, built, monitor, log)
     history = [r for r in (state.history if state else []) if "loss" in r]
     curves = _columns([{k: r.get(k) for k in ("step", *CURVE_KEYS) if k in r} for r in history])
@@ -252,28 +273,6 @@ def run_record(cfg: RunConfig, done: dict[str, Path], upstream: dict[str, float]
     log(f"[{cfg.name}] {steps} steps in {train_s:.1f} s ({rec['steps_per_s']:.1f} steps/s), "
         f"total with upstream {rec['total_s']:.1f} s; final {final}")
     return rec
-
-
-RESUMABLE = ("steps", "time_budget_s", "total_budget_s")  # may grow between calls of a run
-
-
-def _check_resume(cfg: RunConfig) -> None:
-    """A run folder with a checkpoint is resumed only by the config that made it (up to the
-    training length and budgets); anything else would mix two runs."""
-    stored = cfg.run_dir / "config.yaml"
-    if not (cfg.run_dir / "checkpoint.pt").exists() or not stored.exists():
-        return
-    old, new = yaml.safe_load(stored.read_text()), config_to_dict(cfg)
-    for values in (old, new):
-        for key in RESUMABLE:
-            values["train"].pop(key, None)
-    diff = sorted(f"{sec}.{k}" for sec in new if isinstance(new[sec], dict)
-                  for k in new[sec] if old.get(sec, {}).get(k) != new[sec][k])
-    diff += [k for k in new if not isinstance(new[k], dict) and old.get(k) != new[k]]
-    if diff:
-        raise ValueError(f"{cfg.run_dir} holds a checkpoint of a run with other settings "
-                         f"({', '.join(diff)}); delete the folder, train afresh (--fresh) or use "
-                         "another folder (out_dir, --work-dir)")
 
 
 def _train(cfg: RunConfig, built: Built, monitor: Monitor, log: Callable):

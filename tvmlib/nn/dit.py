@@ -37,7 +37,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tvmlib.nn.attention import attention, check_backend
-from tvmlib.nn.embedding import per_sample, sincos_pos_embed_2d, sinusoidal_embedding
+from tvmlib.nn.embedding import (
+    check_labels,
+    per_sample,
+    sincos_pos_embed_2d,
+    sinusoidal_embedding,
+)
 
 EPS = 1e-6  # DiT's LayerNorm eps, also used by every RMSNorm here (as in TVM)
 MOD_NAMES = ("shift_msa", "scale_msa", "gate_msa", "shift_mlp", "scale_mlp", "gate_mlp")
@@ -332,10 +337,7 @@ class DiT(nn.Module):
         if self.y_embedder is not None:
             if y is None:
                 y = torch.full((B,), self.num_classes, device=x.device, dtype=torch.long)
-            if y.shape != (B,) or y.dtype.is_floating_point or y.dtype == torch.bool:
-                raise ValueError(f"y must be integer labels of shape ({B},) in "
-                                 f"[0, {self.num_classes}] ({self.num_classes} = null class), "
-                                 f"got dtype {y.dtype} and shape {tuple(y.shape)}")
+            check_labels(y, self.num_classes, B)
             c = c + self.y_embedder(y)
         elif y is not None:
             raise ValueError("labels y were given to an unconditional DiT (num_classes=0): "

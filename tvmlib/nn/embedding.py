@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from tvmlib.utils.cuda import capturing
+
 
 def sinusoidal_embedding(
     t: Tensor, dim: int, scale: float = 1000.0, max_period: float = 10000.0
@@ -35,6 +37,22 @@ def per_sample(v: Tensor | float, B: int, x: Tensor, name: str) -> Tensor:
     if v.shape != (B,):
         raise ValueError(f"{name} must be a scalar or of shape ({B},), got {tuple(v.shape)}")
     return v
+
+
+def check_labels(y: Tensor, num_classes: int, B: int) -> None:
+    """Class labels must be integers (B,) in [0, num_classes], ``num_classes`` being the null
+    class (an embedding lookup outside it fails without saying why, or asserts on a GPU)."""
+    if y.shape != (B,) or y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex():
+        raise ValueError(f"y must be integer labels of shape ({B},) in [0, {num_classes}] "
+                         f"({num_classes} = null class), got dtype {y.dtype} and shape "
+                         f"{tuple(y.shape)}")
+    if capturing() or y.numel() == 0:  # a CUDA graph cannot read values back to the host
+        return
+    lo, hi = torch.aminmax(y)
+    lo, hi = int(lo), int(hi)
+    if lo < 0 or hi > num_classes:
+        raise ValueError(f"labels y must lie in [0, {num_classes}] ({num_classes} = null class), "
+                         f"got values from {lo} to {hi}")
 
 
 def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from tvmlib.nn.embedding import per_sample, sinusoidal_embedding
+from tvmlib.nn.embedding import check_labels, per_sample, sinusoidal_embedding
 
 
 class MLP2D(nn.Module):
@@ -57,6 +57,7 @@ class MLP2D(nn.Module):
             feats.append(emb(1.0 / w))
         if self.class_emb is not None:
             y = torch.full((B,), self.num_classes, device=x.device) if y is None else y
+            check_labels(y, self.num_classes, B)
             feats.append(self.class_emb(y))
         elif y is not None:
             raise ValueError("labels y were given to an unconditional MLP2D (num_classes=0): "

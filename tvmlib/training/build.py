@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
 from tvmlib.training.checkpoint import read_checkpoint
-from tvmlib.training.config import RunConfig, load_config
+from tvmlib.training.config import RunConfig, config_to_dict, load_config
 from tvmlib.training.loop import TrainConfig
 
 FLOW_MAP_LOSSES = ("tvm", "meanflow", "cmt")  # their networks are flow maps F(x, t, s)
@@ -187,6 +188,32 @@ def load_run(run_dir: str | Path, weights: str = "ema", device: str | torch.devi
         net = build_model(cfg)
     net.load_state_dict(states[weights]())
     return cfg, net.eval().requires_grad_(False)
+
+
+RESUMABLE = ("steps", "time_budget_s", "total_budget_s")  # may grow between calls of a run
+
+
+def check_resume(cfg: RunConfig) -> None:
+    """A run folder with a checkpoint is resumed only by the config that made it (up to the
+    training length and budgets); anything else would mix two runs."""
+    stored = cfg.run_dir / "config.yaml"
+    if not (cfg.run_dir / "checkpoint.pt").exists() or not stored.exists():
+        return
+    old, new = yaml.safe_load(stored.read_text()) or {}, config_to_dict(cfg)
+    for values in (old, new):
+        for key in RESUMABLE:
+            (values.get("train") or {}).pop(key, None)
+    diff = sorted(f"{sec}.{k} {(old.get(sec) or {}).get(k)!r} -> {v!r}" for sec in new
+                  if isinstance(new[sec], dict) for k, v in new[sec].items()
+                  if (old.get(sec) or {}).get(k) != v)
+    diff += [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new
+             if not isinstance(new[k], dict) and old.get(k) != new[k]]
+    if diff:
+        raise ValueError(f"{cfg.run_dir} holds a checkpoint of a run with other settings "
+                         f"({'; '.join(diff)}): refusing to resume it, because the run would "
+                         "continue with the checkpoint's model, loss, data and optimizer state "
+                         "(its learning rate included). Train afresh (--fresh), or use another "
+                         "folder (out_dir, --work-dir)")
 
 
 def sampler(cfg: RunConfig, net: nn.Module) -> dict:

@@ -5,13 +5,12 @@ A run config has five sections (``data``, ``model``, ``loss``, ``train``, ``eval
 top-level keys (``name``, ``out_dir``, ``init``, ``device``). An experiment config lists runs:
 ``defaults`` (run-config keys shared by every run) and ``runs`` (each a run config merged onto the
 defaults, with a unique ``name``). Dotted overrides (``train.lr=3e-4``) work on both. Errors name
-the key: ``model.presett: unknown key; valid keys: ...``, ``train.steps: must be > 0, got -3``.
+the key: ``model.presett: unknown key; valid keys: ...``, ``train.steps must be >= 1, got -3``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,13 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from tvmlib.training.rules import check_experiment, check_type, check_values
+from tvmlib.utils.checks import ConfigError, fail
+
+__all__ = ["ConfigError", "ExperimentConfig", "RunConfig", "check_values", "config_from_dict",
+           "config_to_dict", "experiment_from_dict", "load_config", "load_experiment",
+           "parse_overrides", "read_yaml"]
 
 
 @dataclass
@@ -177,64 +183,6 @@ class ExperimentConfig:
     runs: list[dict[str, Any]] = field(default_factory=list)
 
 
-class ConfigError(ValueError):
-    """A config key is unknown or has a bad value; the message names the key."""
-
-
-CHOICES = {  # string values from a fixed list
-    "data.latent_norm": ("auto", "paper", "shards", "none"),
-    "model.attn_backend": ("math", "sdpa", "triton"),
-    "loss.name": ("fm", "tvm", "meanflow", "cmt"),
-    "loss.time_sampler": ("uniform", "logit_normal"),
-    "train.amp": ("auto", "bf16", "off"),
-    "eval.solver": ("auto", "euler", "heun", "dpm++2m", "flowmap"),
-    "eval.grid": ("uniform", "logsnr"),
-    "eval.metric": ("classifier_fd", "inception_fid", "features_fd", "none"),
-    "eval.attn_backend": ("math", "sdpa", "triton"),
-    "eval.precision": ("fp32", "fp64", "bf16"),
-}
-POSITIVE = ("model.input_size", "model.in_channels", "train.steps", "train.global_batch",
-            "train.lr", "eval.num_samples", "eval.batch_size", "loss.solver_steps")
-NON_NEGATIVE = ("train.warmup", "train.weight_decay", "train.log_every", "train.ckpt_every",
-                "eval.every", "eval.probe_every", "loss.label_dropout", "model.num_classes")
-
-
-def _get(cfg, dotted: str):
-    for part in dotted.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
-
-
-def check_values(cfg: RunConfig) -> RunConfig:
-    """Raise ConfigError naming the key for values the types allow but the run does not."""
-    def fail(key, why):
-        raise ConfigError(f"{key}: {why}, got {_get(cfg, key)!r}")
-
-    for key, allowed in CHOICES.items():
-        if _get(cfg, key) not in allowed:
-            fail(key, f"must be one of {', '.join(allowed)}")
-    for key in POSITIVE + NON_NEGATIVE:
-        v = _get(cfg, key)
-        if not math.isfinite(v) or v < 0 or (v == 0 and key in POSITIVE):
-            fail(key, "must be > 0" if key in POSITIVE else "must be >= 0")
-    t, e = cfg.train, cfg.eval
-    if t.grad_clip is not None and not t.grad_clip > 0:
-        fail("train.grad_clip", "must be > 0 or null (no clipping)")
-    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
-        fail("train.betas", "must be two numbers in [0, 1)")
-    if not 0 <= t.ema_decay < 1:
-        fail("train.ema_decay", "must be in [0, 1)")
-    if not e.steps or min(e.steps) < 1:
-        fail("eval.steps", "must be a non-empty list of step counts >= 1")
-    bad_solvers = [s for s in e.solvers if s not in CHOICES["eval.solver"][1:]]
-    if bad_solvers:
-        fail("eval.solvers", f"must be solvers of {', '.join(CHOICES['eval.solver'][1:])}")
-    bad = [w for w in e.weights if w not in ("ema", "net", "target")]
-    if bad or not e.weights:
-        fail("eval.weights", "must be a non-empty list of ema, net, target")
-    return cfg
-
-
 def _valid_keys(root: type, dotted: str) -> list[str]:
     """Field names of the dataclass that holds the last part of ``dotted``."""
     cls = root
@@ -247,29 +195,23 @@ def _valid_keys(root: type, dotted: str) -> list[str]:
 
 
 def _check_shape(schema: type, values, prefix: str = "") -> None:
-    """Sections must be mappings and flags booleans (OmegaConf would read 3 or "maybe" as a
-    flag, or fail without naming the key)."""
+    """Sections must be mappings and values of the schema's types (``rules.check_type``)."""
     hints = typing.get_type_hints(schema)
     for key, value in (values or {}).items():
         tp = hints.get(key)
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
-                raise ConfigError(f"{prefix}{key}: expected a mapping of {tp.__name__} keys, "
-                                  f"got {value!r}")
+                fail(f"{prefix}{key}", f"must be a mapping of {tp.__name__} keys", value)
             _check_shape(tp, value, f"{prefix}{key}.")
-        elif tp is bool and not isinstance(value, bool):
-            raise ConfigError(f"{prefix}{key}: expected true or false, got {value!r}")
-        elif tp in (str, str | None) and not isinstance(value, str) and value is not None:
-            raise ConfigError(f"{prefix}{key}: expected a string, got {value!r}")
-        elif typing.get_origin(tp) is list and not isinstance(value, list):
-            raise ConfigError(f"{prefix}{key}: expected a list, got {value!r}")
+        elif tp is not None and typing.get_origin(tp) is not dict:
+            check_type(f"{prefix}{key}", value, tp)
 
 
 def _merge(schema: type, *parts):
     """The typed ``schema`` instance of the merged ``parts`` (dicts), or ConfigError."""
     for part in parts:
         if not isinstance(part, dict):
-            raise ConfigError(f"config: expected a mapping of sections, got {part!r}")
+            fail("config", "must be a mapping of sections", part)
         _check_shape(schema, part)
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), *parts))
@@ -311,13 +253,17 @@ def parse_overrides(overrides: dict | list[str] | None) -> dict:
     return nested
 
 
-def _read_yaml(path: str | Path) -> dict:
+def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no config file at {path}; see configs/ for the available ones")
-    values = yaml.safe_load(path.read_text())
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(values, dict) or not values:
-        raise ConfigError(f"{path}: empty or not a mapping of config sections")
+        raise ConfigError(f"{path} is empty or not a mapping of config sections: a config must "
+                          "say what it runs (data, model, loss, train)")
     return values
 
 
@@ -328,7 +274,7 @@ def config_from_dict(values: dict, overrides: dict | list[str] | None = None) ->
 
 def load_config(path: str | Path, overrides: dict | list[str] | None = None) -> RunConfig:
     """Read a YAML run config; ``overrides`` is {"train.lr": 3e-4} or ["train.lr=3e-4"]."""
-    return config_from_dict(_read_yaml(path), overrides)
+    return config_from_dict(read_yaml(path), overrides)
 
 
 def config_to_dict(cfg) -> dict:
@@ -339,7 +285,7 @@ def experiment_from_dict(values: dict, overrides: dict | list[str] | None = None
                          ) -> tuple[ExperimentConfig, list[RunConfig]]:
     """(the experiment, its validated runs): every run is ``defaults`` merged with its entry,
     then the overrides (which apply to every run); names must be unique."""
-    exp = _merge(ExperimentConfig, values or {})
+    exp = check_experiment(_merge(ExperimentConfig, values or {}))
     if not exp.runs:
         raise ConfigError("runs: an experiment needs at least one run")
     extra = parse_overrides(overrides)
@@ -359,4 +305,4 @@ def experiment_from_dict(values: dict, overrides: dict | list[str] | None = None
 
 def load_experiment(path: str | Path, overrides: dict | list[str] | None = None
                     ) -> tuple[ExperimentConfig, list[RunConfig]]:
-    return experiment_from_dict(_read_yaml(path), overrides)
+    return experiment_from_dict(read_yaml(path), overrides)

@@ -25,10 +25,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tvmlib.core.ema import EMA
-from tvmlib.training.checkpoint import load_checkpoint, save_checkpoint
+from tvmlib.training.checkpoint import load_checkpoint, run_lock, save_checkpoint
 from tvmlib.training.distributed import all_reduce_sum, average_gradients, world
 from tvmlib.training.graphs import GraphedLossBackward, check_graph_support
 from tvmlib.utils.atomic import atomic_write_json, atomic_write_text
+from tvmlib.utils.checks import choice, fail, flag, integer, number
 from tvmlib.utils.cuda import GpuClock
 
 
@@ -60,7 +61,9 @@ class TrainConfig:
 class TrainState:
     """What a run leaves behind: the network, its EMA, the optimizer, and the metric history.
     ``train_seconds`` counts CUDA-synchronised training time (evaluation excluded); ``stopped``
-    says why a run ended before ``steps`` ("time budget"), else None."""
+    says why a run ended before ``steps`` ("time budget"), else None; ``log_window`` sums the
+    step logs since the last history row (checkpointed, so a resumed run's rows average the
+    same steps)."""
 
     net: nn.Module
     ema: EMA
@@ -69,6 +72,38 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     train_seconds: float = 0.0
     stopped: str | None = None
+    log_window: dict = field(default_factory=lambda: {"sums": {}, "n": 0})  # since the last row
+
+
+RESUME_SETTINGS = ("lr", "warmup", "betas", "weight_decay", "grad_clip", "ema_decay", "ema_warmup",
+                   "seed", "amp")  # a resumed run must have the checkpoint's
+
+
+def check_train_config(cfg: TrainConfig) -> TrainConfig:
+    """Raise ConfigError naming the field (``TrainConfig.lr must be > 0, got 0``) for a value the
+    loop cannot train with; 0 for ``log_every`` / ``ckpt_every`` means only at the end."""
+    def key(name: str) -> str:
+        return f"TrainConfig.{name}"
+
+    for name, low in (("steps", 1), ("micro_batches", 1), ("warmup", 0), ("log_every", 0),
+                      ("ckpt_every", 0), ("seed", 0)):
+        integer(key(name), getattr(cfg, name), low)
+    number(key("lr"), cfg.lr, positive=True)
+    number(key("weight_decay"), cfg.weight_decay, low=0)
+    number(key("ema_decay"), cfg.ema_decay, low=0, high=1, below_high=True)
+    if len(cfg.betas) != 2:
+        fail(key("betas"), "must be two numbers in [0, 1)", cfg.betas)
+    for b in cfg.betas:
+        number(key("betas"), b, low=0, high=1, below_high=True)
+    clip = cfg.grad_clip
+    if clip is not None and not (isinstance(clip, (int, float)) and 0 < clip < math.inf):
+        fail(key("grad_clip"), "must be > 0 or None (no clipping)", clip)
+    if cfg.time_budget_s is not None:
+        number(key("time_budget_s"), cfg.time_budget_s, low=0)  # 0: spent, no step
+    choice(key("amp"), cfg.amp, ("auto", "bf16", "off"))
+    flag(key("ema_warmup"), cfg.ema_warmup)
+    flag(key("cuda_graph"), cfg.cuda_graph)
+    return cfg
 
 
 def quiet() -> bool:
@@ -117,22 +152,31 @@ def _to_device(batch, device):
 
 
 class _StopFlag:
-    """Turns SIGTERM into a checkpoint at the next step boundary (cluster pre-emption)."""
+    """Turns SIGTERM (cluster pre-emption) and a first Ctrl-C (SIGINT) into a checkpoint at the
+    next step boundary; a second Ctrl-C stops at once, keeping the last checkpoint."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __enter__(self):
-        self.requested = False
+        self.requested, self.previous = None, {}
         try:
-            self.previous = signal.signal(signal.SIGTERM, self._handler)
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handler)
         except ValueError:  # not in the main thread: leave signals alone
-            self.previous = None
+            pass
         return self
 
     def _handler(self, signum, frame):
-        self.requested = True
+        if signum == signal.SIGINT and self.requested:
+            raise KeyboardInterrupt("second Ctrl-C")
+        self.requested = signal.Signals(signum).name
+        if signum == signal.SIGINT:  # os.write: a print could re-enter a print it interrupted
+            os.write(2, b"Ctrl-C: stopping after this step with a checkpoint "
+                        b"(Ctrl-C again: at once)\n")
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 class _Step:
@@ -202,23 +246,23 @@ class _Step:
 
 
 class _Logger:
-    """Averages step logs over ``log_every`` steps into history rows (and the log files)."""
+    """Averages step logs over ``log_every`` steps into history rows (and the log files); the
+    window in progress lives in ``state.log_window``, so it survives a resume."""
 
     def __init__(self, state: TrainState, cfg: TrainConfig, rank: int):
         self.state, self.cfg, self.rank = state, cfg, rank
-        self.sums: dict[str, float] = {}
-        self.n = 0
 
     def add(self, logs: dict[str, float], extra: dict | None, force: bool = False) -> dict:
+        sums, window = self.state.log_window["sums"], self.state.log_window
         for k, v in logs.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-        self.n += 1
+            sums[k] = sums.get(k, 0.0) + v
+        window["n"] += 1
         step, every = self.state.step, self.cfg.log_every
         row = {}
         if (every and step % every == 0) or step == self.cfg.steps or force:
-            row = {"step": step, **{k: v / self.n for k, v in self.sums.items()},
+            row = {"step": step, **{k: v / window["n"] for k, v in sums.items()},
                    "seconds": self.state.train_seconds}
-            self.sums, self.n = {}, 0
+            self.state.log_window = {"sums": {}, "n": 0}
         if extra:
             row = {"step": step, **row, **extra}
         if row:
@@ -244,28 +288,35 @@ def train(net: nn.Module, loss_fn: Callable, source, cfg: TrainConfig, resume: b
     the gradients are all-reduced, so N processes give the update of one process with N times
     the micro-batches. The loss's random draws are seeded per (seed, step, micro-batch).
 
-    ``resume=True`` continues from ``cfg.ckpt_path`` if it exists. ``eval_fn(state)`` runs on
-    rank 0 every ``eval_every`` steps (and at the end), outside the training clock, and its
-    dict is logged. ``callback(state, logs)`` runs after every step; it may raise (e.g.
-    KeyboardInterrupt) to stop, and the loop checkpoints first, as on SIGTERM. A run that
-    reaches ``cfg.time_budget_s`` stops with ``state.stopped = "time budget"``.
+    ``resume=True`` continues from ``cfg.ckpt_path`` if it exists, the same run only (same
+    classes of network, loss and source, same :data:`RESUME_SETTINGS`; ValueError otherwise).
+    While it trains, the checkpoint is locked (``<ckpt_path>.lock``): a second process training
+    into it fails at once. ``eval_fn(state)`` runs on rank 0 every ``eval_every`` steps (and at
+    the end), outside the training clock, and its dict is logged. ``callback(state, logs)``
+    runs after every step; it may raise (e.g. KeyboardInterrupt) to stop, and the loop
+    checkpoints first, as on SIGTERM or a first Ctrl-C (both finish the step under way). A run
+    that reaches ``cfg.time_budget_s`` stops with ``state.stopped = "time budget"``.
     """
+    check_train_config(cfg)
     torch.manual_seed(cfg.seed)
     state = _new_state(net, cfg)
-    if resume and cfg.ckpt_path and Path(cfg.ckpt_path).exists():
-        load_checkpoint(cfg.ckpt_path, state, loss_fn, source)
-    return _Loop(state, loss_fn, source, cfg, eval_fn, eval_every, callback).run()
+    settings = {k: getattr(cfg, k) for k in RESUME_SETTINGS}
+    locked = cfg.ckpt_path and world()[0] == 0
+    with run_lock(cfg.ckpt_path) if locked else contextlib.nullcontext():
+        if resume and cfg.ckpt_path and Path(cfg.ckpt_path).exists():
+            load_checkpoint(cfg.ckpt_path, state, loss_fn, source, settings)
+        return _Loop(state, loss_fn, source, cfg, eval_fn, eval_every, callback, settings).run()
 
 
 class _Loop:
     """The loop of :func:`train`: steps, logs, evaluations, checkpoints, interruptions."""
 
-    def __init__(self, state, loss_fn, source, cfg, eval_fn, eval_every, callback):
+    def __init__(self, state, loss_fn, source, cfg, eval_fn, eval_every, callback, settings):
         self.state, self.source, self.cfg = state, source, cfg
         self.eval_fn, self.eval_every, self.callback = eval_fn, eval_every, callback
         self.step, self.rank = _Step(state, loss_fn, cfg), world()[0]
         self.logger, self.clock = _Logger(state, cfg, self.rank), GpuClock(self.step.device)
-        self.save = (lambda: save_checkpoint(cfg.ckpt_path, state, loss_fn, source)) \
+        self.save = (lambda: save_checkpoint(cfg.ckpt_path, state, loss_fn, source, settings)) \
             if cfg.ckpt_path and self.rank == 0 else (lambda: None)
         self.bar = tqdm(total=cfg.steps, initial=state.step, mininterval=1.0,
                         disable=self.rank != 0 or (not cfg.progress if cfg.progress is not None
@@ -273,6 +324,7 @@ class _Loop:
 
     def run(self) -> TrainState:
         state, cfg, at_boundary = self.state, self.cfg, True  # False while a step is half done
+        first = state.step
         try:
             with _StopFlag() as stop:
                 self.clock.begin()
@@ -287,7 +339,7 @@ class _Loop:
                     state.train_seconds = done_before + self.clock.seconds()
                     self.after_step(logs)
                     if stop.requested:
-                        raise KeyboardInterrupt("SIGTERM")
+                        raise KeyboardInterrupt(stop.requested)
         except KeyboardInterrupt:
             if cfg.ckpt_path and at_boundary:
                 self.save()
@@ -297,7 +349,8 @@ class _Loop:
             raise
         finally:
             self.bar.close()
-        self.save()
+        if state.step != first or not (cfg.ckpt_path and Path(cfg.ckpt_path).exists()):
+            self.save()  # a resumed run with nothing left to do leaves its checkpoint alone
         return state
 
     def over_budget(self) -> bool:

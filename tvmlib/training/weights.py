@@ -4,6 +4,7 @@ teacher, a TVM student from mid-training), and committed weight files checked by
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -98,6 +99,21 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_manifest(path: Path, fix: str) -> dict:
+    """The sha256 manifest at ``path`` ({} when there is none); RuntimeError naming the file
+    and ending with ``fix`` when it is not a JSON mapping (truncated or corrupt)."""
+    if not path.exists():
+        return {}
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RuntimeError(f"{path} is truncated or corrupt (not valid JSON: {err}). {fix}"
+                           ) from None
+    if not isinstance(manifest, dict):
+        raise RuntimeError(f"{path} is not a mapping of file names to sha256 entries. {fix}")
+    return manifest
 
 
 def load_verified(path: Path, manifest: dict, manifest_name: str, what: str, fix: str,

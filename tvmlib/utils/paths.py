@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tvmlib.utils.checks import plain_name
+
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # tvmlib/
 
 
@@ -19,6 +21,27 @@ def figures_dir() -> Path:
     path = Path(os.environ.get("TVMLIB_FIGURES", repo_root() / "figures"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def figure_path(name: str) -> Path:
+    """``figures_dir() / name`` for a plain file name: a name with a path in it (``../x``)
+    would write outside the figures folder, so it is refused (ConfigError)."""
+    return figures_dir() / plain_name("figure name", name)
+
+
+def scratch_dir() -> Path:
+    """``runs/smoke``: where smoke-scale runs and figures go (``runs/`` is git-ignored)."""
+    return repo_root() / "runs" / "smoke"
+
+
+def use_scratch_figures(scale: str) -> Path:
+    """The figures folder of a notebook run at ``scale``: at "smoke" scale
+    ``runs/smoke/figures`` (set as ``$TVMLIB_FIGURES`` for the process), unless
+    ``$TVMLIB_FIGURES`` already names one, so that a smoke run never overwrites the committed
+    default-scale ``figures/``; otherwise :func:`figures_dir`."""
+    if scale == "smoke" and not os.environ.get("TVMLIB_FIGURES"):
+        os.environ["TVMLIB_FIGURES"] = str(scratch_dir() / "figures")
+    return figures_dir()
 
 
 def data_dirs() -> list[Path]:

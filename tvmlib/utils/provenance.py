@@ -11,7 +11,7 @@ import sys
 import torch
 
 from tvmlib.utils.atomic import atomic_write_json
-from tvmlib.utils.paths import figures_dir, repo_root
+from tvmlib.utils.paths import figure_path, repo_root
 
 
 def git_commit() -> str:
@@ -61,6 +61,6 @@ def provenance(command: str | None = None, seed: int | None = None, **extra) -> 
 
 def write_results(name: str, results: dict, prov: dict) -> str:
     """Write ``figures/<name>`` as {"provenance": ..., "results": ...}; returns the path."""
-    path = figures_dir() / name
+    path = figure_path(name)
     atomic_write_json({"provenance": prov, "results": results}, path)
     return str(path)

@@ -8,7 +8,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from tvmlib.utils.paths import figures_dir
+from tvmlib.utils.paths import figure_path
 
 LIM = 3.0  # the toys live in about [-2.5, 2.5]^2
 
@@ -57,7 +57,7 @@ def w2_vs_nfe(ax: Axes, curves: dict[str, dict], title: str = "W2 vs NFE",
 
 def save(fig: Figure, name: str, dpi: int = 90) -> str:
     """Save ``fig`` as ``figures/<name>`` (or ``$TVMLIB_FIGURES``) and return the path."""
-    path = figures_dir() / name
+    path = figure_path(name)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return str(path)
 

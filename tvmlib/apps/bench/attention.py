@@ -25,7 +25,6 @@ dim. ``--cpu-smoke`` runs every code path on a tiny shape in the Triton CPU inte
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -37,6 +36,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from tvmlib.apps import cli
 
 SHAPES = [(8, 16, 256, 64), (4, 16, 1024, 64), (2, 16, 4096, 64), (1, 16, 8192, 64),
           (2, 16, 4096, 128)]
@@ -338,7 +339,7 @@ def sweep(device: str, dtype: torch.dtype, dims: list[int], kernels: list[str],
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="two shapes only")
     parser.add_argument("--out", default=None, help="output JSON path "
                         "(default figures/jvp_attention_<gpu>.json)")
@@ -388,4 +389,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -21,13 +21,13 @@ Results: ``{"provenance", "results": {"preset", "batch", "rows": [{"variant", "t
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from tvmlib.apps import cli
 from tvmlib.experiments.results import VARIANTS, lipschitz_flags
 from tvmlib.training.build import build_loss, build_model
 from tvmlib.training.config import config_from_dict
@@ -72,8 +72,8 @@ def count_step_ops(preset: str, variant: str, batch: int = 2, seed: int = 0) -> 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m tvmlib.apps.bench.op_count",
-                                 description=__doc__.split("\n\n")[0])
+    ap = cli.Parser(prog="python -m tvmlib.apps.bench.op_count",
+                    description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="DiT-S/2", help="DiT preset (default: DiT-S/2)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS),
                     help=f"LipschitzConfig variants (default: all of {', '.join(VARIANTS)})")
@@ -98,4 +98,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

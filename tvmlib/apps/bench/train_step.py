@@ -20,7 +20,6 @@ of an XL model take a while on a CPU. Results: ``{"provenance", "results": {"row
 
 from __future__ import annotations
 
-import argparse
 import gc
 import math
 import re
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from tvmlib.apps import cli
 from tvmlib.training.build import build_loss, build_model
 from tvmlib.training.config import RunConfig, config_from_dict
 from tvmlib.training.graphs import GraphedLossBackward
@@ -201,8 +201,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m tvmlib.apps.bench.train_step", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.Parser(prog="python -m tvmlib.apps.bench.train_step", description=__doc__)
     ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS, help="DiT presets")
     ap.add_argument("--backends", nargs="+", default=DEFAULT_BACKENDS,
                     choices=["math", "sdpa", "triton"], help="attention backends")
@@ -247,4 +246,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

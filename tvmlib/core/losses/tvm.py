@@ -89,7 +89,8 @@ class TVMLoss:
         if self.detach_jvp:
             dfds = dfds.detach()
         with torch.no_grad():
-            u_target = velocity(self.target.module, xt + f.detach(), s, y, w, self.scale_param)
+            u_target = velocity(self.target.module, xt + f.detach(), s, y, w, self.scale_param,
+                                check=False)
         return _per_sample_mse(dfds, u_target)
 
     def fm_residual(self, net: nn.Module, x0: Tensor, eps: Tensor, s: Tensor,
@@ -102,9 +103,9 @@ class TVMLoss:
             with torch.no_grad():
                 null = torch.full_like(y, self.num_classes) if y is not None else None
                 u_uncond = velocity(self.target.module, xs, s, null, torch.ones_like(w),
-                                    self.scale_param)
+                                    self.scale_param, check=False)
             v = cfg_velocity_target(v, u_uncond, w)
-        return _per_sample_mse(velocity(net, xs, s, y, w, self.scale_param), v)
+        return _per_sample_mse(velocity(net, xs, s, y, w, self.scale_param, check=False), v)
 
     # -- sampling of labels and guidance scales -------------------------------------------
     def _labels_and_scales(self, y: Tensor | None, B: int, device) -> tuple:
