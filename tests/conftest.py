@@ -1,6 +1,7 @@
 """Shared test setup: real data from ../shared/data, figures into a temporary folder, quiet bars."""
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,38 @@ def _figures_to_tmp(tmp_path, monkeypatch):
 def seed():
     torch.manual_seed(0)
     return 0
+
+
+# Headless Debian Chromium (tests/test_browser.py, tests/test_book.py), with flags that work on a
+# closed network: no sandbox (CI runs as root), no GPU, no background fetches or updates.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The chromium executable (``$TVMLIB_CHROMIUM``, else ``chromium`` on the PATH). Without
+    one the test is skipped, except under CI (``CI`` set), where it fails."""
+    exe = os.environ.get("TVMLIB_CHROMIUM") or shutil.which("chromium")
+    if exe is None:
+        msg = ("no chromium executable: install Debian's package (make browser, i.e. apt-get "
+               "install chromium) or set TVMLIB_CHROMIUM")
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    pytest.importorskip("playwright", reason="pip install playwright (requirements.txt)")
+    return exe
+
+
+@pytest.fixture
+def browser(chromium):
+    """A Playwright Chromium browser on the chromium executable (a fresh profile each time)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
