@@ -47,6 +47,9 @@ TITLE = re.compile(r"BEGIN SOLUTION:[ \t]*(?P<title>.*?)[ \t\r]*$")
 CHECK_CALL = re.compile(r"\bcheck_\w+\s*\(")
 DEFAULT_TITLE = "fill in this cell"
 POINTS = 1
+MIN_LEAK_CHARS = 20
+# `name = expr`, `a, b = expr` or `return expr`: the expression a solution line computes.
+ASSIGNED = re.compile(r"^(?:return\s+|[\w\s,.\[\]]+?(?<![=<>!])=(?!=))(?P<expr>.+)$")
 # Execution records that only describe the master's last run; they are dropped from the copy.
 VOLATILE_CELL_METADATA = ("execution", "papermill", "ExecuteTime")
 VOLATILE_NB_METADATA = ("papermill", "widgets")
@@ -126,10 +129,10 @@ def find_exercises(nb: Mapping, name: str = "notebook") -> list[Exercise]:
                     if cells[j].get("cell_type") == "code"), None)
         if nxt is None or not CHECK_CALL.search(_source(cells[nxt])) or any(
                 BEGIN in line for line in _source(cells[nxt]).split("\n")):
+            what = "does not exist" if nxt is None else f"(cell {nxt}) calls no check_* function"
             raise ValueError(
                 f"{name}: cell {i} holds a solution ('{regions[0][0]}') but the next code cell "
-                f"{'does not exist' if nxt is None else f'(cell {nxt}) does not call a check_* function'}"
-                ": follow every solution cell with a check cell that calls a "
+                f"{what}: follow every solution cell with a check cell that calls a "
                 "tvmlib.teach.exercises check_* function (it is the graded test)")
         body = tuple(line for _, lines in regions for line in lines)
         found.append(Exercise(len(found) + 1, regions[0][0], i, nxt, body))
@@ -165,6 +168,37 @@ def course_notebook(master: Mapping, name: str = "notebook") -> nbformat.Noteboo
         nb.cells[ex.check_cell].metadata["nbgrader"] = _nbgrader(
             ex.grade_id, grade=True, solution=False, locked=True)
     return nb
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+def key_fragments(line: str) -> set[str]:
+    """The parts of one solution line that would give the answer away, whitespace removed: the
+    statement without its comment, and the expression it assigns or returns. Fragments shorter
+    than ``MIN_LEAK_CHARS`` (``return x``, ``s = q.shape[-1] ** -0.5``) are too common to count."""
+    code = line.split("#", 1)[0].strip()
+    frags = {code}
+    rhs = ASSIGNED.match(code)
+    if rhs:
+        frags.add(rhs["expr"])
+    return {f for f in map(_squash, frags) if len(f) >= MIN_LEAK_CHARS}
+
+
+def solution_leaks(master: Mapping, student: Mapping, name: str = "notebook") -> list[str]:
+    """Where a student copy shows part of an answer: for every solution line of the master,
+    each of its ``key_fragments`` found in any cell of the copy (code or markdown, whitespace
+    ignored), e.g. a helper cell above the exercise that makes the same ``torch.func.jvp``
+    call, or a hint that quotes the solution's line. Empty when nothing leaks."""
+    cells = [(i, _squash(_source(c))) for i, c in enumerate(student.get("cells", []))]
+    leaks = []
+    for ex in find_exercises(master, name):
+        for frag in sorted({f for line in ex.body for f in key_fragments(line)}):
+            for i, text in cells:
+                if frag in text:
+                    leaks.append(f"exercise {ex.number} ({ex.title}): {frag} in cell {i}")
+    return leaks
 
 
 # ---------------------------------------------------------------------------------------------

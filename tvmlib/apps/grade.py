@@ -168,9 +168,11 @@ def main(argv: Iterable[str] | None = None) -> int:
                         help="keep nbgrader's course folder here (default: a temporary one)")
     parser.add_argument("--timeout", type=int, default=600,
                         help="seconds per cell before a run is stopped (default: 600)")
+    parser.add_argument("--masters", type=Path, nargs="+", default=None, metavar="NOTEBOOK",
+                        help="the master notebooks (default: every notebooks/[0-9]*.ipynb)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     try:
-        rows = grade(args.submissions, args.scale, args.course, args.timeout)
+        rows = grade(args.submissions, args.scale, args.course, args.timeout, args.masters)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
