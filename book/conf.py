@@ -21,8 +21,8 @@ copyright = "tvmlib authors, MIT licence"
 extensions = ["myst_nb", "sphinx_external_toc"]
 external_toc_path = str(BOOK / "_toc.yml")
 external_toc_exclude_missing = True  # only the README and the numbered notebooks
-exclude_patterns = [".venv", "_build", "**/.ipynb_checkpoints", "notebooks/exercises",
-                    "data", "figures", "tests", "tvmlib", "configs"]
+include_patterns = ["README.md", "notebooks/[0-9]*.ipynb"]  # nothing else is a page
+exclude_patterns = [".*", "_build", "data", "figures", "tests", "tvmlib", "configs", "runs"]
 suppress_warnings = ["etoc.toctree"]
 
 # Notebooks: the stored outputs, as committed (make notebooks refreshes them).
