@@ -124,7 +124,7 @@ def _image_explorer(page):
 def _view(box) -> tuple[str, str]:
     """(image data URL, FD label text) the explorer shows now."""
     src = box.locator(".jp-OutputArea-output img").first.get_attribute("src")
-    return src, box.locator(".widget-label").last.inner_text()
+    return src, box.locator(".tvmlib-explorer-status").inner_text()
 
 
 def _wait_change(box, before: tuple[str, str]) -> tuple[str, str]:

@@ -194,14 +194,22 @@ def test_grade_a_folder_of_submissions(toy, tmp_path, capsys):
     for name, nb in copies.items():
         (sub / name).mkdir(parents=True)
         nbformat.write(nb, sub / name / master.name)
+    other = tmp_path / "02_toy.ipynb"  # a second notebook, handed in by alice only
+    nbformat.write(master_notebook(), other)
+    nbformat.write(copies["alice"], sub / "alice" / other.name)
     out = tmp_path / "grades.csv"
-    argv = [str(sub), "--out", str(out)]
-    assert gr.main(argv + ["--masters", str(master)]) == 0
+    argv = [str(sub), "--out", str(out), "--masters", str(master), str(other)]
+    assert gr.main(argv) == 0
     rows = list(csv.DictReader(out.open()))
-    got = {(r["student"], r["exercise"]): (float(r["score"]), r["message"]) for r in rows}
     assert [k for k in rows[0]] == ["student", "notebook", "exercise", "title", "score",
                                     "max_score", "message"]
-    assert {r["notebook"] for r in rows} == {master.name} and len(rows) == 6
+    assert len(rows) == 12  # 3 students x 2 notebooks x 2 exercises
+    second = {(r["student"], r["exercise"]): (float(r["score"]), r["message"]) for r in rows
+              if r["notebook"] == other.name}
+    assert second["alice", "exercise-1"] == second["alice", "exercise-2"] == (1.0, "")
+    assert second["bob", "exercise-2"] == second["carol", "exercise-1"] == (0.0, "not submitted")
+    rows = [r for r in rows if r["notebook"] == master.name]
+    got = {(r["student"], r["exercise"]): (float(r["score"]), r["message"]) for r in rows}
     assert all(float(r["max_score"]) == 1 for r in rows)
     assert got["alice", "exercise-1"] == got["alice", "exercise-2"] == (1.0, "")
     for e in ("exercise-1", "exercise-2"):

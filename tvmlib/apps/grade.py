@@ -13,7 +13,8 @@ student cannot weaken them), and writes one CSV row per student, notebook and ex
 ``message`` is the failing check's error (``AssertionError: check_fm_loss: the velocity target
 has the wrong sign ...``), "not submitted", or empty for a passed exercise. The notebooks run
 at ``--scale`` (the ``TVMLIB_SCALE`` of their parameters cell; default ``smoke``: seconds per
-notebook, enough for every check). ``--course DIR`` keeps nbgrader's course folder (gradebook,
+notebook, enough for every check). Like any autograder it runs the students' code: run it where
+that is acceptable. ``--course DIR`` keeps nbgrader's course folder (gradebook,
 autograded notebooks) for its other tools, e.g. ``nbgrader generate_feedback``.
 """
 
@@ -130,7 +131,7 @@ def grade(submissions: Path, scale: str = "smoke", course_dir: Path | None = Non
                 shutil.copyfile(path, folder / name)
             result = api.autograde(ASSIGNMENT, student)
             failure = None if result["success"] else _failure(result)
-            with Gradebook(f"sqlite:///{root / 'gradebook.db'}", "tvmlib") as gb:
+            with Gradebook(api.coursedir.db_url, api.coursedir.course_id) as gb:
                 for name in graded:
                     done = root / "autograded" / student / ASSIGNMENT / name
                     messages = _messages(done) if done.exists() else {}

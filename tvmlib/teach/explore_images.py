@@ -296,6 +296,7 @@ def make_image_explorer(method: str = "tvm_cmt", steps: int = 1, seed: int = 0,
                             value=-1 if label is None else label, description="class"),
     }
     output, status = W.Output(), W.Label()
+    status.add_class("tvmlib-explorer-status")  # how a browser test finds it
     box = W.VBox([W.HBox([c["method"], c["steps"]]), W.HBox([c["seed"], c["label"]]), status,
                   output])
     ex = ImageExplorer(c, output, box, n, folder, status=status)
