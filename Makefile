@@ -19,9 +19,10 @@ BOOK_DIR ?= _build/book
 .PHONY: test lint unit notebooks lab readme clean-venv book exercises grade browser \
 	browser-test lock
 
+# --no-compile: Python compiles what is imported on first use instead of every file up front.
 $(STAMP): $(REQUIREMENTS) requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install $(PIP_QUIET) -r $(REQUIREMENTS) 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install $(PIP_QUIET) --no-compile -r $(REQUIREMENTS) 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -m pip install $(PIP_QUIET) --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -c "import torch, torchvision, tvmlib, papermill, nbval, ot, nbgrader, myst_nb, playwright"
 	touch $@
@@ -67,8 +68,10 @@ grade: $(STAMP)
 ## make browser: Debian's chromium for the browser tests (apt-get as root; nothing else is fetched)
 browser:
 	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; \
-	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq --no-install-recommends chromium >/dev/null && chromium --version; \
+	elif [ "$$(id -u)" = 0 ]; then export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+		&& chromium --version; \
 	else echo "make browser: chromium is missing; run: sudo apt-get install chromium" >&2; exit 1; fi
 
 ## make browser-test: notebook 07 and the book in headless chromium; the explorer's
