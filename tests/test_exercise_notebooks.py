@@ -1,21 +1,23 @@
-"""Classroom exercises: the student copies ``notebooks/exercises/<name>`` of the master notebooks.
+"""Classroom exercises of the real notebooks: the student copies ``notebooks/exercises/<name>``
+that nbgrader makes from the masters (``make exercises``).
 
-(a) every committed student copy is byte-identical to a fresh regeneration from its master
-    (the logic of ``python -m tvmlib.apps.exercises --check``), every master with solution markers
-    has a copy, and no copy is left without a master;
-(b) every student copy, executed top to bottom at smoke scale, stops at its **first** exercise
-    with ``NotImplementedError("Exercise 1: <title>")``, raised by the check cell right after
-    the first stub, after all earlier cells ran cleanly (the exercises come early, so this is
-    fast);
-(c) that the masters (with their solutions) run top to bottom and pass their ``check_*`` cells
-    is covered by ``tests/test_notebooks.py``, which executes every ``notebooks/[0-9]*.ipynb``
-    at smoke scale; its glob does not reach ``notebooks/exercises/``, so the failing student
-    copies are only run here.
+(a) every master's exercises are well formed: balanced markers, a check cell calling a
+    ``check_*`` function after every solution cell (``find_exercises`` raises otherwise);
+(b) every committed student copy is byte-identical to a fresh nbgrader build from its master
+    (one build for all), every master with markers has a copy, and no copy lacks a master;
+(c) no part of a solution shows anywhere in a student copy (``solution_leaks``: helper cells,
+    hints), apart from the known leaks listed below, which must still be there (so the list is
+    trimmed when a notebook is fixed);
+(d) every student copy, executed top to bottom at smoke scale, stops at its **first** exercise:
+    ``NotImplementedError`` raised in the check cell right after the first solution cell, after
+    all earlier cells ran cleanly.
+
+That the masters (with their solutions) run and pass their check cells is covered by
+``tests/test_notebooks.py``; grading itself by ``tests/test_grading.py``.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import nbformat
@@ -26,9 +28,19 @@ from tvmlib.apps import exercises as ex
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
 EX_DIR = NB_DIR / "exercises"
-MASTERS = [p for p in sorted(NB_DIR.glob("[0-9]*.ipynb"))
-           if ex.has_solutions(nbformat.read(p, as_version=4))]
-STUB = re.compile(r'raise NotImplementedError\("(Exercise 1: [^"]*)"\)')
+MASTERS = ex.masters_with_exercises(sorted(NB_DIR.glob("[0-9]*.ipynb")))
+# Leaks present in the masters today (issue 15 item 7 asks for them to go): remove an entry
+# when its notebook is fixed; the test fails until then so the list stays true.
+KNOWN_LEAKS = {
+    "02_flow_maps_and_tvm_2d.ipynb": [
+        "exercise 1 (d/ds f with one JVP): torch.func.jvp(f,(s,),(torch.ones_like(s),)) in cell 6",
+        "exercise 1 (d/ds f with one JVP): torch.func.jvp(f,(s,),(torch.ones_like(s),)) in cell 9",
+    ],
+    "04_jvp_attention_kernel.ipynb": [
+        "exercise 1 (the attention JVP): torch.full(q.shape[:-1],-math.inf,dtype=q.dtype) "
+        "in cell 12",
+    ],
+}
 
 pytestmark = pytest.mark.notebook
 
@@ -37,18 +49,28 @@ def _ids(path: Path) -> str:
     return path.stem
 
 
+@pytest.fixture(scope="module")
+def fresh() -> dict[str, str]:
+    """The student copy of every master, built by nbgrader now (name -> JSON text)."""
+    return ex.student_copies(MASTERS)
+
+
 def test_masters_with_exercises_exist():
     assert MASTERS, f"no notebooks/[0-9]*.ipynb under {NB_DIR} has '### BEGIN SOLUTION' markers"
 
 
 @pytest.mark.parametrize("master", MASTERS, ids=_ids)
-def test_student_copy_in_sync(master: Path):
-    """The committed copy equals the copy regenerated in memory from the master, byte for byte."""
+def test_exercises_are_well_formed(master: Path):
+    found = ex.find_exercises(nbformat.read(master, as_version=4), master.name)
+    assert found and [e.number for e in found] == list(range(1, len(found) + 1))
+
+
+@pytest.mark.parametrize("master", MASTERS, ids=_ids)
+def test_student_copy_in_sync(master: Path, fresh):
     copy = EX_DIR / master.name
-    assert copy.exists(), f"{copy} is missing: run python -m tvmlib.apps.exercises"
-    fresh = ex.student_copy_text(nbformat.read(master, as_version=4), master.name)
-    assert copy.read_text(encoding="utf-8") == fresh, (
-        f"{copy} is stale: run python -m tvmlib.apps.exercises {master.relative_to(ROOT)}")
+    assert copy.exists(), f"{copy} is missing: run make exercises"
+    assert copy.read_text(encoding="utf-8") == fresh[master.name], (
+        f"{copy} is stale: run make exercises")
 
 
 def test_no_orphan_student_copies():
@@ -57,22 +79,27 @@ def test_no_orphan_student_copies():
     assert not orphans, f"student copies without a master that has solution markers: {orphans}"
 
 
-def test_cli_check_passes(capsys):
-    assert ex.main(["--check"]) == 0, capsys.readouterr().out
+@pytest.mark.parametrize("master", MASTERS, ids=_ids)
+def test_no_solution_leaks(master: Path):
+    leaks = ex.solution_leaks(nbformat.read(master, as_version=4),
+                              nbformat.read(EX_DIR / master.name, as_version=4), master.name)
+    known = KNOWN_LEAKS.get(master.name, [])
+    assert [x for x in leaks if x not in known] == [], "a student copy shows part of a solution"
+    assert [x for x in known if x not in leaks] == [], (
+        "a known leak is gone: remove it from KNOWN_LEAKS in this file")
 
 
 @pytest.mark.parametrize("master", MASTERS, ids=_ids)
 def test_student_copy_stops_at_first_exercise(master: Path, tmp_path: Path, monkeypatch):
-    """Execute the student copy at smoke scale: it must raise Exercise 1's NotImplementedError
-    in the cell right after the first stub, and nothing before may fail."""
+    """Execute the student copy at smoke scale: the first check cell must raise
+    NotImplementedError from the stub, and nothing before it may fail."""
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
     book = nbformat.read(EX_DIR / master.name, as_version=4)
-    stubs = [i for i, cell in enumerate(book.cells)
-             if cell.cell_type == "code" and STUB.search(cell.source)]
-    assert stubs, f"{master.name}: no 'Exercise 1' stub in the student copy"
-    title = STUB.search(book.cells[stubs[0]].source).group(1)
+    grade_ids = [c.metadata.get("nbgrader", {}).get("grade_id") for c in book.cells]
+    assert "exercise-1-answer" in grade_ids, f"{master.name}: no exercise-1-answer cell"
+    check = grade_ids.index("exercise-1")
 
     monkeypatch.setenv("TVMLIB_SCALE", "smoke")
     monkeypatch.setenv("TVMLIB_QUIET", "1")
@@ -81,11 +108,7 @@ def test_student_copy_stops_at_first_exercise(master: Path, tmp_path: Path, monk
                             resources={"metadata": {"path": str(NB_DIR)}})
     with pytest.raises(CellExecutionError) as info:
         client.execute()
-    err = info.value
-    assert err.ename == "NotImplementedError", f"stopped on {err.ename}: {err.evalue}"
-    assert err.evalue == title, f"expected {title!r}, got {err.evalue!r}"
-
+    assert info.value.ename == "NotImplementedError", f"stopped on {info.value.ename}"
     failed = [i for i, cell in enumerate(book.cells) if cell.cell_type == "code"
               and any(o.get("output_type") == "error" for o in cell.get("outputs", []))]
-    assert failed == [stubs[0] + 1], (
-        f"expected only the check cell {stubs[0] + 1} after the first stub to fail, got {failed}")
+    assert failed == [check], f"expected only the first check cell {check} to fail, got {failed}"

@@ -303,11 +303,15 @@ def test_make_image_explorer_wires_controls_to_explore_images():
     assert ex.last["method"] == "tvm_cmt" and ex.last["nfe"] == 1 and c["steps"].max == 16
     assert not c["steps"].continuous_update  # one render per release, not per slider tick
     assert ex._repr_mimebundle_()["image/jpeg"]  # static views get the last figure
+    assert ex.status.value == (f"CMT -> TVM, 1 jump: NFE 1, FD {ex.last['fd']:.1f} "
+                               "(10 samples vs the test split)")
     c["method"].value = "fm_teacher"
     assert c["steps"].max == 128 and ex.last["method"] == "fm_teacher"
     c["steps"].value = 20
     c["label"].value = 4
     assert ex.last["nfe"] == 20 and ex.last["label"] == 4
+    assert ex.status.value.startswith("FM teacher, 20 steps: NFE 20, FD ")
+    assert ex.status.value.endswith("(10 samples vs test Coat)")
     c["method"].value = "tvm_scratch"
     assert c["steps"].max == 16 and c["steps"].value == 16  # clipped to the jump range
     assert ex.last["method"] == "tvm_scratch" and ex.last["nfe"] == 16

@@ -237,6 +237,17 @@ class ImageExplorer:
     folder: str | Path | None = None
     last: dict = field(default_factory=dict)
     jpeg: bytes = b""
+    status: object = None  # a text widget: the FD and NFE of the current view
+
+    def status_text(self) -> str:
+        """What ``status`` shows for the current view, e.g.
+        "CMT -> TVM, 2 jumps: NFE 2, FD 87.3 (200 samples vs the test split)"."""
+        v = self.last
+        what = "step" if P.fashion_model(v["method"]).kind == "fm" else "jump"
+        against = "the test split" if v["label"] is None else \
+            f"test {FASHION_CLASSES[v['label']]}"
+        return (f"{IMAGE_LABELS[v['method']]}, {v['steps']} {what}{'s' * (v['steps'] > 1)}: "
+                f"NFE {v['nfe']}, FD {v['fd']:.1f} ({v['n']} samples vs {against})")
 
     def setting(self) -> dict:
         c = self.controls
@@ -250,6 +261,8 @@ class ImageExplorer:
         fig, values = explore_images(**self.setting(), n=self.n, folder=self.folder)
         self.last, self.jpeg = values, figure_jpeg(fig)
         plt.close(fig)
+        if self.status is not None:
+            self.status.value = self.status_text()
         self.output.clear_output(wait=True)
         with self.output:
             display(Image(data=self.jpeg, format="jpeg"))
@@ -282,9 +295,11 @@ def make_image_explorer(method: str = "tvm_cmt", steps: int = 1, seed: int = 0,
                                                      enumerate(FASHION_CLASSES)],
                             value=-1 if label is None else label, description="class"),
     }
-    output = W.Output()
-    box = W.VBox([W.HBox([c["method"], c["steps"]]), W.HBox([c["seed"], c["label"]]), output])
-    ex = ImageExplorer(c, output, box, n, folder)
+    output, status = W.Output(), W.Label()
+    status.add_class("tvmlib-explorer-status")  # how a browser test finds it
+    box = W.VBox([W.HBox([c["method"], c["steps"]]), W.HBox([c["seed"], c["label"]]), status,
+                  output])
+    ex = ImageExplorer(c, output, box, n, folder, status=status)
     busy = {"on": False}  # one render per user change, not one per linked control update
 
     def on_change(_=None) -> None:
