@@ -55,8 +55,29 @@ def w2_vs_nfe(ax: Axes, curves: dict[str, dict], title: str = "W2 vs NFE",
     return ax
 
 
-def save(fig: Figure, name: str, dpi: int = 90) -> str:
-    """Save ``fig`` as ``figures/<name>`` (or ``$TVMLIB_FIGURES``) and return the path."""
+MIN_DPI = 100  # a saved figure is read at notebook width: below this, 9-point labels blur
+MAX_PANELS = 8  # more panels than this shrink each one below readable size at notebook width
+
+
+def panels(fig: Figure) -> int:
+    """The figure's panels: its visible axes, colorbars not counted."""
+    return sum(1 for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>")
+
+
+def save(fig: Figure, name: str, dpi: int = MIN_DPI) -> str:
+    """Save ``fig`` as ``figures/<name>`` (or ``$TVMLIB_FIGURES``) and return the path.
+
+    Figures must be readable at notebook width: ``dpi`` at least ``MIN_DPI`` and at most
+    ``MAX_PANELS`` panels (split a larger grid into several figures); otherwise ``ValueError``
+    names the figure and nothing is written.
+    """
+    if dpi < MIN_DPI:
+        raise ValueError(f"figure {name!r}: dpi {dpi} is below {MIN_DPI}; figures are read at "
+                         f"notebook width, save them at dpi >= {MIN_DPI}")
+    n = panels(fig)
+    if n > MAX_PANELS:
+        raise ValueError(f"figure {name!r} has {n} panels; at most {MAX_PANELS} stay readable "
+                         "at notebook width: split it into several figures")
     path = figures_dir() / name
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return str(path)
