@@ -37,14 +37,21 @@ def trajectories(ax: Axes, traj, n: int = 200, title: str | None = None,
 
 
 def w2_vs_nfe(ax: Axes, curves: dict[str, dict], title: str = "W2 vs NFE",
-              reference: float | None = None, ref_label: str = "data vs data") -> Axes:
-    """One line per method: curves = {label: {nfe: w2}} with log-2 NFE on the x axis."""
+              reference: float | None = None, ref_label: str = "data vs data",
+              errors: dict[str, dict] | None = None, reference_std: float | None = None) -> Axes:
+    """One line per method: curves = {label: {nfe: w2}} with log-2 NFE on the x axis; optional
+    error bars errors = {label: {nfe: std}} and a band of +- ``reference_std`` round the
+    reference line."""
     for label, points in curves.items():
         nfe = sorted(int(k) for k in points)
-        ax.plot(nfe, [points[k] if k in points else points[str(k)] for k in nfe], "o-",
-                label=label)
+        y = [_at(points, k) for k in nfe]
+        err = [_at(errors[label], k) for k in nfe] if errors and label in errors else None
+        ax.errorbar(nfe, y, yerr=err, fmt="o-", capsize=2, label=label)
     if reference is not None:
         ax.axhline(reference, color="k", ls=":", label=ref_label)
+        if reference_std:
+            ax.axhspan(reference - reference_std, reference + reference_std, color="k",
+                       alpha=0.1, lw=0)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("NFE (network evaluations)")
@@ -53,6 +60,10 @@ def w2_vs_nfe(ax: Axes, curves: dict[str, dict], title: str = "W2 vs NFE",
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return ax
+
+
+def _at(points: dict, k: int):
+    return points[k] if k in points else points[str(k)]
 
 
 MIN_DPI = 100  # a saved figure is read at notebook width: below this, 9-point labels blur
