@@ -23,6 +23,9 @@ A measured-looking number passes when it is
    ``10%`` matches a literal ``0.1``, ``5x`` a literal ``5.0``;
 3. a reference, after one of the words of ``REFERENCE_WORDS`` (``Eq. 16``, ``App. B.1``, an arXiv
    id), or one of the few constants of ``ALLOWED``.
+
+A number a paper reports (its FID, its timings) is not a result of the notebook either: render it
+from a file that records where it comes from, or add it to ``ALLOWED`` naming the table.
 """
 
 from __future__ import annotations
