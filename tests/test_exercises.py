@@ -293,3 +293,9 @@ def test_check_cmt_loss_asks_for_images_too():
         checks_cmt.check_cmt_loss(flat_2d_only)
     with pytest.raises(AssertionError, match="scalar"):
         checks_cmt.check_cmt_loss(lambda *a: cmt_loss_right(*a).reshape(1))
+
+    def stub(*args):
+        raise NotImplementedError("Exercise 1: the mid-training loss")
+
+    with pytest.raises(NotImplementedError, match="Exercise 1"):  # not read as a shape error
+        checks_cmt.check_cmt_loss(stub)
