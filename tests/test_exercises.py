@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tvmlib.teach import exercises as checks
+from tvmlib.teach import exercises_cmt as checks_cmt
 
 torch.set_num_threads(1)
 
@@ -133,16 +134,44 @@ def test_check_attention_jvp():
         checks.check_attention_jvp(lambda *a: (attention_jvp(*a)[0], 2 * attention_jvp(*a)[1]))
 
 
-def cmt_right(x_i, t_i, x_j, t_j):
-    gap = (t_j - t_i).view(-1, *([1] * (x_i.dim() - 1)))
-    return (x_j - x_i) / gap
+def cmt_loss_right(student, traj, times, k, l, flip=1.0, rows=None, call="kl", detach=False):
+    n, P = k.shape
+    r = torch.arange(n).repeat_interleave(P) if rows is None else rows  # (n P,) trajectory
+    x_k, x_l = traj[k.flatten(), r], traj[l.flatten(), r]  # (n P, ...)
+    t_k, t_l = times[k.flatten()], times[l.flatten()]
+    gap = (t_l - t_k).reshape(-1, *[1] * (x_k.dim() - 1))
+    F = student(x_k, t_k, t_l) if call == "kl" else student(x_k, t_k, t_k)
+    F = F.detach() if detach else F
+    return (F - flip * (x_l - x_k) / gap).square().mean()
 
 
-def test_check_cmt_target():
-    assert checks.check_cmt_target(cmt_right) is None
-    with pytest.raises(AssertionError, match="sign error"):
-        checks.check_cmt_target(lambda x_i, t_i, x_j, t_j: cmt_right(x_j, t_i, x_i, t_j))
-    with pytest.raises(AssertionError, match="forgot to divide"):
-        checks.check_cmt_target(lambda x_i, t_i, x_j, t_j: x_j - x_i)
-    with pytest.raises(AssertionError, match=r"reshape the time gap to \(6, 1\)"):
-        checks.check_cmt_target(lambda x_i, t_i, x_j, t_j: (x_j - x_i) / (t_j - t_i))
+def test_check_cmt_loss_accepts_the_loss_and_names_the_usual_mistakes():
+    assert checks_cmt.check_cmt_loss(cmt_loss_right) is None
+    with pytest.raises(AssertionError, match="wrong sign"):
+        checks_cmt.check_cmt_loss(lambda *a: cmt_loss_right(*a, flip=-1.0))
+    with pytest.raises(AssertionError, match="regressed the velocity"):
+        checks_cmt.check_cmt_loss(lambda *a: cmt_loss_right(*a, call="kk"))
+    with pytest.raises(AssertionError, match="wrong trajectories"):
+        checks_cmt.check_cmt_loss(lambda s, x, t, k, l: cmt_loss_right(
+            s, x, t, k, l, rows=torch.arange(k.shape[0]).repeat(k.shape[1])))
+    with pytest.raises(AssertionError, match="no gradient reaches"):
+        checks_cmt.check_cmt_loss(lambda *a: cmt_loss_right(*a, detach=True))
+
+
+def test_check_cmt_loss_asks_for_images_too():
+    def flat_2d_only(student, traj, times, k, l):  # the gap does not broadcast over images
+        r = torch.arange(k.shape[0]).repeat_interleave(k.shape[1])
+        x_k, x_l = traj[k.flatten(), r], traj[l.flatten(), r]
+        t_k, t_l = times[k.flatten()], times[l.flatten()]
+        return (student(x_k, t_k, t_l) - (x_l - x_k) / (t_l - t_k)[:, None]).square().mean()
+
+    with pytest.raises(AssertionError, match=r"states of shape \(7, 5, 1, 4, 4\).*broadcast"):
+        checks_cmt.check_cmt_loss(flat_2d_only)
+    with pytest.raises(AssertionError, match="scalar"):
+        checks_cmt.check_cmt_loss(lambda *a: cmt_loss_right(*a).reshape(1))
+
+    def stub(*args):
+        raise NotImplementedError("Exercise 1: the mid-training loss")
+
+    with pytest.raises(NotImplementedError, match="Exercise 1"):  # not read as a shape error
+        checks_cmt.check_cmt_loss(stub)

@@ -301,3 +301,20 @@ def test_ablation_end_to_end_at_smoke_size(tmp_path):
     assert len(merged["provenance"]["parts"]) == 2
     with pytest.raises(SystemExit):  # an unknown run name is refused before any work
         main([str(config), "--only", "nope", "--out", str(part)])
+
+
+def test_run_summary_reads_a_record():
+    from tvmlib.experiments.results import run_summary
+
+    rec = {"steps": 40, "steps_done": 40, "diverged_step": None,
+           "spike_step": {"loss": None, "grad_norm": 12, "first": 12},
+           "curves": {"loss": [float(40 - i) for i in range(40)],
+                      "grad_norm": [1.0] * 11 + [9.0] + [1.0] * 28},
+           "probes": {"step": [0, 20, 40], "lip_velocity": [0.0, 2.0, 3.5],
+                      "lip_blocks": [[1.0, 1.0], [1.2, 1.1], [1.4, 2.5]]}}
+    s = run_summary(rec)
+    assert s["final_loss"] == pytest.approx(2.5)  # mean of the last 4 losses 4, 3, 2, 1
+    assert s["max_grad"] == 9.0 and s["spike"] == 12 and s["diverged"] is None
+    assert s["lip_velocity"] == 3.5 and s["lip_blocks_max"] == 2.5
+    rec["diverged_step"] = 30
+    assert run_summary(rec)["lip_velocity"] is None and run_summary(rec)["diverged"] == 30

@@ -210,6 +210,8 @@ def test_compare_grid_layout_and_values():
     assert any(f"W2 {single['w2']:.3f}" in t for t in titles)
     fig, res = compare_grid("8gaussians", steps=(1, 4), n=N)
     assert len(fig.axes) == 2 * 3 and res["fm"]["4"]["nfe"] == 8 and res["tvm"]["4"]["nfe"] == 4
+    fig, again = compare_grid("8gaussians", steps=(1, 4), n=N, show_data=False)
+    assert len(fig.axes) == 2 * 2 and again == res  # the data under every panel instead
 
 
 # ---- the widgets, headless --------------------------------------------------------------------
@@ -235,11 +237,14 @@ def test_make_explorer_wires_controls_to_explore_2d():
 
 
 def test_data_floor_compares_two_data_sets_with_the_same_labels():
-    from tvmlib.teach.explore2d import REF_SEED, data_floor
+    from tvmlib.teach.explore2d import REF_SEED, data_floor, data_floor_runs
 
     _, y, ref = setting_data("8gaussians", N, 3)
-    other = P.class_matched_data("8gaussians", y, torch.Generator().manual_seed(REF_SEED - 1))
-    assert data_floor("8gaussians", N, 3) == pytest.approx(w2(ref, other), rel=1e-12)
+    others = [P.class_matched_data("8gaussians", y, torch.Generator().manual_seed(REF_SEED - 1 - i))
+              for i in range(3)]
+    want = [w2(ref, o) for o in others]
+    assert data_floor_runs("8gaussians", N, 3, pairs=3) == pytest.approx(want, rel=1e-12)
+    assert data_floor("8gaussians", N, 3, pairs=3) == pytest.approx(sum(want) / 3, rel=1e-12)
     assert 0 < data_floor("checkerboard", N) < 0.5  # two samples of one distribution
 
 

@@ -1,5 +1,5 @@
 """Reading a runner's results (``tvmlib.experiments.runner``): runs grouped by name, the step
-at which a run first reaches a target, and curve plots of records."""
+at which a run first reaches a target, a run's summary numbers, and curve plots of records."""
 
 from __future__ import annotations
 
@@ -34,6 +34,24 @@ def reach_step(evals: dict[str, list], target: float, key: str = "fd_1") -> int 
     a record's column dict {"step": [...], key: [...]}."""
     return next((s for s, v in zip(evals["step"], evals[key]) if v is not None and v <= target),
                 None)
+
+
+def run_summary(rec: dict) -> dict:
+    """What the ablation tables say about one run record: steps done and planned, the final loss
+    (mean of the last tenth of the logged losses), the largest gradient norm, the first spike
+    and divergence steps, and the last Lipschitz probes: of the velocity u (``lip_velocity``) and
+    of the steepest block (``lip_blocks_max``). A diverged run has no meaningful last probe:
+    its Lipschitz values are None."""
+    losses = [v for v in rec["curves"]["loss"] if v is not None]
+    tail = losses[-max(1, len(losses) // 10):]
+    grads = [v for v in rec["curves"]["grad_norm"] if v is not None]
+    probes, diverged = rec["probes"], rec.get("diverged_step")
+    return {"steps_done": rec["steps_done"], "steps": rec["steps"],
+            "final_loss": sum(tail) / len(tail) if tail else None,
+            "max_grad": max(grads) if grads else None,
+            "spike": rec["spike_step"]["first"], "diverged": diverged,
+            "lip_velocity": None if diverged else probes["lip_velocity"][-1],
+            "lip_blocks_max": None if diverged else max(probes["lip_blocks"][-1])}
 
 
 def smooth(values: list, window: int) -> list[float]:

@@ -4,7 +4,8 @@ Each ``check_*`` calls a student's function on fixed random inputs, compares it 
 returns None on success and otherwise raises ``AssertionError`` with a message that says what is
 wrong (shape, value, gradient) and, for the usual mistakes (a sign error, a missing factor, a
 tangent on the wrong input), which mistake it looks like. Student copies of the notebooks are
-made by ``python -m tvmlib.apps.exercises``.
+made by ``python -m tvmlib.apps.exercises``. Notebook 05's check, ``check_cmt_loss``, is in
+``tvmlib.teach.exercises_cmt``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["check_attention_jvp", "check_cmt_target", "check_euler", "check_fm_loss",
-           "check_terminal_velocity"]
+__all__ = ["check_attention_jvp", "check_euler", "check_fm_loss", "check_terminal_velocity"]
 
 # ---------------------------------------------------------------------------------------------
 # Check helpers
@@ -323,49 +323,3 @@ def check_attention_jvp(fn: Callable[..., tuple[Tensor, Tensor]]) -> None:
             if _close(to, val, rtol, atol):
                 _fail(name, f"wrong tangent Ȯ: {why}")
         _fail(name, f"wrong tangent Ȯ (O is right): {_err(to, want_to)}")
-
-
-# ---- CMT regression target -------------------------------------------------------------------
-
-def check_cmt_target(fn: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]) -> None:
-    """Check ``fn(x_i, t_i, x_j, t_j) -> (x_j - x_i) / (t_j - t_i)``, CMT's flow-map target
-    (the average velocity of a teacher trajectory from t_i down to t_j < t_i, so that
-    x_j = x_i + (t_j - t_i) F), against ``tvmlib.core.losses.cmt.cmt_targets`` for x of shape
-    (N, 2) and (N, 1, 4, 4) with t: (N,).
-    """
-    from tvmlib.core.losses.cmt import cmt_targets
-
-    name = "check_cmt_target"
-    g = _gen(6)
-    for shape in ((6, 2), (6, 1, 4, 4)):
-        N = shape[0]
-        x_i = torch.randn(shape, generator=g, dtype=torch.float64)
-        x_j = torch.randn(shape, generator=g, dtype=torch.float64)
-        t_i = 0.3 + 0.7 * torch.rand(N, generator=g, dtype=torch.float64)
-        t_j = t_i * torch.rand(N, generator=g, dtype=torch.float64) * 0.9
-        try:
-            got = fn(x_i.clone(), t_i.clone(), x_j.clone(), t_j.clone())
-        except RuntimeError as e:
-            if "size of tensor" in str(e) or "broadcast" in str(e):
-                raise AssertionError(
-                    f"{name}: t has shape ({N},) but x has shape {shape}; reshape the time gap "
-                    f"to ({N}{', 1' * (len(shape) - 1)}) before dividing (error: {e})") from e
-            raise
-        got = _require_tensor(name, "the target", got, shape)
-        want = cmt_targets(x_i, x_j, t_i, t_j)
-        rtol, atol = 1e-9, 1e-12
-        if _close(got, want, rtol, atol):
-            continue
-        gap = (t_j - t_i).view(-1, *([1] * (len(shape) - 1)))
-        wrong = {
-            "sign error: the target is (x_j - x_i) / (t_j - t_i); flipping one of the two "
-            "differences flips the sign (both are 'later state minus earlier')": -want,
-            "you forgot to divide by the time gap t_j - t_i": x_j - x_i,
-            "you multiplied by the time gap instead of dividing by it": (x_j - x_i) * gap,
-            "you divided by t_j instead of the gap t_j - t_i": (x_j - x_i) / (gap + t_i.view(
-                gap.shape)),
-        }
-        for why, val in wrong.items():
-            if _close(got, val, rtol, atol):
-                _fail(name, why)
-        _fail(name, f"wrong target for x of shape {shape}: {_err(got, want)}")

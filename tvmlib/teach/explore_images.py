@@ -216,7 +216,7 @@ def compare_images(settings: tuple[tuple[str, int], ...] = IMAGE_COMPARISON, see
     return fig, results
 
 
-def figure_jpeg(fig: Figure, dpi: int = 72, quality: int = 85) -> bytes:
+def figure_jpeg(fig: Figure, dpi: int = 100, quality: int = 85) -> bytes:
     """``fig`` as JPEG bytes: photo-like sample grids take about a third of a PNG's bytes,
     which keeps notebooks with stored outputs small."""
     buf = io.BytesIO()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from tvmlib.utils.checks import plain_name
@@ -51,3 +52,20 @@ def data_dirs() -> list[Path]:
         dirs.append(Path(os.environ["TVMLIB_DATA"]).expanduser())
     dirs.append(repo_root() / "data")
     return dirs
+
+
+# The folders of an absolute path (not of a URL, a relative path or a home-relative one).
+_ABSOLUTE_FOLDERS = re.compile(r"(?<![\w.~/:])/(?:[^\s/'\"]+/)+")
+
+
+def shown(path: str | Path) -> str:
+    """``path`` as a notebook prints it: relative to the repository when inside it, else
+    ``.../<name>``, so stored outputs never hold a machine's absolute paths."""
+    p, root = Path(path).resolve(), repo_root().resolve()
+    return p.relative_to(root).as_posix() if p.is_relative_to(root) else f".../{p.name}"
+
+
+def strip_absolute(text: str) -> str:
+    """``text`` with the folders of every absolute path replaced by ``.../`` (names kept), e.g.
+    a command recorded on another machine."""
+    return _ABSOLUTE_FOLDERS.sub(".../", text)

@@ -37,14 +37,21 @@ def trajectories(ax: Axes, traj, n: int = 200, title: str | None = None,
 
 
 def w2_vs_nfe(ax: Axes, curves: dict[str, dict], title: str = "W2 vs NFE",
-              reference: float | None = None, ref_label: str = "data vs data") -> Axes:
-    """One line per method: curves = {label: {nfe: w2}} with log-2 NFE on the x axis."""
+              reference: float | None = None, ref_label: str = "data vs data",
+              errors: dict[str, dict] | None = None, reference_std: float | None = None) -> Axes:
+    """One line per method: curves = {label: {nfe: w2}} with log-2 NFE on the x axis; optional
+    error bars errors = {label: {nfe: std}} and a band of +- ``reference_std`` round the
+    reference line."""
     for label, points in curves.items():
         nfe = sorted(int(k) for k in points)
-        ax.plot(nfe, [points[k] if k in points else points[str(k)] for k in nfe], "o-",
-                label=label)
+        y = [_at(points, k) for k in nfe]
+        err = [_at(errors[label], k) for k in nfe] if errors and label in errors else None
+        ax.errorbar(nfe, y, yerr=err, fmt="o-", capsize=2, label=label)
     if reference is not None:
         ax.axhline(reference, color="k", ls=":", label=ref_label)
+        if reference_std:
+            ax.axhspan(reference - reference_std, reference + reference_std, color="k",
+                       alpha=0.1, lw=0)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("NFE (network evaluations)")
@@ -55,8 +62,33 @@ def w2_vs_nfe(ax: Axes, curves: dict[str, dict], title: str = "W2 vs NFE",
     return ax
 
 
-def save(fig: Figure, name: str, dpi: int = 90) -> str:
-    """Save ``fig`` as ``figures/<name>`` (or ``$TVMLIB_FIGURES``) and return the path."""
+def _at(points: dict, k: int):
+    return points[k] if k in points else points[str(k)]
+
+
+MIN_DPI = 100  # a saved figure is read at notebook width: below this, 9-point labels blur
+MAX_PANELS = 8  # more panels than this shrink each one below readable size at notebook width
+
+
+def panels(fig: Figure) -> int:
+    """The figure's panels: its visible axes, colorbars not counted."""
+    return sum(1 for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>")
+
+
+def save(fig: Figure, name: str, dpi: int = MIN_DPI) -> str:
+    """Save ``fig`` as ``figures/<name>`` (or ``$TVMLIB_FIGURES``) and return the path.
+
+    Figures must be readable at notebook width: ``dpi`` at least ``MIN_DPI`` and at most
+    ``MAX_PANELS`` panels (split a larger grid into several figures); otherwise ``ValueError``
+    names the figure and nothing is written.
+    """
+    if dpi < MIN_DPI:
+        raise ValueError(f"figure {name!r}: dpi {dpi} is below {MIN_DPI}; figures are read at "
+                         f"notebook width, save them at dpi >= {MIN_DPI}")
+    n = panels(fig)
+    if n > MAX_PANELS:
+        raise ValueError(f"figure {name!r} has {n} panels; at most {MAX_PANELS} stay readable "
+                         "at notebook width: split it into several figures")
     path = figure_path(name)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return str(path)
