@@ -7,13 +7,9 @@ import pytest
 PENDING = {
     "prose": {  # tests/test_prose_numbers.py: measured numbers rendered from results
         "02_flow_maps_and_tvm_2d": "notebook 02 is reworked by its owner (issue 15, part a)",
-        "04_jvp_attention_kernel": "notebook 04's owner renders its prose numbers from results",
-        "06_imagenet_tvm": "notebook 06's owner renders its prose numbers from results",
     },
     "paths": {  # tests/test_notebook_hygiene.py: no absolute paths in stored outputs
         "02_flow_maps_and_tvm_2d": "notebook 02 is reworked by its owner (issue 15, part a)",
-        "04_jvp_attention_kernel": "notebook 04's owner: cell 42 prints a results path",
-        "06_imagenet_tvm": "notebook 06's owner: cell 4 prints its run folder",
     },
 }
 
