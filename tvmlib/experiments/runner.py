@@ -264,6 +264,9 @@ def _check_resume(cfg: RunConfig) -> None:
     if not (cfg.run_dir / "checkpoint.pt").exists() or not stored.exists():
         return
     old, new = yaml.safe_load(stored.read_text()), config_to_dict(cfg)
+    for sec, values in config_to_dict(RunConfig()).items():  # keys newer than the folder's
+        if isinstance(values, dict) and isinstance(old.get(sec), dict):  # config: defaults
+            old[sec] = {**values, **old[sec]}
     for values in (old, new):
         for key in RESUMABLE:
             values["train"].pop(key, None)

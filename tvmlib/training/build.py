@@ -56,7 +56,8 @@ def build_model(cfg: RunConfig) -> nn.Module:
                      num_classes=num_classes(cfg), guidance=m.guidance, **extra)
     kwargs = dict(input_size=m.input_size, in_channels=m.in_channels,
                   num_classes=num_classes(cfg), guidance=m.guidance,
-                  lipschitz=LipschitzConfig(**asdict(m.lipschitz)), attn_backend=m.attn_backend)
+                  lipschitz=LipschitzConfig(**asdict(m.lipschitz)), attn_backend=m.attn_backend,
+                  jvp=m.jvp)
     from tvmlib.nn.dit import DIT_PRESETS
 
     if m.preset != "DiT" and m.preset not in DIT_PRESETS:
