@@ -53,8 +53,7 @@ def linear_jvp(layer: nn.Linear, x: Tensor, tx: Tensor | None) -> Pair:
     """
     if tx is None:
         return layer(x), None
-    out = F.linear(torch.cat([x, tx]), layer.weight)  # (2B, ..., out)
-    y, ty = out[:x.shape[0]], out[x.shape[0]:]
+    y, ty = F.linear(torch.cat([x, tx]), layer.weight).chunk(2)  # (2B, ..., out) -> 2 x B
     return (y if layer.bias is None else y + layer.bias.to(y.dtype)), ty
 
 
