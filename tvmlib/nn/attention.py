@@ -128,9 +128,9 @@ def math_attention_jvp(q: Tensor, k: Tensor, v: Tensor, tq: Tensor, tk: Tensor, 
     Half-precision scores are soft-maxed in float32, as in :func:`math_attention`.
     """
     d = q.shape[-1]
-    q, tq = q * d ** -0.5, tq * d ** -0.5
-    scores = q @ k.transpose(-2, -1)  # (B, H, Nq, Nk)
-    scores_dot = torch.cat([q, tq], -1) @ torch.cat([tk, k], -1).transpose(-2, -1)
+    q_and_tq = torch.cat([q, tq], -1) * d ** -0.5  # (B, H, Nq, 2d): s [Q, Q̇]
+    scores = q_and_tq[..., :d] @ k.transpose(-2, -1)  # (B, H, Nq, Nk)
+    scores_dot = q_and_tq @ torch.cat([tk, k], -1).transpose(-2, -1)
     if scores.dtype in (torch.float16, torch.bfloat16):
         scores, scores_dot = scores.float(), scores_dot.float()
     p = torch.softmax(scores, dim=-1)

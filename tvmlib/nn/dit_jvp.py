@@ -152,11 +152,14 @@ def conditioning_jvp(net: nn.Module, x: Tensor, t: Tensor | float, s: Tensor | f
     return net.conditioning(x, t, s, y, w), tc
 
 
-def modulation_jvp(adaln: nn.Sequential, c: Pair, chunks: int, normalize: bool,
+def modulation_jvp(adaln: nn.Sequential, silu_c: Pair, chunks: int, normalize: bool,
                    eps: float) -> list[Pair]:
     """adaLN: SiLU -> Linear (B, chunks D) -> ``chunks`` pairs (B, D), RMS-normalized over D if
-    ``normalize`` (``mod_norm``, [P] Eq. 16)."""
-    m, tm = linear_jvp(adaln[1], *silu_jvp(*c))
+    ``normalize`` (``mod_norm``, [P] Eq. 16). ``silu_c`` is SiLU(c) with its tangent, the same
+    for every layer, so computed once."""
+    if not isinstance(adaln[0], nn.SiLU):
+        raise TypeError(f"adaLN must start with nn.SiLU, got {adaln[0]!r}")
+    m, tm = linear_jvp(adaln[1], *silu_c)
     m, tm = m.unflatten(-1, (chunks, -1)), tm.unflatten(-1, (chunks, -1))  # (B, chunks, D)
     if normalize:
         m, tm = norm_jvp(m, tm, eps)
@@ -179,11 +182,11 @@ def self_attention_jvp(attn: nn.Module, x: Tensor, tx: Tensor, backend: str | No
                       to.transpose(1, 2).reshape(B, N, D))
 
 
-def block_jvp(block: nn.Module, x: Tensor, tx: Tensor | None, c: Pair, backend: str | None,
-              eps: float) -> Pair:
+def block_jvp(block: nn.Module, x: Tensor, tx: Tensor | None, silu_c: Pair,
+              backend: str | None, eps: float) -> Pair:
     """``DiTBlock``: x + g_msa attn(mod(norm1 x)), then + g_mlp mlp(mod(norm2 x)).  (B, N, D)."""
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = \
-        modulation_jvp(block.adaln, c, 6, block.mod_norm, eps)
+        modulation_jvp(block.adaln, silu_c, 6, block.mod_norm, eps)
     h, th = modulate_jvp(*norm_module_jvp(block.norm1, x, tx), shift_msa, scale_msa)
     x, tx = gated_residual_jvp(x, tx, gate_msa, *self_attention_jvp(block.attn, h, th, backend))
     h, th = modulate_jvp(*norm_module_jvp(block.norm2, x, tx), shift_mlp, scale_mlp)
@@ -192,9 +195,9 @@ def block_jvp(block: nn.Module, x: Tensor, tx: Tensor | None, c: Pair, backend: 
     return gated_residual_jvp(x, tx, gate_mlp, *linear_jvp(block.mlp[2], h, th))
 
 
-def final_layer_jvp(final: nn.Module, x: Tensor, tx: Tensor, c: Pair, eps: float) -> Pair:
+def final_layer_jvp(final: nn.Module, x: Tensor, tx: Tensor, silu_c: Pair, eps: float) -> Pair:
     """``FinalLayer``: linear(mod(norm x)).  (B, N, D) -> (B, N, p p C)."""
-    shift, scale = modulation_jvp(final.adaln, c, 2, final.mod_norm, eps)
+    shift, scale = modulation_jvp(final.adaln, silu_c, 2, final.mod_norm, eps)
     return linear_jvp(final.linear, *modulate_jvp(*norm_module_jvp(final.norm, x, tx),
                                                   shift, scale))
 
@@ -206,10 +209,10 @@ def forward_and_dfds(net: nn.Module, x: Tensor, t: Tensor | float, s: Tensor | f
     dtype; ``eps`` is the modulation norm's (``tvmlib.nn.dit.EPS``). The same numbers as
     ``torch.func.jvp(lambda s_: net(x, t, s_, y, w), (s,), (ones,))`` up to rounding."""
     net._check_x(x)
-    c = conditioning_jvp(net, x, t, s, y, w)  # (B, D) pair
+    silu_c = silu_jvp(*conditioning_jvp(net, x, t, s, y, w))  # (B, D) pair, every adaLN's input
     h = net.x_embedder(x).flatten(2).transpose(1, 2) + net.pos_embed  # (B, N, D); ḣ = 0
     th = None
     for block in net.blocks:
-        h, th = block_jvp(block, h, th, c, net.attn_backend, eps)
-    out, tout = final_layer_jvp(net.final_layer, h, th, c, eps)  # (B, N, p p C)
+        h, th = block_jvp(block, h, th, silu_c, net.attn_backend, eps)
+    out, tout = final_layer_jvp(net.final_layer, h, th, silu_c, eps)  # (B, N, p p C)
     return net.unpatchify(out).to(x.dtype), net.unpatchify(tout).to(x.dtype)
