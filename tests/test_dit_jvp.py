@@ -133,17 +133,18 @@ def test_layer_norm_gradients_match_finite_differences():
     def loss():
         return net.forward_and_dfds(x, t, s, y, w)[1].sin().sum()
 
+    def moved(p, idx, delta):  # the loss with p[idx] moved by delta
+        with torch.no_grad():
+            p[idx] += delta
+        value = loss().item()
+        with torch.no_grad():
+            p[idx] -= delta
+        return value
+
     loss().backward()
-    h = 1e-6
     for name, idx in (("blocks.0.attn.qkv.weight", (7, 3)), ("blocks.1.mlp.0.weight", (5, 2))):
         p = net.get_parameter(name)
-        with torch.no_grad():
-            p[idx] += h
-            up = loss()
-            p[idx] -= 2 * h
-            down = loss()
-            p[idx] += h
-        fd = ((up - down) / (2 * h)).item()
+        fd = (moved(p, idx, 1e-6) - moved(p, idx, -1e-6)) / 2e-6
         assert abs(p.grad[idx].item() - fd) < 1e-6 * abs(fd) + 1e-9, name
 
 
