@@ -96,21 +96,18 @@ def norm_jvp(x: Tensor, tx: Tensor | None, eps: float, center: bool = False,
         tx = tx.to(x.dtype)
         if center:
             tx = tx - tx.mean(-1, keepdim=True)
-        tn = torch.addcmul(tx, n, (n * tx).mean(-1, keepdim=True), value=-1) * inv_r
+        tn = (tx - n * (n * tx).mean(-1, keepdim=True)) * inv_r
     if weight is not None:
         n, tn = n * weight, (None if tn is None else tn * weight)
     return n.to(dtype), (None if tn is None else tn.to(dtype))
 
 
 def norm_module_jvp(norm: nn.Module, x: Tensor, tx: Tensor | None) -> Pair:
-    """The DiT's norms: nn.RMSNorm / nn.LayerNorm without bias (token norms, QK-norm with its
-    learnable scale) or nn.Identity (QK-norm off)."""
-    if isinstance(norm, nn.Identity):
-        return x, tx
+    """The DiT's token norms: nn.RMSNorm (TVM) or nn.LayerNorm (DiT), no bias."""
     if not isinstance(norm, (nn.RMSNorm, nn.LayerNorm)) or getattr(norm, "bias", None) is not None \
             or norm.eps is None:
         raise TypeError(f"no JVP for the norm {norm!r}: expected nn.RMSNorm or nn.LayerNorm with "
-                        "an explicit eps and no bias, or nn.Identity")
+                        "an explicit eps and no bias")
     return norm_jvp(x, tx, norm.eps, isinstance(norm, nn.LayerNorm), norm.weight)
 
 
@@ -119,16 +116,15 @@ def modulate_jvp(x: Tensor, tx: Tensor | None, shift: Pair, scale: Pair) -> Pair
     x, ẋ: (B, N, D); shift, scale and their tangents: (B, D)."""
     (shift, tshift), (scale, tscale) = shift, scale
     gain = 1 + scale[:, None]  # (B, 1, D)
-    y = torch.addcmul(shift[:, None], x, gain)
-    ty = torch.addcmul(tshift[:, None], x, tscale[:, None])
-    return y, (ty if tx is None else torch.addcmul(ty, tx, gain))
+    ty = x * tscale[:, None] + tshift[:, None]
+    return x * gain + shift[:, None], (ty if tx is None else ty + tx * gain)
 
 
 def gated_residual_jvp(x: Tensor, tx: Tensor | None, gate: Pair, h: Tensor, th: Tensor) -> Pair:
     """y = x + g h,  ẏ = ẋ + ġ h + g ḣ.   x, h and tangents: (B, N, D); g, ġ: (B, D)."""
     g, tg = gate[0][:, None], gate[1][:, None]  # (B, 1, D)
-    ty = torch.addcmul(tg * h if tx is None else torch.addcmul(tx, tg, h), g, th)
-    return torch.addcmul(x, g, h), ty
+    ty = g * th + tg * h
+    return x + g * h, (ty if tx is None else tx + ty)
 
 
 # --------------------------------------------------------------------- the DiT's modules
@@ -166,17 +162,28 @@ def modulation_jvp(adaln: nn.Sequential, silu_c: Pair, chunks: int, normalize: b
     return list(zip(m.unbind(-2), tm.unbind(-2)))
 
 
+def qk_norm_jvp(attn: nn.Module, qk: Tensor, tqk: Tensor) -> Pair:
+    """QK-norm of q and k in one call: qk (B, N, 2, H, d) with the learnable scales of q and k
+    stacked to (2, 1, d); as is if QK-norm is off (nn.Identity)."""
+    q_norm, k_norm = attn.q_norm, attn.k_norm
+    if isinstance(q_norm, nn.Identity) and isinstance(k_norm, nn.Identity):
+        return qk, tqk
+    if not (isinstance(q_norm, nn.RMSNorm) and isinstance(k_norm, nn.RMSNorm)
+            and q_norm.eps == k_norm.eps and q_norm.weight is not None):
+        raise TypeError(f"no JVP for the QK-norms {q_norm!r}, {k_norm!r}: expected two "
+                        "nn.RMSNorm with scales and one eps, or two nn.Identity")
+    weight = torch.stack([q_norm.weight, k_norm.weight])[:, None]  # (2, 1, d)
+    return norm_jvp(qk, tqk, q_norm.eps, weight=weight)
+
+
 def self_attention_jvp(attn: nn.Module, x: Tensor, tx: Tensor, backend: str | None) -> Pair:
     """``SelfAttention``: qkv Linear -> heads -> QK-norm -> attention -> proj.  x, ẋ: (B, N, D)."""
     B, N, D = x.shape
-
-    def heads(z: Tensor) -> tuple[Tensor, ...]:  # (B, N, 3D) -> q, k, v (B, H, N, d)
-        return z.reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-
-    qkv, tqkv = linear_jvp(attn.qkv, x, tx)
-    (q, k, v), (tq, tk, tv) = heads(qkv), heads(tqkv)
-    q, tq = norm_module_jvp(attn.q_norm, q, tq)
-    k, tk = norm_module_jvp(attn.k_norm, k, tk)
+    qkv, tqkv = (z.unflatten(-1, (3, attn.num_heads, attn.head_dim))  # (B, N, 3, H, d)
+                 for z in linear_jvp(attn.qkv, x, tx))
+    qk, tqk = qk_norm_jvp(attn, qkv[:, :, :2], tqkv[:, :, :2])  # (B, N, 2, H, d)
+    (q, k), (tq, tk) = qk.permute(2, 0, 3, 1, 4), tqk.permute(2, 0, 3, 1, 4)  # (B, H, N, d)
+    v, tv = qkv[:, :, 2].transpose(1, 2), tqkv[:, :, 2].transpose(1, 2)
     o, to = attention_jvp(q, k, v, tq, tk, tv, backend)  # (B, H, N, d)
     return linear_jvp(attn.proj, o.transpose(1, 2).reshape(B, N, D),
                       to.transpose(1, 2).reshape(B, N, D))
