@@ -17,17 +17,19 @@ variant of the ablation (``configs/experiments/lipschitz_ablation.yaml``) and pe
 - ``top_level`` and ``all``: the ``aten::`` operators the PyTorch profiler records, those not
   called by another aten op and all of them. Under ``torch.func.jvp`` the tangent ops run nested
   in their primal op, so ``top_level`` undercounts that path; ``kernels`` does not.
-- with ``--time N``: ``ms_median`` (and ``ms_all``), the CPU time of N steps after a warm-up,
-  with ``threads`` CPU threads, the rows' steps interleaved.
+- with ``--time N``: ``ms_median`` and ``cpu_ms_median`` (and every value, ``ms_all``,
+  ``cpu_ms_all``), the wall-clock and the CPU time of N steps after a warm-up, with
+  ``threads`` CPU threads (``--threads``), the rows' steps interleaved.
 
     python -m tvmlib.apps.bench.op_count [--preset DiT-S/2] [--variants off on ...]
-        [--jvp fused func] [--batch 2] [--time 5] [--out figures/op_count_DiT-S-2.json]
+        [--jvp fused func] [--batch 2] [--time 5] [--threads 1]
+        [--out figures/op_count_DiT-S-2.json]
 
 Attention runs on the ``math`` backend (the Triton kernel needs a GPU); on a GPU the ``triton``
 backend replaces each attention's softmax, JVP and backward ops by a few kernels, so the absolute
 counts there are lower, while the differences between variants (the norms) stay.
 Results: ``{"provenance", "results": {"preset", "batch", "threads", "rows": [{"variant",
-"jvp", "kernels", "top_level", "all"[, "ms_median", "ms_all"]}]}}``.
+"jvp", "kernels", "top_level", "all"[, "ms_median", "cpu_ms_median", ...]}]}}``.
 """
 
 from __future__ import annotations
@@ -119,16 +121,19 @@ def count_ops(step: Callable[[], None]) -> dict:
 
 
 def time_steps(steps: list[Callable[[], None]], n: int) -> list[dict]:
-    """[{"ms_median", "ms_all"}] per step: wall-clock milliseconds of ``n`` calls of each,
-    interleaved (one call of each in turn), so that a change in the machine's load during the
-    run hits every step alike."""
-    times = [[] for _ in steps]
+    """Per step, the wall-clock and the CPU milliseconds (this process, all its threads) of ``n``
+    calls: {"ms_median", "ms_all", "cpu_ms_median", "cpu_ms_all"}. The calls are interleaved
+    (one of each step in turn), so that a change in the machine's load hits every step alike;
+    on a shared machine the CPU time is the steadier measure."""
+    wall, cpu = [[] for _ in steps], [[] for _ in steps]
     for _ in range(n):
-        for step, ms in zip(steps, times):
-            t0 = time.perf_counter()
+        for step, w, c in zip(steps, wall, cpu):
+            t0, c0 = time.perf_counter(), time.process_time()
             step()
-            ms.append(1e3 * (time.perf_counter() - t0))
-    return [{"ms_median": statistics.median(ms), "ms_all": ms} for ms in times]
+            w.append(1e3 * (time.perf_counter() - t0))
+            c.append(1e3 * (time.process_time() - c0))
+    return [{"ms_median": statistics.median(w), "ms_all": w, "cpu_ms_median": statistics.median(c),
+             "cpu_ms_all": c} for w, c in zip(wall, cpu)]
 
 
 def count_step_ops(preset: str, variant: str, batch: int = 2, seed: int = 0,
@@ -149,9 +154,13 @@ def main(argv: list[str] | None = None) -> dict:
                     "depend on it)")
     ap.add_argument("--time", type=int, default=0, metavar="N",
                     help="also time N steps on the CPU (median; default 0: no timing)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's; 1 makes the CPU time exact)")
     ap.add_argument("--out", default=None, help="JSON path (default: "
                     "figures/op_count_<preset>.json)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows, steps = [], []
     for variant, jvp in itertools.product(args.variants, args.jvp):
         step = make_step(args.preset, variant, jvp, args.batch)
@@ -162,8 +171,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.time:
         for row, timing in zip(rows, time_steps(steps, args.time)):
             row.update(timing)
-            print(f"{row['variant']:14s} {row['jvp']:6s} {row['ms_median']:9.1f} ms / step "
-                  f"(median of {args.time})", flush=True)
+            print(f"{row['variant']:14s} {row['jvp']:6s} {row['ms_median']:9.1f} ms / step, "
+                  f"{row['cpu_ms_median']:9.1f} CPU ms (medians of {args.time})", flush=True)
     prov = provenance(command="python -m tvmlib.apps.bench.op_count " + " ".join(
         sys.argv[1:] if argv is None else argv), seed=0)
     results = {"preset": args.preset, "batch": args.batch, "attn_backend": "math",
