@@ -149,11 +149,14 @@ def test_layer_norm_gradients_match_finite_differences():
 
 
 def test_bf16_autocast_keeps_dtypes_and_agrees_within_bf16():
-    net = tiny_dit().float()
-    x, t, s, y, w = (v if v is None or not v.is_floating_point() else v.float()
+    """Under bf16 autocast (the GPU runs' precision; on the GPU too when there is one) the error
+    against fp32 is at most twice that of torch.func.jvp under the same autocast."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    net = tiny_dit().float().to(device)
+    x, t, s, y, w = (v.to(device, torch.float32) if v.is_floating_point() else v.to(device)
                      for v in inputs())
     F_ref, dF_ref = func_jvp(net, x, t, s, y, w)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=torch.bfloat16):
         F_, dF = net.forward_and_dfds(x, t, s, y, w)
         F_func, dF_func = func_jvp(net, x, t, s, y, w)
     assert F_.dtype == dF.dtype == torch.float32
