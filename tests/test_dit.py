@@ -346,7 +346,7 @@ def test_op_count_per_variant(tmp_path):
 
     out = tmp_path / "ops.json"
     res = op_count.main(["--preset", "DiT-T/8", "--variants", "off", "spectral_init", "mod_norm",
-                         "on", "--out", str(out)])
+                         "on", "--jvp", "fused", "--time", "1", "--out", str(out)])
     ops = {r["variant"]: r["top_level"] for r in res["rows"]}
     assert json.loads(out.read_text())["results"]["rows"] == res["rows"]
     assert ops["spectral_init"] == ops["off"]  # an initialisation adds no operator
@@ -355,5 +355,11 @@ def test_op_count_per_variant(tmp_path):
     # forward, JVP and backward); one call per chunk cost about 300
     layers = len(dit_from_preset("DiT-T/8").blocks) + 1
     assert ops["mod_norm"] - ops["off"] < 120 * layers
+    assert all(r["jvp"] == "fused" and len(r["ms_all"]) == 1 and r["ms_median"] > 0
+               for r in res["rows"])
+    # the fused dF/ds launches fewer operators than torch.func.jvp (dispatch-level count)
+    fused = next(r for r in res["rows"] if r["variant"] == "on")
+    func = op_count.count_step_ops("DiT-T/8", "on", jvp="func")
+    assert fused["kernels"] < 0.85 * func["kernels"]
     with pytest.raises(ValueError, match="unknown variant"):
         op_count.count_step_ops("DiT-T/8", "of")

@@ -471,11 +471,16 @@ def test_train_step_benchmark_rows_on_cpu(tmp_path, monkeypatch):
     out = tmp_path / "bench.json"
     B.main(["--device", "cpu", "--models", "DiT-T/2", "--batch", "2", "--input-size", "4",
             "--steps", "2", "--warmup", "1", "--backends", "math", "sdpa", "triton",
-            "--no-amp", "--out", str(out)])
+            "--no-amp", "--jvp", "func", "fused", "--out", str(out)])
     saved = json.loads(out.read_text())
-    rows = {r["backend"]: r for r in saved["results"]["rows"]}
-    keys = {"model", "backend", "batch", "ms_per_step", "images_per_s", "peak_mem_gb", "status"}
+    rows = {r["backend"]: r for r in saved["results"]["rows"]}  # the fused rows (listed last)
+    keys = {"model", "backend", "batch", "jvp", "ms_per_step", "images_per_s", "peak_mem_gb",
+            "status"}
     assert all(keys <= set(r) for r in rows.values())
+    func = [r for r in saved["results"]["rows"] if r["jvp"] == "func"]
+    assert [r["backend"] for r in func] == ["math", "sdpa", "triton"]
+    assert rows["math"]["jvp"] == "fused" and func[0]["status"] == "ok"
+    assert rows["math"]["loss"] == pytest.approx(func[0]["loss"], rel=1e-4)  # the same step
     assert rows["math"]["status"] == "ok" and rows["math"]["ms_per_step"] > 0
     assert rows["math"]["images_per_s"] == pytest.approx(2e3 / rows["math"]["ms_per_step"])
     assert np.isfinite(rows["math"]["loss"]) and len(rows["math"]["ms_all"]) == 2

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tvmlib.experiments.runner import train_run
 from tvmlib.training.build import loop_config, micro_batches
@@ -90,6 +91,10 @@ def test_a_run_folder_resumes_only_its_own_settings(tmp_path):
     quiet = dict(log=lambda msg: None)
     cfg = load_config(SMOKE, [f"out_dir={tmp_path}", "train.steps=2"])
     assert train_run(cfg, **quiet).step == 2
+    stored = tmp_path / "config.yaml"  # a folder from before a key existed: that key's default
+    values = yaml.safe_load(stored.read_text())
+    assert values["model"].pop("jvp") == "fused"
+    stored.write_text(yaml.safe_dump(values))
     longer = load_config(SMOKE, [f"out_dir={tmp_path}", "train.steps=4"])
     assert train_run(longer, **quiet).step == 4
     other = load_config(SMOKE, [f"out_dir={tmp_path}", "train.steps=4", "train.lr=0.5"])

@@ -139,10 +139,11 @@ def table_train_step() -> str:
     out = []
     for path in files:
         d = json.loads(path.read_text())
-        rows = [[r["model"], r["backend"], "on" if r.get("cuda_graph") else "off", r["batch"],
-                 r["ms_per_step"], r["images_per_s"], r["peak_mem_gb"], r["status"]]
-                for r in d["results"]["rows"]]
-        out.append(_table(["model", "attention", "CUDA graph", "batch", "ms / step",
+        rows = [[r["model"], r["backend"], "on" if r.get("cuda_graph") else "off",
+                 r.get("jvp", "func"), r["batch"], r["ms_per_step"], r["images_per_s"],
+                 r["peak_mem_gb"], r["status"]]
+                for r in d["results"]["rows"]]  # files from before model.jvp used torch.func
+        out.append(_table(["model", "attention", "CUDA graph", "dF/ds", "batch", "ms / step",
                            "images / s", "peak GB", "status"], rows)
                    + "\n\n" + _source(path.name, d["provenance"]))
     return "\n\n".join(out)

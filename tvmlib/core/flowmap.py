@@ -103,14 +103,27 @@ def velocity(net: nn.Module, x: Tensor, t: Tensor, y: Tensor | None = None,
 def displacement_and_dfds(net: nn.Module, x: Tensor, t: Tensor, s: Tensor,
                           y: Tensor | None = None, w: Tensor | float | None = None,
                           scale_param: bool = False) -> tuple[Tensor, Tensor]:
-    """(f_theta(x, t, s), d/ds f_theta(x, t, s)) from one ``torch.func.jvp`` (Eq. 17).
+    """(f_theta(x, t, s), d/ds f_theta(x, t, s)) (Eq. 17), in one of two ways, chosen by the
+    network's ``jvp`` attribute (the same numbers up to rounding):
 
-    The tangent is 1 on s and 0 on x and t, so the JVP differentiates only through the network's
-    gap input t - s and the (s - t) prefactor. Both outputs carry gradients w.r.t. the network
-    parameters (double-mode AD: reverse through forward).
+    - "fused" (the DiT's default): the network's own ``forward_and_dfds`` returns F and dF/ds
+      from one pass that carries the tangent (:mod:`tvmlib.nn.dit_jvp`), and
+      d/ds f = [w] (F + (s - t) dF/ds).
+    - "func" (any network without a ``jvp`` attribute, e.g. ``MLP2D``): one ``torch.func.jvp``
+      of f in s, with tangent 1 on s and 0 on x and t, so it differentiates only through the
+      network's gap input t - s and the (s - t) prefactor.
+
+    Both outputs carry gradients w.r.t. the network parameters (reverse through forward).
     """
     check_times(t, s)
     check_guidance(w)
+    mode = getattr(net, "jvp", "func")
+    if mode == "fused":
+        F, dFds = net.forward_and_dfds(x, t, s, y, w)
+        gap, scale = _bcast(s - t, x), _out_scale(w, scale_param, x)
+        return gap * scale * F, scale * (F + gap * dFds)
+    if mode != "func":
+        raise ValueError(f"net.jvp must be 'fused' or 'func', got {mode!r}")
 
     def f_of_s(s_: Tensor) -> Tensor:
         return _displacement(net, x, t, s_, y, w, scale_param)

@@ -23,6 +23,7 @@ or for a whole block of code::
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Iterator
 
 import torch
@@ -83,7 +84,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, backend: str | None = None) -> Te
         return math_attention(q, k, v)
     if backend == "sdpa":
         return _sdpa(q, k, v)
-    return _triton_attention()(q, k, v)
+    return _triton_attention("attention")(q, k, v)
 
 
 def math_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -95,6 +96,48 @@ def math_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     low_precision = scores.dtype in (torch.float16, torch.bfloat16)
     p = torch.softmax(scores.float() if low_precision else scores, dim=-1)
     return p.to(v.dtype) @ v  # (B, H, Nq, d)
+
+
+def attention_jvp(q: Tensor, k: Tensor, v: Tensor, tq: Tensor, tk: Tensor, tv: Tensor,
+                  backend: str | None = None) -> tuple[Tensor, Tensor]:
+    """Attention O and its tangent Ȯ along (q̇, k̇, v̇), both differentiable by reverse mode.
+
+    The explicit counterpart of ``torch.func.jvp`` of :func:`attention`, for networks that carry
+    tangents themselves (:mod:`tvmlib.nn.dit_jvp`). q, q̇: (B, H, Nq, d); k, v, k̇, v̇: (B, H, Nk, d).
+    ``backend``: "math" (:func:`math_attention_jvp`), "triton" (the fused kernel's
+    ``attention_with_jvp``) or None for the default; "sdpa" has no JVP and raises
+    :class:`AttentionJVPError`.
+    """
+    backend = check_backend(_default_backend if backend is None else backend)
+    _check_shapes(q, k, v)
+    if backend == "math":
+        return math_attention_jvp(q, k, v, tq, tk, tv)
+    if backend == "sdpa":
+        raise AttentionJVPError(_JVP_MESSAGE)
+    return _triton_attention("attention_with_jvp")(q, k, v, tq, tk, tv)
+
+
+def math_attention_jvp(q: Tensor, k: Tensor, v: Tensor, tq: Tensor, tk: Tensor, tv: Tensor
+                       ) -> tuple[Tensor, Tensor]:
+    """(O, Ȯ) in plain PyTorch ops (docs/jvp_attention.md §1), per (batch, head):
+
+        S = s Q Kᵀ,  P = softmax(S),  O = P V               (s = 1/sqrt(d))
+        Ṡ = s (Q̇ Kᵀ + Q K̇ᵀ) = s [Q, Q̇] [K̇, K]ᵀ,  μ = rowsum(P ∘ Ṡ)
+        Ȯ = Ṗ V + P V̇  with  Ṗ = P ∘ (Ṡ − μ);  P [V, V̇] gives O and P V̇ in one matmul
+
+    Half-precision scores are soft-maxed in float32, as in :func:`math_attention`.
+    """
+    d = q.shape[-1]
+    q_and_tq = torch.cat([q, tq], -1) * d ** -0.5  # (B, H, Nq, 2d): s [Q, Q̇]
+    scores = q_and_tq[..., :d] @ k.transpose(-2, -1)  # (B, H, Nq, Nk)
+    scores_dot = q_and_tq @ torch.cat([tk, k], -1).transpose(-2, -1)
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        scores, scores_dot = scores.float(), scores_dot.float()
+    p = torch.softmax(scores, dim=-1)
+    mu = (p * scores_dot).sum(-1, keepdim=True)  # (B, H, Nq, 1): the tangent of the row LSE
+    p_dot = (p * (scores_dot - mu)).to(v.dtype)
+    o_and_p_tv = p.to(v.dtype) @ torch.cat([v, tv], -1)  # (B, H, Nq, 2d): [P V, P V̇]
+    return o_and_p_tv[..., :d], p_dot @ v + o_and_p_tv[..., d:]
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -128,17 +171,17 @@ def _has_tangent(x: Tensor) -> bool:
     return forward_ad.unpack_dual(x).tangent is not None
 
 
-def _triton_attention():
-    """Import ``tvmlib.kernels.attention`` on first use; say why if it cannot be imported."""
+def _triton_attention(name: str):
+    """Import ``tvmlib.kernels.<name>`` on first use; say why if it cannot be imported."""
     try:
-        from tvmlib.kernels import attention as triton_attention
+        kernels = importlib.import_module("tvmlib.kernels")
     except Exception as err:  # any import failure means "unavailable"; chained, never silent
         raise RuntimeError(
-            "attention backend 'triton' is unavailable: importing tvmlib.kernels.attention "
+            f"attention backend 'triton' is unavailable: importing tvmlib.kernels.{name} "
             f"failed with {type(err).__name__}: {err}. It needs Triton and a CUDA GPU; use "
             "backend 'math' (supports JVP on any device) or 'sdpa' (no JVP) instead."
         ) from err
-    return triton_attention
+    return getattr(kernels, name)
 
 
 def _check_shapes(q: Tensor, k: Tensor, v: Tensor) -> None:
@@ -158,9 +201,11 @@ __all__ = [
     "BACKENDS",
     "AttentionJVPError",
     "attention",
+    "attention_jvp",
     "check_backend",
     "get_attention_backend",
     "math_attention",
+    "math_attention_jvp",
     "set_attention_backend",
     "use_attention",
 ]

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tvmlib.nn.attention import attention, check_backend
+from tvmlib.nn.dit_jvp import check_jvp_mode, forward_and_dfds
 from tvmlib.nn.embedding import (
     check_labels,
     per_sample,
@@ -207,28 +208,21 @@ class DiT(nn.Module):
         attn_backend: "math", "sdpa", "triton", or None for the default of
             :mod:`tvmlib.nn.attention` ("math" unless changed). Settable later:
             ``net.attn_backend = "sdpa"``.
+        jvp: how :func:`tvmlib.core.flowmap.displacement_and_dfds` gets dF/ds: "fused" (this
+            net's :meth:`forward_and_dfds`, the default) or "func" (``torch.func.jvp``).
+            Settable later: ``net.jvp = "func"``.
         freq_dim: number of sinusoidal features per time embedder.
         time_scale: t, t - s and 1/w are multiplied by this before the sinusoidal features.
             TVM embeds the raw t in [0, 1] (1.0, the default); DiT's diffusion code used
             t in [0, 1000]. A large scale makes d/ds of the features, and so the JVP, large.
     """
 
-    def __init__(
-        self,
-        input_size: int | tuple[int, int] = 32,
-        patch_size: int = 2,
-        in_channels: int = 4,
-        hidden_size: int = 1152,
-        depth: int = 28,
-        num_heads: int = 16,
-        mlp_ratio: float = 4.0,
-        num_classes: int = 1000,
-        guidance: bool = False,
-        lipschitz: LipschitzConfig | None = None,
-        attn_backend: str | None = None,
-        freq_dim: int = 256,
-        time_scale: float = 1.0,
-    ):
+    def __init__(self, input_size: int | tuple[int, int] = 32, patch_size: int = 2,
+                 in_channels: int = 4, hidden_size: int = 1152, depth: int = 28,
+                 num_heads: int = 16, mlp_ratio: float = 4.0, num_classes: int = 1000,
+                 guidance: bool = False, lipschitz: LipschitzConfig | None = None,
+                 attn_backend: str | None = None, freq_dim: int = 256, time_scale: float = 1.0,
+                 jvp: str = "fused"):
         super().__init__()
         H, W = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
         if H % patch_size or W % patch_size:
@@ -240,7 +234,7 @@ class DiT(nn.Module):
         self.hidden_size, self.num_heads = hidden_size, num_heads
         self.num_classes, self.guidance = num_classes, guidance
         self.lipschitz = LipschitzConfig() if lipschitz is None else lipschitz
-        self.attn_backend = attn_backend
+        self.attn_backend, self.jvp = attn_backend, check_jvp_mode(jvp)
 
         self.x_embedder = nn.Conv2d(in_channels, hidden_size, patch_size, stride=patch_size)
         pos = sincos_pos_embed_2d(hidden_size, *self.grid)[None]  # (1, N, D)
@@ -319,6 +313,13 @@ class DiT(nn.Module):
         for block in self.blocks:
             h = block(h, c, self.attn_backend)
         return self.unpatchify(self.final_layer(h, c)).to(x.dtype)
+
+    def forward_and_dfds(self, x: Tensor, t: Tensor | float, s: Tensor | float,
+                         y: Tensor | None = None, w: Tensor | float | None = None
+                         ) -> tuple[Tensor, Tensor]:
+        """(F, dF/ds), each (B, C, H, W), from one pass carrying the tangent ds = 1
+        (:mod:`tvmlib.nn.dit_jvp`); what ``displacement_and_dfds`` uses when ``jvp="fused"``."""
+        return forward_and_dfds(self, x, t, s, y, w, EPS)
 
     def conditioning(self, x: Tensor, t: Tensor | float, s: Tensor | float | None = None,
                      y: Tensor | None = None, w: Tensor | float | None = None) -> Tensor:

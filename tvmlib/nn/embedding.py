@@ -18,14 +18,32 @@ def sinusoidal_embedding(
     Frequencies f_k = max_period^(-k / (dim/2)), k = 0..dim/2 - 1 (the transformer / DiT
     embedding). ``scale`` stretches t in [0, 1] so the high frequencies resolve small gaps.
     """
+    t, freqs = _time_and_frequencies(t, dim, max_period)
+    args = scale * t[:, None] * freqs[None]  # (B, half)
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def sinusoidal_embedding_jvp(t: Tensor, dt: Tensor, dim: int, scale: float = 1000.0,
+                             max_period: float = 10000.0) -> tuple[Tensor, Tensor]:
+    """The embedding e(t) (B, dim) of :func:`sinusoidal_embedding` and its tangent along dt (B,):
+
+        a_k = scale t f_k,  e = [cos a, sin a],  de = [-sin a, cos a] * scale f_k dt
+    """
+    t, freqs = _time_and_frequencies(t, dim, max_period)
+    args = scale * t[:, None] * freqs[None]  # (B, half)
+    cos, sin = torch.cos(args), torch.sin(args)
+    dargs = scale * dt.to(t.dtype)[:, None] * freqs[None]  # (B, half)
+    return torch.cat([cos, sin], dim=-1), torch.cat([-sin * dargs, cos * dargs], dim=-1)
+
+
+def _time_and_frequencies(t: Tensor, dim: int, max_period: float) -> tuple[Tensor, Tensor]:
+    """t in at least fp32 (fp64 stays fp64) and the dim/2 frequencies f_k in its dtype."""
     if dim % 2:
         raise ValueError(f"embedding dim must be even, got {dim}")
     half = dim // 2
-    t = t.to(torch.promote_types(t.dtype, torch.float32))  # at least fp32, fp64 stays fp64
+    t = t.to(torch.promote_types(t.dtype, torch.float32))
     k = torch.arange(half, device=t.device, dtype=t.dtype)
-    freqs = torch.exp(-math.log(max_period) * k / half)
-    args = scale * t[:, None] * freqs[None]  # (B, half)
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return t, torch.exp(-math.log(max_period) * k / half)
 
 
 def per_sample(v: Tensor | float, B: int, x: Tensor, name: str) -> Tensor:

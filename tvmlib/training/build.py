@@ -57,7 +57,8 @@ def build_model(cfg: RunConfig) -> nn.Module:
                      num_classes=num_classes(cfg), guidance=m.guidance, **extra)
     kwargs = dict(input_size=m.input_size, in_channels=m.in_channels,
                   num_classes=num_classes(cfg), guidance=m.guidance,
-                  lipschitz=LipschitzConfig(**asdict(m.lipschitz)), attn_backend=m.attn_backend)
+                  lipschitz=LipschitzConfig(**asdict(m.lipschitz)), attn_backend=m.attn_backend,
+                  jvp=m.jvp)
     from tvmlib.nn.dit import DIT_PRESETS
 
     if m.preset != "DiT" and m.preset not in DIT_PRESETS:
@@ -200,6 +201,9 @@ def check_resume(cfg: RunConfig) -> None:
     if not (cfg.run_dir / "checkpoint.pt").exists() or not stored.exists():
         return
     old, new = yaml.safe_load(stored.read_text()) or {}, config_to_dict(cfg)
+    for sec, values in config_to_dict(RunConfig()).items():  # keys newer than the folder's
+        if isinstance(values, dict) and isinstance(old.get(sec), dict):  # config: defaults
+            old[sec] = {**values, **old[sec]}
     for values in (old, new):
         for key in RESUMABLE:
             (values.get("train") or {}).pop(key, None)

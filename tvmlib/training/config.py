@@ -52,7 +52,8 @@ class LipschitzSection:
 @dataclass
 class ModelConfig:
     """A DiT preset (``tvmlib.nn.dit.DIT_PRESETS``), ``DiT`` (every size given here) or ``MLP2D``
-    (the 2D toys). Size keys left None take the preset's (MLP2D: hidden 256, depth 4)."""
+    (the 2D toys). Size keys left None take the preset's (MLP2D: hidden 256, depth 4).
+    ``attn_backend``, ``jvp`` and ``lipschitz`` are the DiT's; MLP2D always uses torch.func.jvp."""
 
     preset: str = "DiT-S/2"
     input_size: int = 32
@@ -60,6 +61,7 @@ class ModelConfig:
     num_classes: int = 10
     guidance: bool = True  # w (through 1/w) is a network input: TVM's folded CFG
     attn_backend: str = "math"  # math | sdpa | triton (training TVM needs math or triton)
+    jvp: str = "fused"  # DiT's d/ds F: fused (DiT.forward_and_dfds) | func (torch.func.jvp)
     lipschitz: LipschitzSection = field(default_factory=LipschitzSection)
     depth: int | None = None
     hidden_size: int | None = None
