@@ -30,6 +30,7 @@ nb_execution_mode = "off"
 nb_ipywidgets_js = {}  # live widgets need a kernel; their stored static fallback is shown
 nb_mime_priority_overrides = [("html", "application/vnd.jupyter.widget-view+json", None)]
 myst_enable_extensions = ["dollarmath", "amsmath", "html_image"]
+nb_render_markdown_format = "myst"  # outputs too: their <img> become images Sphinx copies
 myst_heading_anchors = 3
 
 html_theme = "sphinx_book_theme"

@@ -29,13 +29,28 @@ FM = """def flow_matching_loss(net, x0, eps, t):
     return (net(xt, t, t) - (eps - x0)).square().mean()
     ### END SOLUTION"""
 SIGN_ERROR = ("return (x_j - x_i) / gap", "return (x_i - x_j) / gap")
+# The toy's own check of exercise 1 (defined in the notebook, as a teacher might).
+CHECK_CMT = """import torch
+
+def check_cmt_target(fn):
+    g = torch.Generator().manual_seed(0)
+    x_i, x_j = torch.randn(5, 2, generator=g), torch.randn(5, 2, generator=g)
+    t_i = 0.5 + 0.5 * torch.rand(5, generator=g)
+    t_j = 0.5 * t_i
+    want = (x_j - x_i) / (t_j - t_i)[:, None]
+    got = fn(x_i, t_i, x_j, t_j)
+    assert not torch.allclose(got, -want), (
+        "check_cmt_target: sign error: the target is (x_j - x_i) / (t_j - t_i); flipping one "
+        "of the two differences flips the sign")
+    assert torch.allclose(got, want), "check_cmt_target: wrong target"
+"""
 
 
 def master_notebook() -> nbformat.NotebookNode:
     cells = [
         new_markdown_cell("# Toy master"),
         new_code_cell('scale = "default"', metadata={"tags": ["parameters"]}),
-        new_code_cell("from tvmlib.teach.exercises import check_cmt_target, check_fm_loss"),
+        new_code_cell("from tvmlib.teach.exercises import check_fm_loss\n" + CHECK_CMT),
         new_markdown_cell("### Exercise 1: the CMT target"),
         new_code_cell(CMT, execution_count=3, metadata={"papermill": {"duration": 0.1}},
                       outputs=[new_output("stream", name="stdout", text="hi\n")]),
