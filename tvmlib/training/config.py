@@ -78,6 +78,7 @@ class LossConfig:
     scale_param: bool = True  # tvm: f = (s - t) w F
     frac_equal: float = 0.0
     detach_jvp: bool = False
+    adaptive_power: float = 1.0  # meanflow: weight 1 / (||Delta||^2 + c)^p (paper 1; 0: MSE)
     teacher: str | None = None  # cmt: the teacher run (a run of the experiment) or checkpoint
     solver: str = "dpm++2m"  # cmt: the teacher's ODE solver
     solver_steps: int = 16
@@ -113,6 +114,7 @@ class TrainSection:
     cuda_graph: bool = False  # replay loss + backward as a CUDA graph (tvmlib.training.graphs)
     time_budget_s: float | None = None  # stop training after this many (GPU) seconds
     total_budget_s: float | None = None  # ... counting the runs it starts from and its setup
+    flop_budget: float | None = None  # train this many FLOPs: steps = budget / FLOPs of a step
 
 
 @dataclass
@@ -126,7 +128,7 @@ class EvalConfig:
     grid: str = "uniform"  # uniform | logsnr
     cfg_scale: float | None = None  # w of a guidance input; fm: classifier-free guidance
     batch_size: int = 250
-    metric: str = "classifier_fd"  # classifier_fd | inception_fid | features_fd | none
+    metric: str = "classifier_fd"  # classifier_fd | inception_fid | features_fd | w2 (toys) | none
     inception_weights: str | None = None
     reference_stats: str | None = None  # .npz with mu, sigma
     features: str | None = None  # features_fd: "package.module:function"
@@ -189,7 +191,7 @@ CHOICES = {  # string values from a fixed list
     "train.amp": ("auto", "bf16", "off"),
     "eval.solver": ("auto", "euler", "heun", "dpm++2m", "flowmap"),
     "eval.grid": ("uniform", "logsnr"),
-    "eval.metric": ("classifier_fd", "inception_fid", "features_fd", "none"),
+    "eval.metric": ("classifier_fd", "inception_fid", "features_fd", "w2", "none"),
     "eval.attn_backend": ("math", "sdpa", "triton"),
     "eval.precision": ("fp32", "fp64", "bf16"),
 }
@@ -218,6 +220,11 @@ def check_values(cfg: RunConfig) -> RunConfig:
         if not math.isfinite(v) or v < 0 or (v == 0 and key in POSITIVE):
             fail(key, "must be > 0" if key in POSITIVE else "must be >= 0")
     t, e = cfg.train, cfg.eval
+    if e.metric == "w2" and (not cfg.data.dataset.startswith("toy:") or e.every):
+        fail("eval.metric", "w2 scores the 2D toys (data.dataset toy:<name>) at the end of a "
+                            "run (eval.every 0)")
+    if t.flop_budget is not None and not t.flop_budget > 0:
+        fail("train.flop_budget", "must be > 0 or null (train.steps decides)")
     if t.grad_clip is not None and not t.grad_clip > 0:
         fail("train.grad_clip", "must be > 0 or null (no clipping)")
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
