@@ -14,6 +14,8 @@ u(x, t) = sum_k P(k | x_t = x) u(x, t | k) (closed form; its flow map is not).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -127,3 +129,62 @@ class GaussianMixtureFlow(nn.Module):
             raise ValueError("GaussianMixtureFlow has no closed-form flow map: call it with "
                              "s = t (a velocity)")
         return self.velocity(x, t, y)
+
+
+def _log_mass(alpha: Tensor, beta: Tensor) -> Tensor:
+    """log(Phi(beta) - Phi(alpha)) for alpha < beta, stable in both tails (an interval right of
+    the mean is reflected to the left, where log Phi is accurate)."""
+    flip = alpha > 0
+    lo, hi = torch.where(flip, -beta, alpha), torch.where(flip, -alpha, beta)
+    l_hi, l_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
+    return l_hi + torch.log1p(-torch.exp(l_lo - l_hi))
+
+
+class BoxMixtureFlow(nn.Module):
+    """Exact velocity of the linear path from the uniform density on a union of disjoint boxes
+    (the checkerboard) to N(0, I).
+
+    Given x_t = x the posterior of x0 is the uniform prior times N(x0; x / (1 - t), r^2 I),
+    r = t / (1 - t): per box a product of truncated normals, so E[x0 | x_t = x] is closed form
+    (normal CDFs) and u(x, t) = (x - E[x0 | x_t = x]) / t. Defined for 0 < t < 1. The
+    density must be uniform on the union (each box weighs its volume, as the checkerboard's).
+
+    Args:
+        lower, upper: (K, d) box corners (boxes disjoint; the density is uniform on their union).
+    """
+
+    def __init__(self, lower: Tensor, upper: Tensor):
+        super().__init__()
+        lo, hi = (torch.as_tensor(a, dtype=torch.float64) for a in (lower, upper))
+        if lo.shape != hi.shape or lo.dim() != 2 or not bool((hi > lo).all()):
+            raise ValueError(f"lower and upper must be (K, d) with upper > lower, got "
+                             f"{tuple(lo.shape)} and {tuple(hi.shape)}")
+        self.register_buffer("lo", lo)
+        self.register_buffer("hi", hi)
+        self.num_classes, self.dim = 0, lo.shape[1]
+
+    def _posterior(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(log mass of each box under the Gaussian (B, K), truncated means (B, K, d))."""
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])[:, None, None]
+        mu, r = x[:, None] / (1 - t), t / (1 - t)  # (B, 1, d), (B, 1, 1)
+        alpha, beta = (self.lo[None] - mu) / r, (self.hi[None] - mu) / r  # (B, K, d)
+        log_p = _log_mass(alpha, beta)
+        log_phi = -0.5 * torch.stack([alpha, beta]).square() - 0.5 * math.log(2 * math.pi)
+        mean = mu + r * (torch.exp(log_phi[0] - log_p) - torch.exp(log_phi[1] - log_p))
+        return log_p.sum(-1), mean
+
+    def posterior_mean(self, x: Tensor, t: Tensor) -> Tensor:
+        """E[x0 | x_t = x]: (B, d)."""
+        log_p, mean = self._posterior(x, t)
+        w = torch.softmax(log_p, dim=1)  # a uniform density: box k weighs its Gaussian mass
+        return (w[..., None] * mean).sum(1)
+
+    def velocity(self, x: Tensor, t: Tensor) -> Tensor:
+        """u(x, t) = E[eps - x0 | x_t = x] = (x - E[x0 | x_t = x]) / t: (B, d)."""
+        tt = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])[:, None]
+        return (x - self.posterior_mean(x, t)) / tt
+
+    def forward(self, x: Tensor, t: Tensor, s: Tensor | None = None, y=None, w=None) -> Tensor:
+        if s is not None and not bool((torch.as_tensor(s) == torch.as_tensor(t)).all()):
+            raise ValueError("BoxMixtureFlow has no closed-form flow map: call it with s = t")
+        return self.velocity(x, t)

@@ -52,6 +52,14 @@ def _checkerboard(n: int, g: torch.Generator) -> tuple[Tensor, None]:
     return torch.stack([x1, x2], dim=1), None
 
 
+def checkerboard_boxes() -> tuple[Tensor, Tensor]:
+    """The checkerboard's 8 squares as boxes: lower and upper corners, each (8, 2) float64 (its
+    density is uniform on their union: ``tvmlib.core.analytic.BoxMixtureFlow``)."""
+    cells = [(col, row) for col in range(4) for row in range(col % 2, 4, 2)]
+    lower = torch.tensor(cells, dtype=torch.float64) - 2
+    return lower, lower + 1
+
+
 def _spiral(n: int, g: torch.Generator) -> tuple[Tensor, None]:
     """A noisy Archimedean spiral scaled to about [-2, 2]^2 (no labels)."""
     r = torch.sqrt(torch.rand(n, generator=g))
