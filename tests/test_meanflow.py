@@ -9,8 +9,6 @@ from torch import nn
 from tvmlib.core.analytic import GaussianFlow, GaussianMixtureFlow
 from tvmlib.core.losses import MeanFlowLoss
 from tvmlib.core.solvers import sample
-from tvmlib.data.toy2d import ToySource
-from tvmlib.nn import MLP2D
 from tvmlib.training import TrainConfig, train
 
 torch.set_num_threads(1)
@@ -86,38 +84,58 @@ def test_adaptive_weight_biases_the_fixed_point_on_a_mixture():
     assert float(g.abs().max() / se[g.abs().argmax()]) > 8, (g, se)
 
 
+class AffineInX(nn.Module):
+    """F(x, t, r) = a(t, t - r) x + b(t, t - r) with a, b from a small MLP: the exact average
+    velocity of a Gaussian flow has this form, so the fixed point is reachable."""
+
+    def __init__(self, hidden: int = 64):
+        super().__init__()
+        self.num_classes = 0
+        self.body = nn.Sequential(nn.Linear(2, hidden), nn.SiLU(), nn.Linear(hidden, hidden),
+                                  nn.SiLU(), nn.Linear(hidden, 3))
+
+    def forward(self, x, t, r=None, y=None, w=None):
+        r = t if r is None else r
+        out = self.body(torch.stack([t, t - r], 1).to(x.dtype))
+        return out[:, :1] * x + out[:, 1:]
+
+
+class GaussSource:
+    def __init__(self, batch: int = 256):
+        self.generator, self.batch = torch.Generator().manual_seed(0), batch
+
+    def next_batch(self):
+        return GAUSS.sample_data(self.batch, self.generator).float()
+
+
+def average_velocity_error(net) -> float:
+    """Relative RMS error of F(x_t, t, s) against the exact average velocity, x_t ~ p_t."""
+    g = torch.Generator().manual_seed(7)
+    t = 0.05 + 0.95 * torch.rand(2000, generator=g, dtype=F64)
+    s = t * torch.rand(2000, generator=g, dtype=F64)
+    xt = (1 - t[:, None]) * GAUSS.sample_data(2000, g) \
+        + t[:, None] * torch.randn(2000, 2, generator=g, dtype=F64)
+    want = GAUSS(xt, t, s)
+    with torch.no_grad():
+        got = net(xt.float(), t.float(), s.float()).double()
+    return float((got - want).square().mean().sqrt() / want.square().mean().sqrt())
+
+
 def test_training_converges_to_the_exact_average_velocity():
-    """A small MLP trained with MeanFlowLoss on Gaussian data learns F(x, t, s) of the exact
-    flow: its error at random (x_t, t, s) falls far below the error at initialisation."""
+    """Trained with MeanFlowLoss on Gaussian data, F(x_t, t, s) approaches the exact flow's
+    average velocity (to the noise level of the stochastic target), and one jump from noise
+    samples the data's mean and spread."""
     torch.manual_seed(0)
-    net = MLP2D(hidden=64, depth=3, time_scale=1.0)
-
-    class GaussSource(ToySource):
-        def __init__(self):
-            self.generator, self.batch_size = torch.Generator().manual_seed(0), 256
-
-        def next_batch(self):
-            return GAUSS.sample_data(self.batch_size, self.generator).float()
-
-    def error() -> float:
-        g = torch.Generator().manual_seed(7)
-        t = 0.05 + 0.95 * torch.rand(2000, generator=g, dtype=F64)
-        s = t * torch.rand(2000, generator=g, dtype=F64)
-        x0 = GAUSS.sample_data(2000, g)
-        xt = (1 - t[:, None]) * x0 + t[:, None] * torch.randn(2000, 2, generator=g, dtype=F64)
-        want = GAUSS(xt, t, s)
-        with torch.no_grad():
-            got = net(xt.float(), t.float(), s.float()).double()
-        return float((got - want).square().mean().sqrt() / want.square().mean().sqrt())
-
-    before = error()
+    net = AffineInX()
+    before = average_velocity_error(net)
     state = train(net, MeanFlowLoss(power=0.0), GaussSource(),
-                  TrainConfig(steps=1500, lr=2e-3, ema_decay=0.99, progress=False))
+                  TrainConfig(steps=1000, lr=2e-3, ema_decay=0.99, progress=False))
     net = state.ema.module.eval()
-    after = error()
-    assert after < 0.08 and after < before / 8, (before, after)
+    after = average_velocity_error(net)
+    assert before > 0.8 and after < 0.15, (before, after)
     noise = torch.randn(4000, 2, generator=torch.Generator().manual_seed(8))
     one_jump = sample(net, noise, 1).x.double()
-    torch.testing.assert_close(one_jump.mean(0), GAUSS.m, atol=0.06, rtol=0)
-    torch.testing.assert_close(one_jump.std(0), torch.full((2,), 0.5, dtype=F64), atol=0.06,
-                               rtol=0)
+    exact = GAUSS.flow_map(noise.double(), torch.ones(4000, dtype=F64), torch.zeros(4000,
+                                                                                   dtype=F64))
+    jump_error = float((one_jump - exact).norm(dim=1).mean() / exact.std(0).norm())
+    assert jump_error < 0.25, (jump_error, one_jump.mean(0), one_jump.std(0))
