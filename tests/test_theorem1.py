@@ -12,6 +12,7 @@ from tvmlib.evaluation.theorem1 import (
     bound_terms,
     gronwall_weight,
     lipschitz_profile,
+    measure_bound,
     theorem1_bound,
     trapezoid,
 )
@@ -81,3 +82,13 @@ def test_offset_model_terms_are_closed_form_and_the_bound_holds():
     assert bound["rhs"] >= na2
     # FM - V = E only in expectation: the cross term 2 E[(u_theta - u) . (u - v)] is 0 on average
     assert math.isclose(bound["rhs_loss"] + bound["C"], bound["rhs"], rel_tol=0.1)
+
+
+def test_measure_bound_collects_the_parts():
+    x1, x0, eps = _data(n=200, seed=3)
+    out = measure_bound(Offset((0.1, 0.0)), S, x1, x0, eps, FLOW.velocity, n_lipschitz=16,
+                        iters=3)
+    torch.testing.assert_close(torch.tensor(out["L"], dtype=F64), slope(S).abs())
+    assert len(out["lambda"]) == len(S) and out["lambda"][0] == 1.0
+    assert out["rhs"] >= 0.01 and set(out["terms"]) == {"terminal", "fm", "variance",
+                                                         "velocity_error"}

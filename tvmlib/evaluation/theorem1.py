@@ -105,3 +105,25 @@ def theorem1_bound(s: Tensor, L: Tensor, terms: dict[str, Tensor]) -> dict[str, 
             "C": -weighted(terms["variance"]), "unweighted": float(trapezoid(s, T + E)),
             "terminal_part": weighted(T), "velocity_part": weighted(E), "Lam": Lam,
             "lambda_max": float(lam.max())}
+
+
+def measure_bound(net: nn.Module, s: Tensor, x1: Tensor, x0: Tensor, eps: Tensor,
+                  exact: Velocity, n_lipschitz: int = 128, iters: int = 8,
+                  seed: int = 0) -> dict:
+    """Everything of Theorem 1 for the one-jump map of ``net`` (unconditional): L(s) from the
+    power iteration at the first ``n_lipschitz`` points of p_s (x0, eps) and of the model's jump
+    Y(s) (from x1), the integrands of ``bound_terms`` and the parts of ``theorem1_bound``.
+    Returns {"s", "L", "lambda", "terms": {...}, **bound} with lists for the curves."""
+    m = min(n_lipschitz, len(x1), len(x0))
+
+    def points(s_i: float) -> Tensor:
+        s_vec = torch.full((m,), s_i, dtype=x1.dtype)
+        with torch.no_grad():
+            jump = x1[:m] + displacement_and_dfds(net, x1[:m], torch.ones_like(s_vec), s_vec)[0]
+        return torch.cat([(1 - s_i) * x0[:m] + s_i * eps[:m], jump])
+
+    L = lipschitz_profile(net, s, points, iters, seed)
+    terms = bound_terms(net, s, x1, x0, eps, exact)
+    return {"s": s.tolist(), "L": L.tolist(), "lambda": gronwall_weight(s, L).tolist(),
+            "terms": {k: v.tolist() for k, v in terms.items()},
+            **theorem1_bound(s, L, terms)}
