@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from tvmlib.core.losses import FMLoss, TVMLoss
-from tvmlib.data.toy2d import sample_toy2d
 from tvmlib.evaluation.metrics import w2
 from tvmlib.evaluation.toy import eval_inputs, floor, reference
 from tvmlib.experiments.results import toy_best, toy_curve, toy_groups, toy_targets

@@ -7,36 +7,36 @@ import torch
 from torch import Tensor, nn
 
 
-def _fail(check: str, msg: str) -> None:
+def fail(check: str, msg: str) -> None:
     raise AssertionError(f"{check}: {msg}")
 
 
-def _gen(seed: int) -> torch.Generator:
+def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _close(got: Tensor, want: Tensor, rtol: float, atol: float) -> bool:
+def close(got: Tensor, want: Tensor, rtol: float, atol: float) -> bool:
     return got.shape == want.shape and torch.allclose(got.detach().to(want.dtype), want.detach(),
                                                        rtol=rtol, atol=atol)
 
 
-def _err(got: Tensor, want: Tensor) -> str:
+def err(got: Tensor, want: Tensor) -> str:
     diff = (got.detach().to(want.dtype) - want.detach()).abs().max()
     return f"max |got - expected| = {float(diff):.3g} (max |expected| = " \
            f"{float(want.detach().abs().max()):.3g})"
 
 
-def _require_tensor(check: str, what: str, out, shape: tuple[int, ...]) -> Tensor:
+def require_tensor(check: str, what: str, out, shape: tuple[int, ...]) -> Tensor:
     if not torch.is_tensor(out):
-        _fail(check, f"{what} must be a torch.Tensor of shape {shape}, got {type(out).__name__}")
+        fail(check, f"{what} must be a torch.Tensor of shape {shape}, got {type(out).__name__}")
     if tuple(out.shape) != shape:
-        _fail(check, f"{what} has shape {tuple(out.shape)}, expected {shape}")
+        fail(check, f"{what} has shape {tuple(out.shape)}, expected {shape}")
     if not bool(torch.isfinite(out).all()):
-        _fail(check, f"{what} contains NaN or inf")
+        fail(check, f"{what} contains NaN or inf")
     return out
 
 
-def _small_mlp(seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
+def small_mlp(seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
     from tvmlib.nn.mlp import MLP2D
 
     with torch.random.fork_rng(devices=[]):
@@ -45,7 +45,7 @@ def _small_mlp(seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
     return net.to(dtype)
 
 
-def _grads(out: Tensor, net: nn.Module, weight: Tensor | None = None) -> list[Tensor] | None:
+def grads(out: Tensor, net: nn.Module, weight: Tensor | None = None) -> list[Tensor] | None:
     """Gradients of sum(weight * out) w.r.t. the net's parameters (None if none reach them)."""
     if not out.requires_grad:
         return None
@@ -57,11 +57,11 @@ def _grads(out: Tensor, net: nn.Module, weight: Tensor | None = None) -> list[Te
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)]
 
 
-def _check_grads(check: str, got: list[Tensor] | None, want: list[Tensor], how: str,
+def check_grads(check: str, got: list[Tensor] | None, want: list[Tensor], how: str,
                  rtol: float, atol: float) -> None:
     if got is None:
-        _fail(check, f"no gradient reaches the network's parameters: {how}")
+        fail(check, f"no gradient reaches the network's parameters: {how}")
     worst = max(float((g - w).abs().max() / (w.abs().max() + atol)) for g, w in zip(got, want))
     if worst > rtol:
-        _fail(check, f"the value is right but the gradient w.r.t. the parameters is not "
+        fail(check, f"the value is right but the gradient w.r.t. the parameters is not "
                      f"(worst relative error {worst:.3g}): part of the computation is detached")

@@ -14,17 +14,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from tvmlib.teach.checking import (
-    _check_grads,
-    _close,
-    _err,
-    _fail,
-    _gen,
-    _grads,
-    _require_tensor,
-    _small_mlp,
-)
+from tvmlib.teach import checking as ck
 from tvmlib.teach.exercises_losses import check_cfg_target, check_meanflow_target, check_tvm_terms
+
+# the shared helpers under the names the checks below use
+_check_grads, _close, _err, _fail = ck.check_grads, ck.close, ck.err, ck.fail
+_gen, _grads, _require_tensor, _small_mlp = ck.gen, ck.grads, ck.require_tensor, ck.small_mlp
 
 __all__ = ["check_attention_jvp", "check_cfg_target", "check_cmt_target", "check_euler",
            "check_fm_loss", "check_meanflow_target", "check_terminal_velocity", "check_tvm_terms"]

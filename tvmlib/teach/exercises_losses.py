@@ -13,16 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from tvmlib.teach.checking import (
-    _check_grads,
-    _close,
-    _err,
-    _fail,
-    _gen,
-    _grads,
-    _require_tensor,
-    _small_mlp,
-)
+from tvmlib.teach import checking as ck
 
 F64 = torch.float64
 B = 32
@@ -32,12 +23,12 @@ def _diagnose(name: str, got: Tensor, want: Tensor, wrong: dict, what: str,
               rtol: float = 1e-8, atol: float = 1e-10) -> None:
     """Fail naming the first mistake in ``wrong`` ({message: the value it gives}) that ``got``
     matches, or with the size of the error."""
-    if _close(got, want, rtol, atol):
+    if ck.close(got, want, rtol, atol):
         return
     for why, val in wrong.items():
-        if _close(got, val, rtol, atol):
-            _fail(name, f"{what}: {why}")
-    _fail(name, f"wrong {what}: {_err(got, want)}")
+        if ck.close(got, val, rtol, atol):
+            ck.fail(name, f"{what}: {why}")
+    ck.fail(name, f"wrong {what}: {ck.err(got, want)}")
 
 
 def _times(g: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -122,8 +113,8 @@ def check_tvm_terms(fn: Callable[..., tuple[Tensor, Tensor]]) -> None:
     ``fm_residual`` in float64, gradients w.r.t. the network included (4 rows have t = s).
     """
     name = "check_tvm_terms"
-    net, target = _small_mlp(7, F64), _small_mlp(8, F64).requires_grad_(False)
-    g = _gen(9)
+    net, target = ck.small_mlp(7, F64), ck.small_mlp(8, F64).requires_grad_(False)
+    g = ck.gen(9)
     x0 = torch.randn(B, 2, generator=g, dtype=F64) * 0.5 + 1.0
     eps = torch.randn(B, 2, generator=g, dtype=F64)
     t, s = _times(g)
@@ -131,22 +122,23 @@ def check_tvm_terms(fn: Callable[..., tuple[Tensor, Tensor]]) -> None:
     args = (x0, eps, t, s, s_fm)
     out = fn(net, target, *(a.clone() for a in args))
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
-        _fail(name, "return a pair (terminal, fm) of per-sample tensors, each of shape (B,)")
-    term = _require_tensor(name, "the terminal term", out[0], (B,))
-    fm = _require_tensor(name, "the FM term", out[1], (B,))
+        ck.fail(name, "return a pair (terminal, fm) of per-sample tensors, each of shape (B,)")
+    term = ck.require_tensor(name, "the terminal term", out[0], (B,))
+    fm = ck.require_tensor(name, "the FM term", out[1], (B,))
     want_term, want_fm = _tvm_reference(net, target, *args)
     wrong_term, wrong_fm = _tvm_mistakes(net, target, *args)
     _diagnose(name, term, want_term, wrong_term, "terminal term")
     _diagnose(name, fm, want_fm, wrong_fm, "FM term")
     weight = torch.randn(B, generator=g, dtype=F64)
     how = "TVM trains through d/ds f and F; do not compute them under torch.no_grad()"
-    got_g = _grads(term, net, weight)
-    undetached = _grads(_undetached_terminal(net, target, x0, eps, t, s), net, weight)
-    if got_g is not None and all(_close(a, b, 1e-6, 1e-12) for a, b in zip(got_g, undetached)):
-        _fail(name, "the terminal value is right but its gradient is not: detach the end point "
+    got_g = ck.grads(term, net, weight)
+    undetached = ck.grads(_undetached_terminal(net, target, x0, eps, t, s), net, weight)
+    if got_g is not None and all(ck.close(a, b, 1e-6, 1e-12) for a, b in zip(got_g, undetached)):
+        ck.fail(name, "the terminal value is right but its gradient is not: detach the end point "
                     "(x_t + f.detach()) before the target velocity, it is sg(f) in the loss")
-    _check_grads(name, got_g, _grads(want_term, net, weight), how, 1e-6, 1e-12)
-    _check_grads(name, _grads(fm, net, weight), _grads(want_fm, net, weight), how, 1e-6, 1e-12)
+    ck.check_grads(name, got_g, ck.grads(want_term, net, weight), how, 1e-6, 1e-12)
+    ck.check_grads(name, ck.grads(fm, net, weight), ck.grads(want_fm, net, weight), how, 1e-6,
+                   1e-12)
 
 
 # ---- classifier-free guidance folded into the FM target --------------------------------------
@@ -167,16 +159,16 @@ def check_cfg_target(fn: Callable[..., Tensor]) -> None:
         torch.manual_seed(10)
         target = MLP2D(hidden=32, depth=2, emb_dim=8, num_classes=4, guidance=True,
                        time_scale=10.0).to(F64)
-    g = _gen(11)
+    g = ck.gen(11)
     x = torch.randn(B, 2, generator=g, dtype=F64)
     s = torch.rand(B, generator=g, dtype=F64)
     y = torch.randint(0, 4, (B,), generator=g)
     v = torch.randn(B, 2, generator=g, dtype=F64)
     w = 1.0 + 2.0 * torch.rand(B, generator=g, dtype=F64)
-    got = _require_tensor(name, "the guided target", fn(target, *(a.clone() for a in
+    got = ck.require_tensor(name, "the guided target", fn(target, *(a.clone() for a in
                                                                (x, s, y, v, w))), (B, 2))
     if got.requires_grad:
-        _fail(name, "the target carries a gradient: compute the unconditional velocity of the "
+        ck.fail(name, "the target carries a gradient: compute the unconditional velocity of the "
                     "EMA target under torch.no_grad() (it is a stop-gradient target)")
     null, one = torch.full_like(y, 4), torch.ones_like(w)
     with torch.no_grad():
@@ -212,21 +204,21 @@ def check_meanflow_target(fn: Callable[..., tuple[Tensor, Tensor]]) -> None:
     from tvmlib.core.losses.meanflow import meanflow_target
 
     name = "check_meanflow_target"
-    net = _small_mlp(12, F64)
-    g = _gen(13)
+    net = ck.small_mlp(12, F64)
+    g = ck.gen(13)
     x = torch.randn(B, 2, generator=g, dtype=F64)
     t, r = _times(g)
     v = torch.randn(B, 2, generator=g, dtype=F64)
     out = fn(net, *(a.clone() for a in (x, t, r, v)))
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
-        _fail(name, "return a pair (u, u_tgt) of tensors of shape (B, 2)")
-    u = _require_tensor(name, "u", out[0], (B, 2))
-    u_tgt = _require_tensor(name, "u_tgt", out[1], (B, 2))
+        ck.fail(name, "return a pair (u, u_tgt) of tensors of shape (B, 2)")
+    u = ck.require_tensor(name, "u", out[0], (B, 2))
+    u_tgt = ck.require_tensor(name, "u_tgt", out[1], (B, 2))
     want_u, want_tgt = meanflow_target(net, x, t, r, v)
     _diagnose(name, u, want_u, {"u is F(x_t, t, t), the velocity; MeanFlow predicts the "
                                 "average velocity F(x_t, t, r)": net(x, t, t)}, "u")
     if u_tgt.requires_grad:
-        _fail(name, "u_tgt carries a gradient: MeanFlow stops it (return u_tgt.detach()); "
+        ck.fail(name, "u_tgt carries a gradient: MeanFlow stops it (return u_tgt.detach()); "
                     "only u is trained")
 
     def tangent(tx, tt, tr):
@@ -247,5 +239,5 @@ def check_meanflow_target(fn: Callable[..., tuple[Tensor, Tensor]]) -> None:
             "the tangent on x is 1, not v": v - gap * tangent(torch.ones_like(v), one, zero),
         }
     _diagnose(name, u_tgt, want_tgt, wrong, "u_tgt")
-    _check_grads(name, _grads(u, net), _grads(want_u, net),
+    ck.check_grads(name, ck.grads(u, net), ck.grads(want_u, net),
                  "u = F(x_t, t, r) must carry the network's gradient", 1e-6, 1e-12)
