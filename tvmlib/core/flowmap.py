@@ -74,17 +74,25 @@ def velocity(net: nn.Module, x: Tensor, t: Tensor, y: Tensor | None = None,
 
 def displacement_and_dfds(net: nn.Module, x: Tensor, t: Tensor, s: Tensor,
                           y: Tensor | None = None, w: Tensor | float | None = None,
-                          scale_param: bool = False) -> tuple[Tensor, Tensor]:
+                          scale_param: bool = False, detach_tangent: bool = False
+                          ) -> tuple[Tensor, Tensor]:
     """(f_theta(x, t, s), d/ds f_theta(x, t, s)) from one ``torch.func.jvp`` (Eq. 17).
 
     The tangent is 1 on s and 0 on x and t, so the JVP differentiates only through the network's
     gap input t - s and the (s - t) prefactor. Both outputs carry gradients w.r.t. the network
-    parameters (double-mode AD: reverse through forward).
+    parameters (double-mode AD: reverse through forward). With ``detach_tangent`` the value of
+    d/ds f = [w] F + (s - t) [w] dF/ds is the same but its gradient flows only through the
+    network output [w] F, not through the JVP's (s - t) dF/ds (sCM's and MeanFlow's choice: no
+    backward through the JVP).
     """
     check_times(t, s)
     check_guidance(w)
 
-    def f_of_s(s_: Tensor) -> Tensor:
-        return displacement(net, x, t, s_, y, w, scale_param)
+    def f_of_s(s_: Tensor) -> tuple[Tensor, Tensor]:
+        F = _out_scale(w, scale_param, x) * net(x, t, s_, y, w)  # [w] F
+        return _bcast(s_ - t, x) * F, F
 
-    return torch.func.jvp(f_of_s, (s,), (torch.ones_like(s),))
+    f, dfds, F = torch.func.jvp(f_of_s, (s,), (torch.ones_like(s),), has_aux=True)
+    if detach_tangent:
+        dfds = F + (dfds - F).detach()
+    return f, dfds
