@@ -175,3 +175,98 @@ def test_check_cmt_loss_asks_for_images_too():
 
     with pytest.raises(NotImplementedError, match="Exercise 1"):  # not read as a shape error
         checks_cmt.check_cmt_loss(stub)
+
+
+# ---- notebook 02's loss exercises (tvmlib.teach.exercises_losses) -------------------------------
+
+def _jvp_s(net, xt, t, s):
+    """(f, d/ds f) for f = (s - t) F(x_t, t, s), written out."""
+    return torch.func.jvp(lambda s_: (s_ - t)[:, None] * net(xt, t, s_), (s,),
+                          (torch.ones_like(s),))
+
+
+def tvm_terms_right(net, target, x0, eps, t, s, s_fm, detach_end=True, mask=True,
+                    at_start=False, fm_sign=1.0):
+    xt = (1 - t[:, None]) * x0 + t[:, None] * eps
+    f, dfds = _jvp_s(net, xt, t, s)
+    end = xt if at_start else xt + (f.detach() if detach_end else f)
+    terminal = (dfds - target(end, s, s)).square().mean(1)
+    if mask:
+        terminal = terminal * ~torch.isclose(t, s)
+    x_fm = (1 - s_fm[:, None]) * x0 + s_fm[:, None] * eps
+    fm = (net(x_fm, s_fm, s_fm) - fm_sign * (eps - x0)).square().mean(1)
+    return terminal, fm
+
+
+def test_check_tvm_terms():
+    assert checks.check_tvm_terms(tvm_terms_right) is None
+    with pytest.raises(AssertionError, match="at the start point x_t"):
+        checks.check_tvm_terms(lambda *a: tvm_terms_right(*a, at_start=True))
+    with pytest.raises(AssertionError, match=r"not zeroed where t = s"):
+        checks.check_tvm_terms(lambda *a: tvm_terms_right(*a, mask=False))
+    with pytest.raises(AssertionError, match="detach the end point"):
+        checks.check_tvm_terms(lambda *a: tvm_terms_right(*a, detach_end=False))
+    with pytest.raises(AssertionError, match="FM target has the wrong sign"):
+        checks.check_tvm_terms(lambda *a: tvm_terms_right(*a, fm_sign=-1.0))
+    with pytest.raises(AssertionError, match="use the EMA target"):
+        checks.check_tvm_terms(lambda net, target, *a: tvm_terms_right(
+            net, lambda *b: net(*b).detach(), *a))
+    with pytest.raises(AssertionError, match="no gradient reaches"):
+        checks.check_tvm_terms(lambda *a: tuple(v.detach() for v in tvm_terms_right(*a)))
+    with pytest.raises(AssertionError, match=r"shape \(32, 2\), expected \(32,\)"):
+        checks.check_tvm_terms(lambda *a: (torch.zeros(32, 2), torch.zeros(32)))
+
+
+def cfg_target_right(target, x_s, s, y, v, w, null=None, w_uncond=1.0, swap=False):
+    null = torch.full_like(y, target.num_classes) if null is None else null
+    with torch.no_grad():
+        w_in = torch.full_like(w, w_uncond) if isinstance(w_uncond, float) else w_uncond
+        u = w_in[:, None] * target(x_s, s, s, null, w_in)  # scaled parameterization
+    a = (1 - w if swap else w)[:, None]
+    return a * v + (1 - a) * u
+
+
+def test_check_cfg_target():
+    assert checks.check_cfg_target(cfg_target_right) is None
+    with pytest.raises(AssertionError, match="weights are swapped"):
+        checks.check_cfg_target(lambda *a: cfg_target_right(*a, swap=True))
+    with pytest.raises(AssertionError, match="null class.*not the labels y"):
+        checks.check_cfg_target(lambda tg, x, s, y, v, w: cfg_target_right(tg, x, s, y, v, w,
+                                                                            null=y))
+    with pytest.raises(AssertionError, match="evaluates it at w = 1"):
+        checks.check_cfg_target(lambda tg, x, s, y, v, w: cfg_target_right(tg, x, s, y, v, w,
+                                                                            w_uncond=w))
+    with pytest.raises(AssertionError, match=r"num_classes \(here 4\), not 0"):
+        checks.check_cfg_target(lambda tg, x, s, y, v, w: cfg_target_right(
+            tg, x, s, y, v, w, null=torch.zeros_like(y)))
+
+    def with_grad(target, x_s, s, y, v, w):
+        null = torch.full_like(y, target.num_classes)
+        return w[:, None] * v + (1 - w[:, None]) * target(x_s, s, s, null, torch.ones_like(w))
+
+    with pytest.raises(AssertionError, match="under torch.no_grad"):
+        checks.check_cfg_target(with_grad)
+
+
+def meanflow_right(net, x, t, r, v, tangents=None, sign=-1.0, detach=True):
+    tangents = tangents or (v, torch.ones_like(t), torch.zeros_like(r))
+    u, dudt = torch.func.jvp(lambda a, b, c: net(a, b, c), (x, t, r), tangents)
+    tgt = v + sign * (t - r)[:, None] * dudt
+    return u, (tgt.detach() if detach else tgt)
+
+
+def test_check_meanflow_target():
+    assert checks.check_meanflow_target(meanflow_right) is None
+    with pytest.raises(AssertionError, match="wrong sign"):
+        checks.check_meanflow_target(lambda *a: meanflow_right(*a, sign=1.0))
+    with pytest.raises(AssertionError, match="tangent is on r, not t"):
+        checks.check_meanflow_target(lambda n, x, t, r, v: meanflow_right(
+            n, x, t, r, v, (v, torch.zeros_like(t), torch.ones_like(r))))
+    with pytest.raises(AssertionError, match=r"misses v \. d_x F"):
+        checks.check_meanflow_target(lambda n, x, t, r, v: meanflow_right(
+            n, x, t, r, v, (torch.zeros_like(v), torch.ones_like(t), torch.zeros_like(r))))
+    with pytest.raises(AssertionError, match="MeanFlow stops it"):
+        checks.check_meanflow_target(lambda *a: meanflow_right(*a, detach=False))
+    with pytest.raises(AssertionError, match="average velocity F"):
+        checks.check_meanflow_target(lambda n, x, t, r, v: (n(x, t, t),
+                                                              meanflow_right(n, x, t, r, v)[1]))

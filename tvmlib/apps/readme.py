@@ -19,8 +19,12 @@ from tvmlib.experiments.results import (
     equal_time_summary,
     equal_time_targets,
     reach_step,
+    toy_curve,
+    toy_groups,
+    toy_targets,
 )
 from tvmlib.utils.paths import repo_root
+from tvmlib.utils.prose import mean_std
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -69,16 +73,29 @@ def _source(name: str, prov: dict) -> str:
 
 
 def table_2d() -> str:
-    name = "02_w2_vs_nfe.json"
-    d = _need(name, "run notebook 02")
+    name = "02_equal_compute.json"
+    d = _need(name, "run the experiment in the header of "
+                    "`configs/experiments/toy2d_equal_compute.yaml`")
+    groups = toy_groups(d["results"]["runs"])
     out = []
-    for dataset, res in d["results"].items():
-        nfes = sorted({int(k) for m in ("fm_euler", "meanflow", "tvm") for k in res.get(m, {})})
-        rows = [[label] + [res.get(m, {}).get(str(n)) for n in nfes]
-                for m, label in (("fm_euler", "FM, Euler"), ("meanflow", "MeanFlow"),
-                                 ("tvm", "TVM"))]
-        out.append(f"**{dataset}** (W2 to data; two data sets are {_fmt(res['data_floor'])} "
-                   "apart)\n\n" + _table(["method"] + [f"NFE {n}" for n in nfes], rows))
+    for dataset, m in groups.items():
+        nfes = sorted({k for meth in ("fm", "meanflow", "tvm") for r in m[meth]
+                       for k in toy_curve(r)})
+        rows = []
+        for label, recs, solver in (("FM, Euler", m["fm"], None), ("FM, Heun", m["fm"], "heun"),
+                                    ("MeanFlow", m["meanflow"], None), ("TVM", m["tvm"], None)):
+            curves = [toy_curve(r, solver) for r in recs]
+            rows.append([label] + [mean_std([c[k] for c in curves])
+                                   if all(k in c for c in curves) else None for k in nfes])
+        fl = m["tvm"][0]["floor"]
+        ref = "data" if fl["reference"] == "data" else f"exact guided ODE (w = {fl['guidance']})"
+        floor = mean_std([r["floor"]["w2"] for r in m["tvm"]])
+        out.append(f"**{dataset}** (W2 to the {ref}, mean +- std over {len(m['tvm'])} seeds, "
+                   f"every model trained for the same FLOPs; floor {floor})\n\n"
+                   + _table(["method"] + [f"NFE {n}" for n in nfes], rows))
+    out.append("Targets (issue 15): " + "; ".join(
+        f"{t['dataset']}, {t['target']}: {_fmt(t['value'])} vs {_fmt(t['bound'])}, "
+        f"**{'hit' if t['hit'] else 'miss'}**" for t in toy_targets(groups)) + ".")
     return "\n\n".join(out) + "\n\n" + _source(name, d["provenance"])
 
 
@@ -220,7 +237,7 @@ def _text(table) -> str:
 
 def render() -> str:
     sections = [
-        ("2D: W2 vs NFE (notebook 02)", table_2d),
+        ("2D at equal compute: W2 vs NFE (notebook 02)", table_2d),
         ("Lipschitz ablation on Fashion-MNIST (notebook 03)", table_lipschitz),
         ("JVP attention kernel (notebook 04)", table_kernel),
         ("TVM training step, ImageNet-256 latents (notebook 06)", table_train_step),

@@ -102,7 +102,8 @@ def velocity(net: nn.Module, x: Tensor, t: Tensor, y: Tensor | None = None,
 
 def displacement_and_dfds(net: nn.Module, x: Tensor, t: Tensor, s: Tensor,
                           y: Tensor | None = None, w: Tensor | float | None = None,
-                          scale_param: bool = False) -> tuple[Tensor, Tensor]:
+                          scale_param: bool = False, detach_tangent: bool = False
+                          ) -> tuple[Tensor, Tensor]:
     """(f_theta(x, t, s), d/ds f_theta(x, t, s)) (Eq. 17), in one of two ways, chosen by the
     network's ``jvp`` attribute (the same numbers up to rounding):
 
@@ -113,7 +114,10 @@ def displacement_and_dfds(net: nn.Module, x: Tensor, t: Tensor, s: Tensor,
       of f in s, with tangent 1 on s and 0 on x and t, so it differentiates only through the
       network's gap input t - s and the (s - t) prefactor.
 
-    Both outputs carry gradients w.r.t. the network parameters (reverse through forward).
+    Both outputs carry gradients w.r.t. the network parameters (reverse through forward). With
+    ``detach_tangent`` the value of d/ds f = [w] F + (s - t) [w] dF/ds is the same but its
+    gradient flows only through the network output [w] F, not through the JVP's
+    (s - t) dF/ds (sCM's and MeanFlow's choice: no backward through the JVP).
     """
     check_times(t, s)
     check_guidance(w)
@@ -121,11 +125,17 @@ def displacement_and_dfds(net: nn.Module, x: Tensor, t: Tensor, s: Tensor,
     if mode == "fused":
         F, dFds = net.forward_and_dfds(x, t, s, y, w)
         gap, scale = _bcast(s - t, x), _out_scale(w, scale_param, x)
-        return gap * scale * F, scale * (F + gap * dFds)
+        F = scale * F  # [w] F
+        tangent = gap * scale * dFds  # (s - t) [w] dF/ds
+        return gap * F, F + (tangent.detach() if detach_tangent else tangent)
     if mode != "func":
         raise ValueError(f"net.jvp must be 'fused' or 'func', got {mode!r}")
 
-    def f_of_s(s_: Tensor) -> Tensor:
-        return _displacement(net, x, t, s_, y, w, scale_param)
+    def f_of_s(s_: Tensor) -> tuple[Tensor, Tensor]:
+        F = _out_scale(w, scale_param, x) * net(x, t, s_, y, w)  # [w] F
+        return _bcast(s_ - t, x) * F, F
 
-    return torch.func.jvp(f_of_s, (s,), (torch.ones_like(s),))
+    f, dfds, F = torch.func.jvp(f_of_s, (s,), (torch.ones_like(s),), has_aux=True)
+    if detach_tangent:
+        dfds = F + (dfds - F).detach()
+    return f, dfds

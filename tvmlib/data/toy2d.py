@@ -10,13 +10,27 @@ import math
 import torch
 from torch import Tensor
 
+GAUSSIANS8_RADIUS, GAUSSIANS8_STD = 2.0, 0.1
+
+
+def _gaussians8_means(dtype: torch.dtype = torch.float32) -> Tensor:
+    """The eight centres (8, 2) on the circle of radius 2, centre k at angle 2 pi k / 8."""
+    angle = torch.arange(8, dtype=dtype) * (2 * math.pi / 8)
+    return GAUSSIANS8_RADIUS * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+
 
 def _gaussians8(n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
     """Eight Gaussians (std 0.1) on a circle of radius 2; label = which Gaussian."""
     y = torch.randint(0, 8, (n,), generator=g)
-    angle = y.float() * (2 * math.pi / 8)
-    centers = 2.0 * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
-    return centers + 0.1 * torch.randn(n, 2, generator=g), y
+    return _gaussians8_means()[y] + GAUSSIANS8_STD * torch.randn(n, 2, generator=g), y
+
+
+def gaussian_mixture(name: str) -> tuple[Tensor, float] | None:
+    """(means (K, 2) float64, shared std) of a toy that is an equal-weight mixture of isotropic
+    Gaussians, one class per component (its flow has closed-form velocities:
+    ``tvmlib.core.analytic.GaussianMixtureFlow``); None for the other toys."""
+    _lookup(name)
+    return (_gaussians8_means(torch.float64), GAUSSIANS8_STD) if name == "8gaussians" else None
 
 
 def _moons(n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -36,6 +50,14 @@ def _checkerboard(n: int, g: torch.Generator) -> tuple[Tensor, None]:
     row = 2 * torch.randint(0, 2, (n,), generator=g) + (col % 2)  # squares with row+col even
     x2 = torch.rand(n, generator=g) + row - 2
     return torch.stack([x1, x2], dim=1), None
+
+
+def checkerboard_boxes() -> tuple[Tensor, Tensor]:
+    """The checkerboard's 8 squares as boxes: lower and upper corners, each (8, 2) float64 (its
+    density is uniform on their union: ``tvmlib.core.analytic.BoxMixtureFlow``)."""
+    cells = [(col, row) for col in range(4) for row in range(col % 2, 4, 2)]
+    lower = torch.tensor(cells, dtype=torch.float64) - 2
+    return lower, lower + 1
 
 
 def _spiral(n: int, g: torch.Generator) -> tuple[Tensor, None]:

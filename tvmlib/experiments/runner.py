@@ -28,10 +28,12 @@ import yaml
 from tvmlib.evaluation.evaluate import evaluate_net, sample_grids
 from tvmlib.evaluation.features import metric_setup
 from tvmlib.evaluation.lipschitz import first_spike, make_probe, measure
+from tvmlib.evaluation.toy import score_steps, toy_floor
 from tvmlib.training.build import Built, build, check_resume, load_run, resolve_device
 from tvmlib.training.checkpoint import run_lock
 from tvmlib.training.config import ExperimentConfig, RunConfig, config_to_dict
 from tvmlib.training.distributed import world as process_rank
+from tvmlib.training.flops import apply_flop_budget
 from tvmlib.training.loop import TrainState, train
 from tvmlib.training.weights import load_weights
 from tvmlib.utils.atomic import atomic_write_json, atomic_write_text
@@ -244,6 +246,7 @@ def _record(cfg: RunConfig, done: dict[str, Path], upstream: dict[str, float],
     The record is also written to the run folder (``record.json``)."""
     t0 = time.perf_counter()
     built, setup_s = start_run(cfg, None, 1, done, log)
+    flops = apply_flop_budget(cfg, built)
     monitor = Monitor(cfg, built, log)
     setup_s = monitor.setup_seconds(setup_s)
     refs = [r for r in (cfg.init, cfg.loss.teacher if cfg.loss.name == "cmt" else None) if r]
@@ -266,7 +269,8 @@ def _record(cfg: RunConfig, done: dict[str, Path], upstream: dict[str, float],
            "stopped": state.stopped if state else None, "diverged_step": diverged,
            "setup_s": setup_s, "train_s": train_s, "upstream_s": up,
            "total_s": up + setup_s + train_s, "wall_s": time.perf_counter() - t0,
-           "steps_per_s": steps / max(train_s, 1e-9), "curves": curves,
+           "steps_per_s": steps / max(train_s, 1e-9), "flops_per_step": flops,
+           "floor": toy_floor(cfg) if cfg.eval.metric == "w2" else None, "curves": curves,
            "evals": _columns(monitor.evals), "probes": _columns(monitor.probes),
            "spike_step": spikes(curves, cfg.eval), "final": final, "sweep": sweep}
     atomic_write_json(rec, cfg.run_dir / "record.json", indent=None)
@@ -292,18 +296,25 @@ def _final(cfg: RunConfig, built: Built, monitor: Monitor, state: TrainState
            ) -> tuple[dict, list[dict]]:
     """({weights: {str(steps): FD}} for every ``eval.weights``, the sweep rows {solver,
     cfg_scale, steps, nfe, fd} over ``eval.solvers`` x ``eval.cfg_scales`` x ``eval.steps`` of
-    the first weights). FD entries say "error" for samples that are not finite."""
+    the first weights). FD entries say "error" for samples that are not finite. With
+    ``eval.metric`` w2 (2D toys) the scores are W2 (``tvmlib.evaluation.toy``) and the sweep
+    rows also hold ``w2_data``, the W2 to the data where the run is scored on a guided
+    reference."""
     if cfg.eval.metric == "none":
         return {}, []
-    features, ref, _ = monitor.metric if monitor.metric[0] is not None else \
-        metric_setup(cfg, built.device)
+    if cfg.eval.metric == "w2":
+        score, key = score_steps, "w2"
+    else:
+        features, ref, _ = monitor.metric if monitor.metric[0] is not None else \
+            metric_setup(cfg, built.device)
+        score, key = (lambda net, c: evaluate_net(net, c, features, ref)), "fd"
     out, e = {}, cfg.eval
     final = dataclasses.replace(cfg, eval=dataclasses.replace(
         e, num_samples=e.final_samples or e.num_samples))
     for which in e.weights:
         try:
-            rows = evaluate_net(monitor.weights(state, which), final, features, ref)
-            out[which] = {k: r["fd"] for k, r in rows.items()}
+            out[which] = {k: r[key] for k, r in score(monitor.weights(state, which),
+                                                       final).items()}
         except ValueError as err:  # non-finite samples of an unstable run
             out[which] = {"error": str(err)[:200]}
     sweep = []
@@ -312,9 +323,9 @@ def _final(cfg: RunConfig, built: Built, monitor: Monitor, state: TrainState
         for w in e.cfg_scales or [e.cfg_scale]:
             one = dataclasses.replace(cfg, eval=dataclasses.replace(e, solver=solver,
                                                                     cfg_scale=w))
-            for k, r in evaluate_net(net, one, features, ref).items():
+            for k, r in score(net, one).items():
                 sweep.append({"solver": solver, "cfg_scale": w, "steps": int(k),
-                              "nfe": r["nfe"], "fd": r["fd"]})
+                              "nfe": r["nfe"], **{m: r[m] for m in (key, "w2_data") if m in r}})
     return out, sweep
 
 

@@ -15,71 +15,16 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["check_attention_jvp", "check_euler", "check_fm_loss", "check_terminal_velocity"]
+from tvmlib.teach import checking as ck
+from tvmlib.teach.exercises_cmt import check_cmt_loss
+from tvmlib.teach.exercises_losses import check_cfg_target, check_meanflow_target, check_tvm_terms
 
-# ---------------------------------------------------------------------------------------------
-# Check helpers
-# ---------------------------------------------------------------------------------------------
+# the shared helpers under the names the checks below use
+_check_grads, _close, _err, _fail = ck.check_grads, ck.close, ck.err, ck.fail
+_gen, _grads, _require_tensor, _small_mlp = ck.gen, ck.grads, ck.require_tensor, ck.small_mlp
 
-def _fail(check: str, msg: str) -> None:
-    raise AssertionError(f"{check}: {msg}")
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _close(got: Tensor, want: Tensor, rtol: float, atol: float) -> bool:
-    return got.shape == want.shape and torch.allclose(got.detach().to(want.dtype), want.detach(),
-                                                       rtol=rtol, atol=atol)
-
-
-def _err(got: Tensor, want: Tensor) -> str:
-    diff = (got.detach().to(want.dtype) - want.detach()).abs().max()
-    return f"max |got - expected| = {float(diff):.3g} (max |expected| = " \
-           f"{float(want.detach().abs().max()):.3g})"
-
-
-def _require_tensor(check: str, what: str, out, shape: tuple[int, ...]) -> Tensor:
-    if not torch.is_tensor(out):
-        _fail(check, f"{what} must be a torch.Tensor of shape {shape}, got {type(out).__name__}")
-    if tuple(out.shape) != shape:
-        _fail(check, f"{what} has shape {tuple(out.shape)}, expected {shape}")
-    if not bool(torch.isfinite(out).all()):
-        _fail(check, f"{what} contains NaN or inf")
-    return out
-
-
-def _small_mlp(seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
-    from tvmlib.nn.mlp import MLP2D
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = MLP2D(dim=2, hidden=32, depth=2, emb_dim=8, time_scale=10.0)
-    return net.to(dtype)
-
-
-def _grads(out: Tensor, net: nn.Module, weight: Tensor | None = None) -> list[Tensor] | None:
-    """Gradients of sum(weight * out) w.r.t. the net's parameters (None if none reach them)."""
-    if not out.requires_grad:
-        return None
-    params = list(net.parameters())
-    obj = out.sum() if weight is None else (out * weight).sum()
-    gs = torch.autograd.grad(obj, params, allow_unused=True, retain_graph=True)
-    if all(g is None or not bool(g.any()) for g in gs):
-        return None
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)]
-
-
-def _check_grads(check: str, got: list[Tensor] | None, want: list[Tensor], how: str,
-                 rtol: float, atol: float) -> None:
-    if got is None:
-        _fail(check, f"no gradient reaches the network's parameters: {how}")
-    worst = max(float((g - w).abs().max() / (w.abs().max() + atol)) for g, w in zip(got, want))
-    if worst > rtol:
-        _fail(check, f"the value is right but the gradient w.r.t. the parameters is not "
-                     f"(worst relative error {worst:.3g}): part of the computation is detached")
-
+__all__ = ["check_attention_jvp", "check_cfg_target", "check_cmt_loss", "check_euler",
+           "check_fm_loss", "check_meanflow_target", "check_terminal_velocity", "check_tvm_terms"]
 
 # ---- flow matching loss ----------------------------------------------------------------------
 

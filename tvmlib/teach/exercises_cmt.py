@@ -12,7 +12,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from tvmlib.teach.exercises import _check_grads, _close, _fail, _gen, _grads, _small_mlp
+from tvmlib.teach import checking as ck
+
+_check_grads, _close, _fail = ck.check_grads, ck.close, ck.fail
+_gen, _grads, _small_mlp = ck.gen, ck.grads, ck.small_mlp
 
 __all__ = ["check_cmt_loss"]
 

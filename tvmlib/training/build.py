@@ -75,7 +75,8 @@ def build_loss(cfg: RunConfig, net: nn.Module, teacher: nn.Module | None = None)
     if lc.name == "fm":
         return FMLoss(lc.time_sampler, lc.time_mean, lc.time_std, lc.label_dropout, K)
     if lc.name == "meanflow":
-        return MeanFlowLoss(num_classes=K, label_dropout=lc.label_dropout, omega=lc.cfg_scale)
+        return MeanFlowLoss(num_classes=K, label_dropout=lc.label_dropout, omega=lc.cfg_scale,
+                            power=lc.adaptive_power)
     if lc.name == "cmt":
         if teacher is None:
             raise ValueError("loss.name cmt needs a teacher: set loss.teacher to a run")
@@ -230,7 +231,7 @@ def sampler(cfg: RunConfig, net: nn.Module) -> dict:
         cfg_scale = e.cfg_scale if e.cfg_scale not in (None, 1.0) else None
         return {"solver": solver, "w": None, "cfg_scale": cfg_scale, "scale_param": False}
     w = None
-    if getattr(net, "guidance", False):
+    if getattr(net, "guidance", False) and lc.name != "meanflow":  # MeanFlow trains at w = 1
         w = e.cfg_scale if e.cfg_scale is not None else lc.cfg_scale
     return {"solver": solver, "w": w, "cfg_scale": None,
             "scale_param": lc.name == "tvm" and lc.scale_param}

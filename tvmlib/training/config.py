@@ -86,6 +86,7 @@ class LossConfig:
     scale_param: bool = True  # tvm: f = (s - t) w F
     frac_equal: float = 0.0
     detach_jvp: bool = False
+    adaptive_power: float = 1.0  # meanflow: weight 1 / (||Delta||^2 + c)^p (paper 1; 0: MSE)
     teacher: str | None = None  # cmt: the teacher run (a run of the experiment) or checkpoint
     solver: str = "dpm++2m"  # cmt: the teacher's ODE solver
     solver_steps: int = 16
@@ -121,6 +122,7 @@ class TrainSection:
     cuda_graph: bool = False  # replay loss + backward as a CUDA graph (tvmlib.training.graphs)
     time_budget_s: float | None = None  # stop training after this many (GPU) seconds
     total_budget_s: float | None = None  # ... counting the runs it starts from and its setup
+    flop_budget: float | None = None  # train this many FLOPs: steps = budget / FLOPs of a step
 
 
 @dataclass
@@ -134,7 +136,7 @@ class EvalConfig:
     grid: str = "uniform"  # uniform | logsnr
     cfg_scale: float | None = None  # w of a guidance input; fm: classifier-free guidance
     batch_size: int = 250
-    metric: str = "classifier_fd"  # classifier_fd | inception_fid | features_fd | none
+    metric: str = "classifier_fd"  # classifier_fd | inception_fid | features_fd | w2 (toys) | none
     inception_weights: str | None = None
     reference_stats: str | None = None  # .npz with mu, sigma
     features: str | None = None  # features_fd: "package.module:function"

@@ -27,7 +27,7 @@ CHOICES = {  # string values from a fixed list
     "train.amp": ("auto", "bf16", "off"),
     "eval.solver": ("auto", "euler", "heun", "dpm++2m", "flowmap"),
     "eval.grid": ("uniform", "logsnr"),
-    "eval.metric": ("classifier_fd", "inception_fid", "features_fd", "none"),
+    "eval.metric": ("classifier_fd", "inception_fid", "features_fd", "w2", "none"),
     "eval.attn_backend": ("math", "sdpa", "triton"),
     "eval.precision": ("fp32", "fp64", "bf16"),
 }
@@ -97,6 +97,9 @@ def check_numbers(cfg) -> None:
     clip = cfg.train.grad_clip
     if clip is not None and not (isinstance(clip, (int, float)) and 0 < clip < math.inf):
         fail("train.grad_clip", "must be > 0 or null (no clipping)", clip)
+    budget = cfg.train.flop_budget
+    if budget is not None and not (isinstance(budget, (int, float)) and 0 < budget < math.inf):
+        fail("train.flop_budget", "must be > 0 or null (train.steps decides)", budget)
     if cfg.train.ckpt_every < 0:
         fail("train.ckpt_every", "must be >= 1 (or 0: only at the end and on interruption)",
              cfg.train.ckpt_every)
@@ -110,6 +113,9 @@ def check_lists(cfg) -> None:
                                          0 < lc.cfg_range[0] <= lc.cfg_range[1]):
         fail("loss.cfg_range", "must be null or [w_min, w_max] with 0 < w_min <= w_max",
              lc.cfg_range)
+    if e.metric == "w2" and (not cfg.data.dataset.startswith("toy:") or e.every):
+        fail("eval.metric", "w2 scores the 2D toys (data.dataset toy:<name>) at the end of a "
+                            "run (eval.every 0)", e.metric)
     if not e.steps or min(e.steps) < 1:
         fail("eval.steps", "must be a non-empty list of step counts >= 1", e.steps)
     if any(not w > 0 for w in e.cfg_scales):

@@ -58,7 +58,9 @@ class TVMLoss:
         cfg_scale: None (no guidance input), a constant w, or (w_min, w_max) for beta = 1/w
             drawn uniformly (paper Table 4a: constant is better).
         scale_param: scaled parameterization f = (s - t) w F (paper: on, except one 512 run).
-        detach_jvp: stop gradients through d/ds f (faster, biased; TVM keeps them).
+        detach_jvp: no backward through the JVP: d/ds f = F + (s - t) dF/ds keeps its value
+            but its gradient flows through F only (sCM's and MeanFlow's choice; faster,
+            biased; TVM back-propagates through the whole JVP).
     """
 
     graph_safe = True  # no host syncs while capturing, no Python state: see tvmlib.training.graphs
@@ -85,9 +87,7 @@ class TVMLoss:
     def terminal_residual(self, net: nn.Module, xt: Tensor, t: Tensor, s: Tensor,
                           y: Tensor | None, w: Tensor | None) -> Tensor:
         """Per-sample || d/ds f_theta - u_{theta*}(x_t + sg(f_theta), s) ||^2 (element mean)."""
-        f, dfds = displacement_and_dfds(net, xt, t, s, y, w, self.scale_param)
-        if self.detach_jvp:
-            dfds = dfds.detach()
+        f, dfds = displacement_and_dfds(net, xt, t, s, y, w, self.scale_param, self.detach_jvp)
         with torch.no_grad():
             u_target = velocity(self.target.module, xt + f.detach(), s, y, w, self.scale_param,
                                 check=False)

@@ -1,0 +1,89 @@
+"""The 2D toys' W2 evaluation (tvmlib.evaluation.toy), FLOP budgets (tvmlib.training.flops) and
+the equal-compute experiment at smoke size through the runner."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tvmlib.core.losses import FMLoss, TVMLoss
+from tvmlib.evaluation.metrics import w2
+from tvmlib.evaluation.toy import eval_inputs, floor, reference
+from tvmlib.experiments.results import toy_best, toy_curve, toy_groups, toy_targets
+from tvmlib.nn import MLP2D
+from tvmlib.training.flops import step_flops, steps_for_budget
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_reference_is_class_matched_and_floor_is_computed_like_a_model():
+    noise, y = eval_inputs("8gaussians", 300, seed=1)
+    assert noise.shape == (300, 2) and y.shape == (300,)
+    data = reference("8gaussians", 300, 1)
+    centres = torch.stack([torch.cos(y * torch.pi / 4), torch.sin(y * torch.pi / 4)], 1) * 2
+    assert float((data - centres).norm(dim=1).max()) < 0.6  # row i is of class y[i]
+    out = floor("8gaussians", 300, 1, pairs=3)
+    # the floor is the W2 of two further reference sets, as a model's samples would be scored
+    assert out["runs"][0] == pytest.approx(w2(reference("8gaussians", 300, 1, index=1),
+                                              reference("8gaussians", 300, 1, index=2)))
+    assert out["w2"] == pytest.approx(sum(out["runs"]) / 3)
+    assert reference("checkerboard", 300, 1).shape == (300, 2)
+
+
+def test_guided_reference_is_the_exact_guided_ode():
+    """Guidance w = 2 narrows each class across the circle and pushes it outwards, away from the
+    other classes; w = 1 gives back class-matched data (std 0.1 around the centre)."""
+    _, y = eval_inputs("8gaussians", 400, seed=0)
+    u = torch.stack([torch.cos(y * torch.pi / 4), torch.sin(y * torch.pi / 4)], 1)  # (n, 2)
+    tangent = torch.stack([-u[:, 1], u[:, 0]], 1)
+    stats = {}
+    for w in (1.0, 2.0):
+        d = reference("8gaussians", 400, 0, w) - 2 * u
+        stats[w] = (float((d * u).sum(1).mean()), float((d * tangent).sum(1).std()))
+    assert abs(stats[1.0][0]) < 0.02 and abs(stats[1.0][1] - 0.1) < 0.015
+    assert stats[2.0][0] > 0.06 and stats[2.0][1] < 0.7 * stats[1.0][1]
+    with pytest.raises(ValueError, match="labelled mixture"):
+        reference("checkerboard", 100, 0, 2.0)
+
+
+def test_step_flops_counts_forward_and_backward_matmuls():
+    torch.manual_seed(0)
+    net, B = MLP2D(hidden=64, depth=2, time_scale=1.0), 32
+    x = torch.randn(B, 2)
+    widths = [(2 + 2 * 32, 64), (64, 64), (64, 2)]  # x and the two embeddings -> hidden -> 2
+    fwd = sum(2 * B * i * o for i, o in widths)
+    input_grads = sum(2 * B * i * o for i, o in widths[1:])  # no gradient w.r.t. the input
+    state = torch.get_rng_state()
+    assert step_flops(net, FMLoss(), x) == 2 * fwd + input_grads
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(p.grad is None for p in net.parameters())
+    assert step_flops(net, TVMLoss(net), x) > 3 * step_flops(net, FMLoss(), x)
+    assert steps_for_budget(10.5, 2) == 5
+    with pytest.raises(ValueError, match="does not cover one step"):
+        steps_for_budget(1.0, 2)
+
+
+def test_equal_compute_experiment_at_smoke_size(tmp_path, monkeypatch):
+    from tvmlib.apps.experiment import main
+
+    monkeypatch.setenv("TVMLIB_QUIET", "1")
+    config = ROOT / "configs" / "experiments" / "toy2d_equal_compute_smoke.yaml"
+    out = tmp_path / "toys.json"
+    main([str(config), "--out", str(out), "--work-dir", str(tmp_path / "runs")])
+    runs = json.loads(out.read_text())["results"]["runs"]
+    flops = {n: r["flops_per_step"] * r["steps_done"] for n, r in runs.items()}
+    budget = runs["checkerboard-fm-s0"]["config"]["train"]["flop_budget"]
+    for name, f in flops.items():  # every run spends the budget, to within one of its steps
+        assert budget - runs[name]["flops_per_step"] < f <= budget, name
+    assert runs["checkerboard-fm-s0"]["steps_done"] > runs["checkerboard-tvm-s0"]["steps_done"]
+    g8 = runs["8gaussians-fm-s0"]
+    assert g8["floor"]["reference"] == "guided ODE" and g8["floor"]["guidance"] == 1.5
+    assert set(toy_curve(g8)) == {2, 4}  # CFG: 2 NFE per Euler step
+    fm = runs["checkerboard-fm-s0"]
+    assert {r["solver"] for r in fm["sweep"]} == {"heun"} and toy_best(fm) <= toy_curve(fm)[1]
+    groups = toy_groups(runs)
+    assert set(groups) == {"checkerboard", "8gaussians"}
+    groups["8gaussians"]["meanflow"] = groups["8gaussians"]["tvm"]  # the smoke has none
+    assert len(toy_targets(groups)) == 4
