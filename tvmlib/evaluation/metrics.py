@@ -102,18 +102,18 @@ class Moments:
         self.s2 += f.T @ f
 
     def all_reduce(self, device) -> None:
-        """Sum over torchrun processes (each must have added at least one batch)."""
-        import torch.distributed as dist
+        """Sum over torchrun processes (each must have added at least one batch) with one
+        all-reduce; a process that died or hangs fails it with one clear line."""
+        from tvmlib.training.distributed import all_reduce_sum, collective, world
 
-        if not (dist.is_available() and dist.is_initialized()):
+        if world()[1] == 1:
             return
-        for name in ("s1", "s2"):
-            t = getattr(self, name).to(device)
-            dist.all_reduce(t)
-            setattr(self, name, t.cpu())
-        n = torch.tensor([self.n], dtype=torch.float64, device=device)
-        dist.all_reduce(n)
-        self.n = int(n.item())
+        d = len(self.s1)
+        flat = torch.cat([self.s1, self.s2.flatten(), torch.tensor([float(self.n)],
+                                                                   dtype=torch.float64)])
+        with collective("feature-moment all-reduce"):
+            flat = all_reduce_sum(flat.to(device)).cpu()
+        self.s1, self.s2, self.n = flat[:d], flat[d:d + d * d].view(d, d), int(flat[-1])
 
     def stats(self) -> tuple[np.ndarray, np.ndarray]:
         """(mu (d,), sigma (d, d)) as numpy float64; sigma = (S2 - n mu mu^T) / (n - 1)."""

@@ -119,6 +119,7 @@ class TrainSection:
     cuda_graph: bool = False  # replay loss + backward as a CUDA graph (tvmlib.training.graphs)
     time_budget_s: float | None = None  # stop training after this many (GPU) seconds
     total_budget_s: float | None = None  # ... counting the runs it starts from and its setup
+    dist_timeout_s: float = 600.0  # torchrun: a collective not done by then fails the run
 
 
 @dataclass
