@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-
 from fault_helpers import CHILD, assert_identical, wait_for
 
 from tvmlib.experiments.runner import train_run
