@@ -1,11 +1,13 @@
-"""Two processes under ``torchrun`` (gloo, on a CPU), through the real command lines: a rank
-killed mid-step, a rank that hangs, resuming with two processes, and the evaluation path.
+"""Two processes under ``torchrun`` (gloo, on a CPU), through the real command lines: one
+process's run against two, a rank killed mid-step, a rank that hangs, resuming with two
+processes, the evaluation path, the scaling benchmark, and the flags torchrun passes on.
 
 Each run is ``torchrun --standalone --nproc_per_node=2`` with per-rank logs (``--log-dir``), so
 every rank's stderr and torchrun's report of its exit code can be read. A fault hook
 (``fault_helpers.CHILD``) holds a chosen rank at step 5, so a signal lands exactly there. One
 thread per process: the same kernels run in every process, so runs can be compared bit for bit.
-NCCL on GPUs is not exercised here (no GPU in CI); ``tvmlib.apps.multi_gpu`` does that.
+NCCL on GPUs is not exercised here (no GPU in CI): ``tvmlib.apps.equivalence`` and
+``tvmlib.apps.bench.scaling`` measure it on a machine with GPUs.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from fault_helpers import CHILD, assert_identical, wait_for
 
 from tvmlib.training.checkpoint import read_checkpoint
@@ -30,7 +33,6 @@ SMOKE = ROOT / "configs" / "toy_tvm_smoke.yaml"
 SETTINGS = ["train.steps=8", "train.ckpt_every=3", "train.log_every=2"]  # checkpoints 3, 6, 8
 ENV = {"TVMLIB_QUIET": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "THREADS": "1"}
 EXIT_WITHIN_S = 60  # the survivor (and torchrun) must be done this long after the fault
-pytestmark = pytest.mark.slow
 
 
 def _torchrun(tmp_path: Path, args: list[str], logs: Path, **env) -> subprocess.Popen:
@@ -99,6 +101,7 @@ def reference(tmp_path_factory) -> dict:
     return ckpt
 
 
+@pytest.mark.slow
 def test_a_killed_rank_stops_the_other_then_two_processes_resume_exactly(tmp_path, reference):
     """Rank 1 is SIGKILLed in step 5 while rank 0 waits in the same step: rank 0 exits with
     code 2 and one line naming its rank, the step, the checkpoint and what to do, within
@@ -130,6 +133,7 @@ def test_a_killed_rank_stops_the_other_then_two_processes_resume_exactly(tmp_pat
     assert_identical(_train_to_end(tmp_path, run), reference)
 
 
+@pytest.mark.slow
 def test_a_rank_that_hangs_fails_the_other_after_the_timeout(tmp_path):
     """Rank 1 hangs in step 5 (alive, never reaching the all-reduce): with
     train.dist_timeout_s = 3, rank 0's all-reduce times out and rank 0 exits with code 2 and one
@@ -177,6 +181,7 @@ def _samples(run: Path, k: int, files: list[str]) -> dict[str, np.ndarray]:
     return {key: v[order] for key, v in out.items()}
 
 
+@pytest.mark.slow
 def test_evaluate_with_two_processes_matches_one(tmp_path):
     """The same trained Fashion-MNIST run scored by 1 and by 2 processes (40 samples in batches
     of 10, 1 and 2 steps): identical samples (uint8 images, labels, indices 0..39) and the same
@@ -197,3 +202,97 @@ def test_evaluate_with_two_processes_matches_one(tmp_path):
             np.testing.assert_array_equal(a[key], b[key], err_msg=f"{k} step(s): {key}")
         fd1, fd2 = one["steps"][str(k)]["fd"], two["steps"][str(k)]["fd"]
         assert fd2 == pytest.approx(fd1, rel=1e-9, abs=0), (k, fd1, fd2)
+
+
+@pytest.mark.slow
+def test_two_processes_are_one_process_with_two_micro_batches(tmp_path):
+    """``tvmlib.apps.equivalence`` on the 2D smoke config (global batch 64, 4 steps): 2 gloo
+    processes against 1 process with 2 micro-batches, in bf16 and in fp32. The loss of every
+    step and the final network, EMA, TVM target and AdamW state are bit-identical (one thread;
+    x / 2 + y / 2 and (x + y) / 2 round alike), and the check sees bf16's difference from fp32."""
+    from tvmlib.apps.equivalence import main
+
+    out = tmp_path / "eq.json"
+    res = main(["--config", str(SMOKE), "--steps", "4", "--no-repeat", "--work",
+                str(tmp_path / "work"), "--out", str(out)])
+    assert {k: r["status"] for k, r in res["runs"].items()} == dict.fromkeys(
+        ["p1_bf16", "p1_fp32", "p2_bf16", "p2_fp32"], "ok")
+    runs = res["runs"]
+    assert len(runs["p1_bf16"]["loss"]) == 4 and runs["p2_bf16"]["loss"] == runs["p1_bf16"]["loss"]
+    assert runs["p2_fp32"]["loss"] == runs["p1_fp32"]["loss"] != runs["p1_bf16"]["loss"]
+    assert res["fp32"]["bit_identical"] and res["fp32"]["same_weights"]
+    assert res["bf16"]["within_bf16_noise"]
+    assert res["bf16"]["pN_vs_p1"]["max"] == 0 < res["bf16"]["bf16_vs_fp32"]["mean"]
+    saved = json.loads(out.read_text())
+    assert saved["provenance"]["command"].startswith("python -m tvmlib.apps.equivalence")
+
+
+def test_the_weight_comparison_sees_one_rounding_step():
+    """``equivalence.distance``: one element one float32 step away is not equal, and its
+    distances are that step."""
+    from tvmlib.apps.equivalence import distance
+
+    w = torch.linspace(-1, 1, 10)
+    a = {"net": {"w": w}, "ema": {"module": {"w": w}}, "loss": {"target": {"module": {"w": w}}},
+         "opt": {"state": {0: {"exp_avg": w, "step": torch.tensor(4.0)}}}}
+    b = {**a, "ema": {"module": {"w": w.clone()}}}
+    b["ema"]["module"]["w"][3] = torch.nextafter(w[3], torch.tensor(2.0))
+    d = distance(b, a)
+    assert [g for g, v in d.items() if not v["equal"]] == ["ema"]
+    step = float(b["ema"]["module"]["w"][3] - w[3])
+    assert step > 0 and d["ema"]["max_abs"] == step and d["net"]["rel_l2"] == 0
+    assert d["ema"]["rel_l2"] == pytest.approx(step / float(w.double().norm()))
+
+
+@pytest.mark.slow
+def test_scaling_benchmark_with_one_and_two_processes(tmp_path):
+    """``tvmlib.apps.bench.scaling`` at tiny size on a CPU: rows for 1 and 2 processes, the
+    all-reduce timed on 2 only, both processes report the same (averaged) loss, the efficiency
+    is the per-process throughput ratio, and the CUDA graph is reported unavailable."""
+    from tvmlib.apps.bench.scaling import main
+
+    out = tmp_path / "scaling.json"
+    res = main(["--device", "cpu", "--model", "DiT-T/2", "--input-size", "8", "--batch", "2",
+                "--backends", "math", "--graph", "off", "on", "--steps", "1", "--warmup", "1",
+                "--out", str(out)])
+    rows = {(r["gpus"], r["graph"]): r for r in res["rows"]}
+    one, two = rows[(1, "off")], rows[(2, "off")]
+    assert one["status"] == two["status"] == "ok", res["rows"]
+    assert rows[(1, "on")]["status"] == "unavailable: a CUDA graph needs a CUDA device"
+    assert one["allreduce_ms"] == 0 < two["allreduce_ms"]
+    assert two["images_per_s"] == pytest.approx(2 * two["images_per_s_per_gpu"])
+    assert two["ranks"][0]["loss"] == two["ranks"][1]["loss"]
+    (s,) = res["scaling"]
+    assert s["efficiency"] == pytest.approx(two["images_per_s_per_gpu"] /
+                                            one["images_per_s_per_gpu"])
+    assert s["result"] == ("hit" if s["efficiency"] >= 0.9 else "miss")
+    assert json.loads(out.read_text())["results"]["scaling"] == res["scaling"]
+
+
+@pytest.mark.parametrize("module", ["tvmlib.apps.train", "tvmlib.apps.evaluate",
+                                    "tvmlib.apps.latents", "tvmlib.apps.bench.scaling"])
+def test_every_flag_passes_through_torchrun(module, monkeypatch):
+    """torchrun's own parser takes any abbreviation of its options from the module's arguments
+    (``--run`` is ambiguous with its ``--run-path``): each flag of a module run under torchrun
+    reaches the module unchanged."""
+    import importlib
+
+    from torch.distributed.run import get_args_parser
+
+    from tvmlib.apps import cli
+
+    made = []
+
+    class Spy(cli.Parser):
+        def parse_args(self, *args, **kwargs):
+            made.append(self)
+            raise SystemExit(0)
+
+    monkeypatch.setattr(cli, "Parser", Spy)
+    with pytest.raises(SystemExit):
+        importlib.import_module(module).main([])
+    flags = [a.option_strings[0] for a in made[0]._actions if a.option_strings]
+    assert "--debug" in flags and len(flags) > 3
+    for flag in flags:
+        ns = get_args_parser().parse_args(["--nproc_per_node=2", "-m", module, flag, "x"])
+        assert ns.training_script_args == [flag, "x"], flag

@@ -279,6 +279,12 @@ def _new_state(net: nn.Module, cfg: TrainConfig) -> TrainState:
     return TrainState(net, EMA(net, cfg.ema_decay, cfg.ema_warmup), opt)
 
 
+def optimizer_step(net: nn.Module, loss_fn: Callable, cfg: TrainConfig) -> _Step:
+    """The loop's own step on a fresh state (``.state``), for benchmarks: call it with one
+    global batch; its ``.sync`` is the gradient all-reduce (wrap it to time it)."""
+    return _Step(_new_state(net, check_train_config(cfg)), loss_fn, cfg)
+
+
 def train(net: nn.Module, loss_fn: Callable, source, cfg: TrainConfig, resume: bool = False,
           eval_fn: Callable[[TrainState], dict] | None = None, eval_every: int = 0,
           callback: Callable[[TrainState, dict], None] | None = None) -> TrainState:
