@@ -108,7 +108,8 @@ def test_a_killed_rank_stops_the_other_then_two_processes_resume_exactly(tmp_pat
     EXIT_WITHIN_S; the checkpoint is step 3's; resuming with 2 processes ends bit-identical to
     the uninterrupted 2-process run (weights, optimizer, EMA, target, batch stream, log)."""
     run = tmp_path / "run"
-    proc, logs = _train(tmp_path, run, "slow_step:5", ranks="0,1")
+    proc, logs = _train(tmp_path, run, "slow_step:5", ranks="0,1",
+                        extra=["train.dist_timeout_s=10"])  # NCCL cannot see a dead peer
     wait_for(tmp_path / "marker0", proc)
     victim = wait_for(tmp_path / "marker1", proc)
     os.kill(victim, signal.SIGKILL)

@@ -113,7 +113,7 @@ def evaluate_net(net: nn.Module, cfg: RunConfig, features: FeatureFn | None, ref
                     on_batch(k, images, y, b * e.batch_size)
     if features is not None:
         for k in e.steps:
-            moments[k].all_reduce(device)
+            moments[k].all_reduce()
             rows[str(k)]["fd"] = frechet_distance(*moments[k].stats(), *ref)
     return rows
 

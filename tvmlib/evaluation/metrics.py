@@ -101,7 +101,7 @@ class Moments:
         self.s1 += f.sum(0)
         self.s2 += f.T @ f
 
-    def all_reduce(self, device) -> None:
+    def all_reduce(self) -> None:
         """Sum over torchrun processes (each must have added at least one batch) with one
         all-reduce; a process that died or hangs fails it with one clear line."""
         from tvmlib.training.distributed import all_reduce_sum, collective, world
@@ -112,7 +112,7 @@ class Moments:
         flat = torch.cat([self.s1, self.s2.flatten(), torch.tensor([float(self.n)],
                                                                    dtype=torch.float64)])
         with collective("feature-moment all-reduce"):
-            flat = all_reduce_sum(flat.to(device)).cpu()
+            flat = all_reduce_sum(flat)
         self.s1, self.s2, self.n = flat[:d], flat[d:d + d * d].view(d, d), int(flat[-1])
 
     def stats(self) -> tuple[np.ndarray, np.ndarray]:

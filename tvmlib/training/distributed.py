@@ -119,7 +119,11 @@ def average_gradients(net: nn.Module, n: int, extra: torch.Tensor | None = None)
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum ``t`` over processes in place (a no-op without a process group)."""
+    """Sum ``t`` over processes in place (a no-op without a process group); NCCL sums a CPU
+    tensor through this process's GPU."""
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
+        if dist.get_backend() == "nccl" and t.device.type != "cuda":
+            t.copy_(all_reduce_sum(t.cuda()))
+        else:
+            dist.all_reduce(t)
     return t
