@@ -160,7 +160,9 @@ def test_a_rank_that_hangs_fails_the_other_after_the_timeout(tmp_path):
 
 
 def _evaluate(run: Path, nproc: int, logs: Path) -> dict:
-    """``python -m tvmlib.apps.evaluate`` on ``run`` with 1 or 2 processes: its eval.json."""
+    """``python -m tvmlib.apps.evaluate`` on ``run`` with 1 or 2 processes (one thread each, as
+    the same kernels must run: the classifier's features differ in the last bits otherwise):
+    its eval.json."""
     args = ["-m", "tvmlib.apps.evaluate", "--run-dir", str(run), "--num-samples", "40",
             "--batch-size", "10", "--steps", "1", "2", "--save-samples", "--device", "cpu"]
     if nproc == 1:
@@ -186,12 +188,12 @@ def _samples(run: Path, k: int, files: list[str]) -> dict[str, np.ndarray]:
 def test_evaluate_with_two_processes_matches_one(tmp_path):
     """The same trained Fashion-MNIST run scored by 1 and by 2 processes (40 samples in batches
     of 10, 1 and 2 steps): identical samples (uint8 images, labels, indices 0..39) and the same
-    Frechet distance up to float64 rounding (the feature sums are added in another order)."""
+    Frechet distance, bit for bit (``Moments`` adds the feature sums in the same order)."""
     from tvmlib.apps.train import main as train_main
 
     run = tmp_path / "fs"
     train_main(["--config", str(ROOT / "configs" / "fashion_tvm_smoke.yaml"), "--set",
-                "train.steps=2", "--set", f"out_dir={run}"])
+                "train.steps=1", "--set", f"out_dir={run}"])
     one = _evaluate(run, 1, tmp_path / "logs1")
     two = _evaluate(run, 2, tmp_path / "logs2")
     assert (one["processes"], two["processes"]) == (1, 2)
@@ -202,7 +204,7 @@ def test_evaluate_with_two_processes_matches_one(tmp_path):
         for key in ("images", "labels", "index"):
             np.testing.assert_array_equal(a[key], b[key], err_msg=f"{k} step(s): {key}")
         fd1, fd2 = one["steps"][str(k)]["fd"], two["steps"][str(k)]["fd"]
-        assert fd2 == pytest.approx(fd1, rel=1e-9, abs=0), (k, fd1, fd2)
+        assert fd2 == fd1 and fd1 > 0, (k, fd1, fd2)
 
 
 @pytest.mark.slow

@@ -108,7 +108,7 @@ def evaluate_net(net: nn.Module, cfg: RunConfig, features: FeatureFn | None, ref
                 rows[str(k)].update(nfe=nfe)
                 rows[str(k)]["sample_seconds_rank0"] += sec
                 if features is not None:
-                    moments[k].add(features(images.to(device)))
+                    moments[k].add(features(images.to(device)), b)
                 if on_batch is not None:
                     on_batch(k, images, y, b * e.batch_size)
     if features is not None:
