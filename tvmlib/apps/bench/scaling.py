@@ -23,6 +23,7 @@ miss. Rows that fail (out of memory, a backend unavailable) say so in ``status``
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -97,6 +98,7 @@ def row_status(args, backend: str, graph: bool, device: torch.device) -> dict:
         what = "a CUDA graph" if graph else "the triton backend"
         return {"rank": world()[0], "status": f"unavailable: {what} needs a CUDA device"}
     try:
+        gc.collect()  # the last row's model, graph and optimizer
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
