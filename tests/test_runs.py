@@ -46,6 +46,13 @@ def test_cuda_graph_option_reaches_the_loop_and_is_refused_on_cpu(tmp_path):
             train_run(cfg, log=lambda msg: None)
 
 
+def test_the_process_group_timeout_is_a_positive_setting():
+    assert load_config(SMOKE).train.dist_timeout_s == 600
+    for bad in ("0", "-5", "inf"):
+        with pytest.raises(ConfigError, match="train.dist_timeout_s"):
+            load_config(SMOKE, [f"train.dist_timeout_s={bad}"])
+
+
 def test_cli_rejects_unknown_key_before_work(tmp_path):
     out = subprocess.run([sys.executable, "-m", "tvmlib.apps.train", "--config", str(SMOKE),
                           "--set", "train.stepz=5", "--set", f"out_dir={tmp_path / 'x'}"],
@@ -55,12 +62,14 @@ def test_cli_rejects_unknown_key_before_work(tmp_path):
 
 
 def test_a_run_folder_resumes_only_its_own_settings(tmp_path):
-    """The train command continues a run with more steps, refuses a resume whose settings
-    differ (the old learning rate would silently win), and trains afresh when asked."""
+    """The train command continues a run with more steps (and another process-group timeout),
+    refuses a resume whose settings differ (the old learning rate would silently win), and
+    trains afresh when asked."""
     quiet = dict(log=lambda msg: None)
     cfg = load_config(SMOKE, [f"out_dir={tmp_path}", "train.steps=2"])
     assert train_run(cfg, **quiet).step == 2
-    longer = load_config(SMOKE, [f"out_dir={tmp_path}", "train.steps=4"])
+    longer = load_config(SMOKE, [f"out_dir={tmp_path}", "train.steps=4",
+                                 "train.dist_timeout_s=30"])
     assert train_run(longer, **quiet).step == 4
     other = load_config(SMOKE, [f"out_dir={tmp_path}", "train.steps=4", "train.lr=0.5"])
     with pytest.raises(ValueError, match="other settings.*train.lr"):
