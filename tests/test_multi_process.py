@@ -301,3 +301,29 @@ def test_every_flag_passes_through_torchrun(module, monkeypatch):
     for flag in flags:
         ns = get_args_parser().parse_args(["--nproc_per_node=2", "-m", module, flag, "x"])
         assert ns.training_script_args == [flag, "x"], flag
+
+
+def test_a_failed_collective_is_one_line_with_rank_step_cause_and_remedy(monkeypatch):
+    """``distributed.collective`` keeps the gist of a backend error (no source location, no
+    advice), names the setting of the timeout, and lets out-of-memory errors through as they
+    are."""
+    from tvmlib.training import distributed as D
+
+    monkeypatch.setattr(D, "_state", {"timeout_s": 7.0, "setting": "--dist-timeout-s",
+                                      "failed": False})
+    gloo = ("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error "
+            "[127.0.0.1]:39328: Connection reset by peer. This is typically caused by a remote "
+            "worker hanging or bugs in the application.\nmore")
+    with pytest.raises(D.CollectiveError) as info:
+        with D.collective("gradient all-reduce", 5, "runs/x/checkpoint.pt"):
+            raise RuntimeError(gloo)
+    assert str(info.value) == (
+        "rank 0 of 1 in step 5: the gradient all-reduce did not complete (Read error "
+        "[127.0.0.1]:39328: Connection reset by peer): another process of this run died or did "
+        "not answer within 7 s (--dist-timeout-s). Make sure every process of the run has "
+        "stopped, then run the same command again: it resumes from the last checkpoint "
+        "(runs/x/checkpoint.pt)")
+    assert D._state["failed"]  # shutdown() then leaves the process group alone
+    with pytest.raises(torch.OutOfMemoryError):
+        with D.collective("gradient all-reduce", 5):
+            raise torch.OutOfMemoryError("CUDA out of memory")

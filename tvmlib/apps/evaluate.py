@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
         overrides["metric"] = "inception_fid"
     if not args.dist_timeout_s > 0:
         ap.error(f"--dist-timeout-s must be > 0, got {args.dist_timeout_s}")
-    _, _, device = init_distributed(args.dist_timeout_s)
+    _, _, device = init_distributed(args.dist_timeout_s, "--dist-timeout-s")
     try:
         return evaluate_run(args.run, overrides, device=args.device or device,
                             figures=args.figures, save_samples=args.save_samples)

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 DEFAULT_TIMEOUT_S = 600.0  # longer than any gap between collectives (a checkpoint write)
-_state = {"timeout_s": DEFAULT_TIMEOUT_S, "failed": False}
+_state = {"timeout_s": DEFAULT_TIMEOUT_S, "setting": "train.dist_timeout_s", "failed": False}
 
 
 class CollectiveError(RuntimeError):
@@ -46,10 +46,11 @@ def barrier() -> None:
             dist.barrier()
 
 
-def init_distributed(timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[int, int, torch.device]:
+def init_distributed(timeout_s: float = DEFAULT_TIMEOUT_S, setting: str = "train.dist_timeout_s"
+                     ) -> tuple[int, int, torch.device]:
     """(rank, world size, device); under torchrun initialises the process group (NCCL on GPUs,
     gloo on CPUs). A collective that waits longer than ``timeout_s`` raises (see the module
-    docstring) instead of hanging."""
+    docstring) instead of hanging; its error names ``setting``, where the user sets it."""
     if not timeout_s > 0:
         raise ValueError(f"the process-group timeout must be > 0 seconds, got {timeout_s}")
     n = int(os.environ.get("WORLD_SIZE", "1"))
@@ -62,7 +63,7 @@ def init_distributed(timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[int, int, to
     if n > 1 and not dist.is_initialized():
         if device.type == "cuda":  # a timeout raises in this thread (read at group creation)
             os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
-        _state.update(timeout_s=float(timeout_s), failed=False)
+        _state.update(timeout_s=float(timeout_s), setting=setting, failed=False)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(seconds=timeout_s))
     return world()[0], n, device
@@ -89,7 +90,7 @@ def collective(what: str, step: int | None = None, resume: str | None = None):
     try:
         yield
     except RuntimeError as err:  # DistBackendError, gloo's errors: all RuntimeErrors
-        if isinstance(err, CollectiveError):
+        if isinstance(err, (CollectiveError, torch.OutOfMemoryError)):
             raise
         _state["failed"] = True
         rank, n = world()
@@ -99,7 +100,7 @@ def collective(what: str, step: int | None = None, resume: str | None = None):
         raise CollectiveError(
             f"rank {rank} of {n}{at}: the {what} did not complete ({_cause(err)}): another "
             f"process of this run died or did not answer within {_state['timeout_s']:g} s "
-            f"(train.dist_timeout_s). Make sure every process of the run has stopped, {todo}"
+            f"({_state['setting']}). Make sure every process of the run has stopped, {todo}"
         ) from err
 
 

@@ -111,7 +111,7 @@ def row_status(args, backend: str, graph: bool, device: torch.device) -> dict:
 
 def worker(args) -> None:
     """Under torchrun: every row on every process; rank 0 writes them to ``args.worker``."""
-    rank, n, device = init_distributed(args.dist_timeout_s)
+    rank, n, device = init_distributed(args.dist_timeout_s, "--dist-timeout-s")
     device = torch.device(args.device) if args.device == "cpu" else device
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # TVM trains with TF32 off
