@@ -6,8 +6,9 @@ Each run is ``torchrun --standalone --nproc_per_node=2`` with per-rank logs (``-
 every rank's stderr and torchrun's report of its exit code can be read. A fault hook
 (``fault_helpers.CHILD``) holds a chosen rank at step 5, so a signal lands exactly there. One
 thread per process: the same kernels run in every process, so runs can be compared bit for bit.
-NCCL on GPUs is not exercised here (no GPU in CI): ``tvmlib.apps.equivalence`` and
-``tvmlib.apps.bench.scaling`` measure it on a machine with GPUs.
+In CI this is gloo on a CPU; where GPUs are visible the same runs use NCCL (the README's
+"Several GPUs" runs the failure tests so), and ``tvmlib.apps.equivalence`` and
+``tvmlib.apps.bench.scaling`` measure the rest on GPUs.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ ENV = {"TVMLIB_QUIET": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TH
 EXIT_WITHIN_S = 60  # the survivor (and torchrun) must be done this long after the fault
 
 
-def _torchrun(tmp_path: Path, args: list[str], logs: Path, **env) -> subprocess.Popen:
+def _torchrun(args: list[str], logs: Path, **env) -> subprocess.Popen:
     """``torchrun`` with 2 processes running ``args`` (a script or -m module and its arguments),
     each rank's output in ``logs``."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -51,7 +52,7 @@ def _train(tmp_path: Path, run: Path, fault: str = "none:0", ranks: str = "",
     script.write_text(CHILD)
     sets = [a for s in [f"out_dir={run}", *SETTINGS, *extra] for a in ("--set", s)]
     logs = tmp_path / f"logs_{run.name}"
-    proc = _torchrun(tmp_path, [str(script), "--config", str(SMOKE), *sets], logs,
+    proc = _torchrun([str(script), "--config", str(SMOKE), *sets], logs,
                      FAULT=fault, FAULT_RANKS=ranks, MARKER=str(tmp_path / "marker{rank}"),
                      RELEASE=str(tmp_path / "release"))
     return proc, logs
@@ -172,7 +173,7 @@ def _evaluate(run: Path, nproc: int, logs: Path) -> dict:
                                 env={**os.environ, **ENV}, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
     else:
-        proc = _torchrun(logs.parent, args, logs)
+        proc = _torchrun(args, logs)
     out, err = _finish(proc)
     assert proc.returncode == 0, err[-3000:]
     return json.loads((run / "eval.json").read_text())["results"]
