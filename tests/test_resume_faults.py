@@ -2,11 +2,11 @@
 with an exact outcome: SIGKILL during a checkpoint write, SIGKILL mid-step then resume, Ctrl-C
 (SIGINT) mid-step, and two processes training into one folder.
 
-A child process trains the 2D smoke config; a fault hook (below) makes one step or one checkpoint
-write wait, and says so through a marker file, so the signal lands exactly there. "Bit-identical"
-compares every tensor and number of two checkpoints except wall-clock seconds, against a run of
-the same config trained without interruption in this process (one thread everywhere: a tiny MLP
-gains nothing from more, and the same kernels run in both processes).
+A child process trains the 2D smoke config; a fault hook (``fault_helpers``) makes one step or
+one checkpoint write wait, and says so through a marker file, so the signal lands exactly there.
+"Bit-identical" compares every tensor and number of two checkpoints except wall-clock seconds,
+against a run of the same config trained without interruption in this process (one thread
+everywhere: a tiny MLP gains nothing from more, and the same kernels run in both processes).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+from fault_helpers import CHILD, assert_identical, wait_for
 
 from tvmlib.experiments.runner import train_run
 from tvmlib.training.checkpoint import read_checkpoint
@@ -30,44 +30,6 @@ SMOKE = ROOT / "configs" / "toy_tvm_smoke.yaml"
 SETTINGS = ["train.steps=8", "train.ckpt_every=3", "train.log_every=2"]  # checkpoints 3, 6, 8
 QUIET = dict(log=lambda msg: None)
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-CHILD = '''
-import io, os, sys, time
-from pathlib import Path
-import torch
-torch.set_num_threads(int(os.environ["THREADS"]))
-fault, n = os.environ["FAULT"].split(":")
-n, marker, release = int(n), Path(os.environ["MARKER"]), Path(os.environ["RELEASE"])
-if fault == "slow_step":  # the n-th loss call (step n) waits for the release file
-    from tvmlib.core.losses import TVMLoss
-    call, calls = TVMLoss.__call__, [0]
-    def slow(self, net, batch):
-        calls[0] += 1
-        if calls[0] == n:
-            marker.touch()
-            t0 = time.time()
-            while not release.exists() and time.time() - t0 < 120:
-                time.sleep(0.02)
-        return call(self, net, batch)
-    TVMLoss.__call__ = slow
-if fault == "hang_save":  # the checkpoint of step n stops half written
-    real = torch.save
-    def hang(obj, f, *args, **kwargs):
-        if isinstance(obj, dict) and obj.get("step") == n:
-            buf = io.BytesIO()
-            real(obj, buf)
-            f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
-            f.flush()
-            os.fsync(f.fileno())
-            marker.touch()
-            time.sleep(600)
-        return real(obj, f, *args, **kwargs)
-    torch.save = hang
-from tvmlib.apps import cli
-from tvmlib.apps.train import main
-cli.run(main, sys.argv[1:])
-'''
-
 
 def _start(tmp_path: Path, run: Path, fault: str, extra: list[str] = ()) -> subprocess.Popen:
     script = tmp_path / "child.py"
@@ -81,47 +43,8 @@ def _start(tmp_path: Path, run: Path, fault: str, extra: list[str] = ()) -> subp
                             text=True)
 
 
-def _wait_for(marker: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
-    t0 = time.time()
-    while not marker.exists():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"the child exited ({proc.returncode}) before the fault point:\n"
-                        f"{out[-2000:]}\n{err[-3000:]}")
-        if time.time() - t0 > timeout:
-            proc.kill()
-            pytest.fail("the child never reached the fault point")
-        time.sleep(0.05)
-
-
 def _resume(run: Path):
     return train_run(load_config(SMOKE, [f"out_dir={run}", *SETTINGS]), **QUIET)
-
-
-def _drop_seconds(obj):
-    if isinstance(obj, dict):
-        return {k: _drop_seconds(v) for k, v in obj.items()
-                if k not in ("seconds", "train_seconds", "sha256")}
-    if isinstance(obj, (list, tuple)):
-        return [_drop_seconds(v) for v in obj]
-    return obj
-
-
-def _assert_identical(a, b, where: str = "checkpoint") -> None:
-    """Every tensor equal bit for bit, every other value equal (wall-clock seconds aside)."""
-    a, b = _drop_seconds(a), _drop_seconds(b)
-    if isinstance(a, dict):
-        assert list(a) == list(b), (where, list(a), list(b))
-        for k in a:
-            _assert_identical(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_identical(x, y, f"{where}[{i}]")
-    elif torch.is_tensor(a):
-        assert a.dtype == b.dtype and torch.equal(a, b), where
-    else:
-        assert a == b, (where, a, b)
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +61,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_pat
     resumed run ends bit-identical to the uninterrupted one."""
     run = tmp_path / "run"
     proc = _start(tmp_path, run, "hang_save:6")
-    _wait_for(tmp_path / "marker", proc)
+    wait_for(tmp_path / "marker", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
@@ -149,7 +72,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_pat
     assert read_checkpoint(run / "checkpoint.pt")["step"] == 3
     assert _resume(run).step == 8
     assert not list(run.glob("checkpoint.pt.*.tmp"))
-    _assert_identical(read_checkpoint(run / "checkpoint.pt"), reference)
+    assert_identical(read_checkpoint(run / "checkpoint.pt"), reference)
 
 
 def test_sigkill_mid_step_then_resume_is_bit_identical(tmp_path, reference):
@@ -157,14 +80,14 @@ def test_sigkill_mid_step_then_resume_is_bit_identical(tmp_path, reference):
     included (the row of step 4 averages steps 3 and 4, as in the uninterrupted run)."""
     run = tmp_path / "run"
     proc = _start(tmp_path, run, "slow_step:5")
-    _wait_for(tmp_path / "marker", proc)
+    wait_for(tmp_path / "marker", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     at_kill = read_checkpoint(run / "checkpoint.pt")
     assert at_kill["step"] == 3 and at_kill["log_window"]["n"] == 1
     state = _resume(run)
     assert [r["step"] for r in state.history] == [2, 4, 6, 8]
-    _assert_identical(read_checkpoint(run / "checkpoint.pt"), reference)
+    assert_identical(read_checkpoint(run / "checkpoint.pt"), reference)
 
 
 def test_sigint_mid_step_checkpoints_at_the_step_boundary(tmp_path, reference):
@@ -172,7 +95,7 @@ def test_sigint_mid_step_checkpoints_at_the_step_boundary(tmp_path, reference):
     one, step 3), exits with 130; the resumed run ends bit-identical."""
     run = tmp_path / "run"
     proc = _start(tmp_path, run, "slow_step:5")
-    _wait_for(tmp_path / "marker", proc)
+    wait_for(tmp_path / "marker", proc)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.5)  # the signal lands while step 5 waits
     (tmp_path / "release").touch()
@@ -182,7 +105,7 @@ def test_sigint_mid_step_checkpoints_at_the_step_boundary(tmp_path, reference):
     assert "Traceback" not in err
     assert read_checkpoint(run / "checkpoint.pt")["step"] == 5
     assert _resume(run).step == 8
-    _assert_identical(read_checkpoint(run / "checkpoint.pt"), reference)
+    assert_identical(read_checkpoint(run / "checkpoint.pt"), reference)
 
 
 def test_two_writers_on_one_folder(tmp_path, reference):
@@ -191,7 +114,7 @@ def test_two_writers_on_one_folder(tmp_path, reference):
     ends bit-identical to the uninterrupted one."""
     run = tmp_path / "run"
     first = _start(tmp_path, run, "slow_step:2")
-    _wait_for(tmp_path / "marker", first)
+    wait_for(tmp_path / "marker", first)
     config_before = (run / "config.yaml").read_bytes()
     second = subprocess.run(
         [sys.executable, "-m", "tvmlib.apps.train", "--config", str(SMOKE), "--set",
@@ -206,4 +129,4 @@ def test_two_writers_on_one_folder(tmp_path, reference):
     assert (run / "config.yaml").read_bytes() == config_before
     out, err = first.communicate(timeout=120)
     assert first.returncode == 0, out[-2000:] + err[-2000:]
-    _assert_identical(read_checkpoint(run / "checkpoint.pt"), reference)
+    assert_identical(read_checkpoint(run / "checkpoint.pt"), reference)

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = load_config(args.config, args.overrides)  # fails here, before any work
     except (ConfigError, FileNotFoundError) as err:
         ap.error(str(err))
-    rank, world, device = init_distributed()
+    rank, world, device = init_distributed(cfg.train.dist_timeout_s)
     try:
         state = train_run(cfg, resume=not args.fresh, device=device, world=world,
                           log=(lambda msg: print(msg, flush=True)) if rank == 0 else

@@ -86,7 +86,9 @@ def evaluate_net(net: nn.Module, cfg: RunConfig, features: FeatureFn | None, ref
                  ) -> dict[str, dict]:
     """{str(steps): {"steps", "nfe", "fd", "sample_seconds_rank0"}} for ``cfg.eval.steps``, with
     ``cfg.eval.num_samples`` samples of ``net`` (its batches split over torchrun processes).
-    ``on_batch(steps, images, labels)`` sees every batch (for saving samples)."""
+    ``on_batch(steps, images, labels, first)`` sees every batch (for saving samples; ``first``
+    is the index of its first sample: a sample's noise and label depend on its index only, not
+    on the number of processes)."""
     e, (rank, n_world) = cfg.eval, world()
     spec, device = sampler(cfg, net), next(net.parameters()).device
     dtype = next(net.parameters()).dtype
@@ -106,12 +108,12 @@ def evaluate_net(net: nn.Module, cfg: RunConfig, features: FeatureFn | None, ref
                 rows[str(k)].update(nfe=nfe)
                 rows[str(k)]["sample_seconds_rank0"] += sec
                 if features is not None:
-                    moments[k].add(features(images.to(device)))
+                    moments[k].add(features(images.to(device)), b)
                 if on_batch is not None:
-                    on_batch(k, images, y)
+                    on_batch(k, images, y, b * e.batch_size)
     if features is not None:
         for k in e.steps:
-            moments[k].all_reduce(device)
+            moments[k].all_reduce()
             rows[str(k)]["fd"] = frechet_distance(*moments[k].stats(), *ref)
     return rows
 
@@ -153,15 +155,16 @@ def _autocast(precision: str, device):
 def _sample_saver(folder: Path, steps: list[int]):
     saved = {k: [] for k in steps}
 
-    def on_batch(k: int, images: Tensor, y: Tensor | None) -> None:
-        saved[k].append((to_uint8(images), y))
+    def on_batch(k: int, images: Tensor, y: Tensor | None, first: int) -> None:
+        saved[k].append((to_uint8(images), y, torch.arange(first, first + len(images))))
 
     def write(suffix: str) -> None:
         for k, parts in saved.items():
             ys = [p[1] for p in parts if p[1] is not None]
             np.savez(folder / f"samples_{k}step{suffix}.npz",
                      images=torch.cat([p[0] for p in parts]).numpy(),
-                     labels=torch.cat(ys).numpy() if ys else np.zeros(0, np.int64))
+                     labels=torch.cat(ys).numpy() if ys else np.zeros(0, np.int64),
+                     index=torch.cat([p[2] for p in parts]).numpy())
 
     return on_batch, write
 
@@ -176,7 +179,8 @@ def evaluate_run(run_dir: str | Path, overrides: dict | None = None,
     (metric features_fd) maps images in [-1, 1] to features. Writes ``eval.json`` and
     ``samples_<k>step.png`` into the run folder; ``figures`` is a file-name prefix for copies
     (and the training log) under ``figures/``; ``save_samples`` also writes
-    ``samples_<k>step.npz`` (this process's uint8 images and labels).
+    ``samples_<k>step.npz`` (uint8 images, labels and each sample's index; under torchrun
+    ``samples_<k>step_rank<r>.npz``, this process's share).
     """
     run_dir, (rank, n_world) = Path(run_dir), world()
     if figures is not None:

@@ -86,39 +86,65 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 class Moments:
     """Running float64 sums of features, enough for their mean and unbiased covariance; sums
-    over ``torchrun`` processes with :meth:`all_reduce`."""
+    over ``torchrun`` processes with :meth:`all_reduce`.
+
+    Batch b goes into partial sum b mod :attr:`GROUPS`; the partial sums are added in group
+    order at the end. N processes that take batches b = rank, rank + N, ... (N dividing GROUPS)
+    thus add exactly what one process adds, in the same order: the same bits (a Frechet
+    distance goes through the square root of a covariance, which can turn a last-bit
+    difference into a 1e-9 relative one)."""
+
+    GROUPS = 8
 
     def __init__(self):
-        self.n, self.s1, self.s2 = 0, None, None
+        self.parts: dict[int, list] = {}  # group -> [n, s1 (d,), s2 (d, d)]
 
-    def add(self, f: Tensor) -> None:
+    def add(self, f: Tensor, batch: int = 0) -> None:
         f = f.detach().double().flatten(1).cpu()  # (B, d)
-        if self.s1 is None:
-            d = f.shape[1]
-            self.s1 = torch.zeros(d, dtype=torch.float64)
-            self.s2 = torch.zeros(d, d, dtype=torch.float64)
-        self.n += len(f)
-        self.s1 += f.sum(0)
-        self.s2 += f.T @ f
+        d = f.shape[1]
+        part = self.parts.setdefault(batch % self.GROUPS, [0, torch.zeros(d, dtype=torch.float64),
+                                                           torch.zeros(d, d, dtype=torch.float64)])
+        part[0] += len(f)
+        part[1] += f.sum(0)
+        part[2] += f.T @ f
 
-    def all_reduce(self, device) -> None:
-        """Sum over torchrun processes (each must have added at least one batch)."""
-        import torch.distributed as dist
+    def all_reduce(self) -> None:
+        """Every process's partial sums on every process (each must have added at least one
+        batch), with one all-reduce; a process that died or hangs fails it with one clear
+        line. Each group comes from one process, the others add zeros: exact."""
+        from tvmlib.training.distributed import all_reduce_sum, collective, world
 
-        if not (dist.is_available() and dist.is_initialized()):
+        if world()[1] == 1:
             return
-        for name in ("s1", "s2"):
-            t = getattr(self, name).to(device)
-            dist.all_reduce(t)
-            setattr(self, name, t.cpu())
-        n = torch.tensor([self.n], dtype=torch.float64, device=device)
-        dist.all_reduce(n)
-        self.n = int(n.item())
+        d = len(next(iter(self.parts.values()))[1])
+        flat = torch.zeros(self.GROUPS, 1 + d + d * d, dtype=torch.float64)
+        for g, (n, s1, s2) in self.parts.items():
+            flat[g] = torch.cat([torch.tensor([float(n)], dtype=torch.float64), s1, s2.flatten()])
+        with collective("feature-moment all-reduce"):
+            all_reduce_sum(flat)
+        self.parts = {g: [int(row[0]), row[1:1 + d], row[1 + d:].view(d, d)]
+                      for g, row in enumerate(flat) if row[0] > 0}
+
+    def totals(self) -> tuple[int, Tensor, Tensor]:
+        """(n, sum of features (d,), sum of outer products (d, d)), groups added in order."""
+        if not self.parts:
+            return 0, None, None
+        parts = [self.parts[g] for g in sorted(self.parts)]
+        s1, s2 = parts[0][1].clone(), parts[0][2].clone()
+        for _, a, b in parts[1:]:
+            s1 += a
+            s2 += b
+        return sum(p[0] for p in parts), s1, s2
+
+    @property
+    def n(self) -> int:
+        return sum(p[0] for p in self.parts.values())
 
     def stats(self) -> tuple[np.ndarray, np.ndarray]:
         """(mu (d,), sigma (d, d)) as numpy float64; sigma = (S2 - n mu mu^T) / (n - 1)."""
-        if self.n < 2:
-            raise ValueError(f"need at least 2 feature vectors, got {self.n}")
-        mu = self.s1 / self.n
-        sigma = (self.s2 - self.n * torch.outer(mu, mu)) / (self.n - 1)
+        n, s1, s2 = self.totals()
+        if n < 2:
+            raise ValueError(f"need at least 2 feature vectors, got {n}")
+        mu = s1 / n
+        sigma = (s2 - n * torch.outer(mu, mu)) / (n - 1)
         return mu.numpy(), sigma.numpy()

@@ -192,7 +192,8 @@ def load_run(run_dir: str | Path, weights: str = "ema", device: str | torch.devi
     return cfg, net.eval().requires_grad_(False)
 
 
-RESUMABLE = ("steps", "time_budget_s", "total_budget_s")  # may grow between calls of a run
+RESUMABLE = ("steps", "time_budget_s", "total_budget_s",  # may change between calls of a run
+             "dist_timeout_s")
 
 
 def check_resume(cfg: RunConfig) -> None:

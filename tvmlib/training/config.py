@@ -123,6 +123,7 @@ class TrainSection:
     time_budget_s: float | None = None  # stop training after this many (GPU) seconds
     total_budget_s: float | None = None  # ... counting the runs it starts from and its setup
     flop_budget: float | None = None  # train this many FLOPs: steps = budget / FLOPs of a step
+    dist_timeout_s: float = 600.0  # torchrun: a collective not done by then fails the run
 
 
 @dataclass

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from tvmlib.core.ema import EMA
 from tvmlib.training.checkpoint import load_checkpoint, run_lock, save_checkpoint
-from tvmlib.training.distributed import all_reduce_sum, average_gradients, world
+from tvmlib.training.distributed import average_gradients, collective, world
 from tvmlib.training.graphs import GraphedLossBackward, check_graph_support
 from tvmlib.utils.atomic import atomic_write_json, atomic_write_text
 from tvmlib.utils.checks import choice, fail, flag, integer, number
@@ -193,6 +193,7 @@ class _Step:
             self.graphed = GraphedLossBackward(state.net, loss_fn, self.autocast,
                                                cfg.micro_batches)
         self.last_finite = (None, None)  # (step, loss)
+        self.sync = average_gradients  # (net, world, loss_sum); a benchmark may time it
 
     def gradients(self, batch) -> tuple[float, dict]:
         """Accumulate this process's micro-batch gradients; returns (mean loss, last logs)."""
@@ -215,9 +216,9 @@ class _Step:
                 (loss / n_micro).backward()
             loss_sum += loss.detach().float()
         if self.world > 1:
-            all_reduce_sum(loss_sum)
-            average_gradients(net, self.world)
-        return float(loss_sum) / (n_micro * self.world), logs
+            with collective("gradient all-reduce", step + 1, self.cfg.ckpt_path):
+                self.sync(net, self.world, loss_sum)  # loss_sum becomes the mean over processes
+        return float(loss_sum) / n_micro, logs
 
     def __call__(self, batch) -> dict[str, float]:
         """Take one step; returns its logs (loss, gradient norm before clipping, lr, ...)."""
@@ -276,6 +277,12 @@ def _new_state(net: nn.Module, cfg: TrainConfig) -> TrainState:
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
                             weight_decay=cfg.weight_decay)
     return TrainState(net, EMA(net, cfg.ema_decay, cfg.ema_warmup), opt)
+
+
+def optimizer_step(net: nn.Module, loss_fn: Callable, cfg: TrainConfig) -> _Step:
+    """The loop's own step on a fresh state (``.state``), for benchmarks: call it with one
+    global batch; its ``.sync`` is the gradient all-reduce (wrap it to time it)."""
+    return _Step(_new_state(net, check_train_config(cfg)), loss_fn, cfg)
 
 
 def train(net: nn.Module, loss_fn: Callable, source, cfg: TrainConfig, resume: bool = False,

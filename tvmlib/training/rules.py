@@ -48,7 +48,8 @@ NUMBERS = {  # finite numbers: keyword arguments of tvmlib.utils.checks.number
     "loss.time_mean": {}, "loss.time_std": POSITIVE, "loss.target_decay": UNIT,
     "loss.frac_equal": PROBABILITY, "train.lr": POSITIVE, "train.weight_decay": {"low": 0},
     "train.ema_decay": UNIT, "train.time_budget_s": {"low": 0},
-    "train.total_budget_s": {"low": 0}, "eval.cfg_scale": POSITIVE, "eval.spike_k": POSITIVE,
+    "train.total_budget_s": {"low": 0}, "train.dist_timeout_s": POSITIVE,
+    "eval.cfg_scale": POSITIVE, "eval.spike_k": POSITIVE,
 }
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 FEATURES = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*|.+\.py:[A-Za-z_]\w*")
