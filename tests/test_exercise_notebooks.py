@@ -32,10 +32,6 @@ MASTERS = ex.masters_with_exercises(sorted(NB_DIR.glob("[0-9]*.ipynb")))
 # Leaks present in the masters today (issue 15 item 7 asks for them to go): remove an entry
 # when its notebook is fixed; the test fails until then so the list stays true.
 KNOWN_LEAKS = {
-    "02_flow_maps_and_tvm_2d.ipynb": [
-        "exercise 1 (d/ds f with one JVP): torch.func.jvp(f,(s,),(torch.ones_like(s),)) in cell 6",
-        "exercise 1 (d/ds f with one JVP): torch.func.jvp(f,(s,),(torch.ones_like(s),)) in cell 9",
-    ],
     "04_jvp_attention_kernel.ipynb": [
         "exercise 1 (the attention JVP): torch.full(q.shape[:-1],-math.inf,dtype=q.dtype) "
         "in cell 12",

@@ -171,6 +171,7 @@ def test_solution_leaks_anywhere_in_the_copy(toy):
         "exercise 1 (the CMT target): gap=(t_j-t_i).reshape(-1,*[1]*(x_i.dim()-1)) in cell 10",
         "exercise 2 (fill in this cell): (1-t[:,None])*x0+t[:,None]*eps in cell 2"]
     assert ex.key_fragments("    return x  # short") == set()
+    assert ex.key_fragments("    with torch.no_grad():  # opens a block") == set()
 
 
 def test_cli_writes_and_checks_copies(tmp_path, capsys):

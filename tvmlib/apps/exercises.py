@@ -178,8 +178,11 @@ def _squash(text: str) -> str:
 def key_fragments(line: str) -> set[str]:
     """The parts of one solution line that would give the answer away, whitespace removed: the
     statement without its comment, and the expression it assigns or returns. Fragments shorter
-    than ``MIN_LEAK_CHARS`` (``return x``, ``s = q.shape[-1] ** -0.5``) are too common to count."""
+    than ``MIN_LEAK_CHARS`` (``return x``, ``s = q.shape[-1] ** -0.5``) are too common to count,
+    and a line that only opens a block (``with torch.no_grad():``) gives nothing away."""
     code = line.split("#", 1)[0].strip()
+    if code.endswith(":"):
+        return set()
     frags = {code}
     rhs = ASSIGNED.match(code)
     if rhs:
