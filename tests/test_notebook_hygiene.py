@@ -9,7 +9,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from pending import notebook_cases
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
@@ -40,7 +39,7 @@ def test_the_patterns():
     assert not REEMBED.search("display(Image(figure_jpeg(fig, dpi=100)))")
 
 
-@pytest.mark.parametrize("nb", notebook_cases(NOTEBOOKS, "paths"))
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_no_absolute_paths_in_outputs(nb: Path):
     book = nbformat.read(nb, as_version=4)
     leaks = [f"cell {i}: {m}" for i, text in output_texts(book) for m in ABSOLUTE.findall(text)]

@@ -38,7 +38,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from pending import notebook_cases
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
@@ -171,7 +170,7 @@ def unsupported(path: Path, markdown: str) -> list[str]:
             and not supported(token, settings, values)]
 
 
-@pytest.mark.parametrize("nb", notebook_cases(NOTEBOOKS, "prose"))
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_markdown_numbers_come_from_results(nb: Path):
     book = nbformat.read(nb, as_version=4)
     problems = []
