@@ -10,6 +10,8 @@ SHARED_DATA := $(abspath ../shared/data)
 export TVMLIB_DATA ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),$(abspath data))
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 PIP_QUIET := --quiet --disable-pip-version-check
+# make test: pytest workers (pytest-xdist; a test file stays on one worker)
+WORKERS ?= 2
 # The exact versions CI passed with (requirements.lock, Linux x86-64, Python 3.11) when the file
 # exists; `make test REQUIREMENTS=requirements.txt VENV=.venv-loose` installs the ranges instead.
 REQUIREMENTS ?= $(if $(wildcard requirements.lock),requirements.lock,requirements.txt)
@@ -31,7 +33,7 @@ $(STAMP): $(REQUIREMENTS) requirements.txt pyproject.toml
 ## student copies in sync, grading, the book, and notebook 07 in a browser (needs `make browser`)
 test: $(STAMP)
 	$(PY) -m ruff check tvmlib tests notebooks
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(PY) -m ruff check tvmlib tests notebooks

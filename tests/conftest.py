@@ -17,7 +17,9 @@ os.environ.setdefault("TVMLIB_QUIET", "1")
 # any test module imports triton (fp32/fp64/fp16 only: bf16 is wrong in the interpreter).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One torch thread per pytest-xdist worker (make test runs two on two cores), else at most two.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else
+                      min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(autouse=True)
