@@ -19,10 +19,6 @@ from tvmlib.teach import checking as ck
 from tvmlib.teach.exercises_cmt import check_cmt_loss
 from tvmlib.teach.exercises_losses import check_cfg_target, check_meanflow_target, check_tvm_terms
 
-# the shared helpers under the names the checks below use
-_check_grads, _close, _err, _fail = ck.check_grads, ck.close, ck.err, ck.fail
-_gen, _grads, _require_tensor, _small_mlp = ck.gen, ck.grads, ck.require_tensor, ck.small_mlp
-
 __all__ = ["check_attention_jvp", "check_cfg_target", "check_cmt_loss", "check_euler",
            "check_fm_loss", "check_meanflow_target", "check_terminal_velocity", "check_tvm_terms"]
 
@@ -37,8 +33,8 @@ def check_fm_loss(fn: Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]) -> 
     ``MLP2D`` with x0, eps: (64, 2) and t: (64,).
     """
     name = "check_fm_loss"
-    net = _small_mlp(0)
-    g = _gen(1)
+    net = ck.small_mlp(0)
+    g = ck.gen(1)
     x0 = torch.randn(64, 2, generator=g) * 0.5 + torch.tensor([1.0, -1.0])
     eps = torch.randn(64, 2, generator=g)
     t = torch.rand(64, generator=g)
@@ -51,12 +47,12 @@ def check_fm_loss(fn: Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]) -> 
     w_val = float(want.detach())
     got = fn(net, x0.clone(), eps.clone(), t.clone())
     if not torch.is_tensor(got):
-        _fail(name, f"the loss must be a torch.Tensor, got {type(got).__name__}")
+        ck.fail(name, f"the loss must be a torch.Tensor, got {type(got).__name__}")
     if got.dim() != 0:
-        _fail(name, f"the loss must be a scalar (0-d) tensor, got shape {tuple(got.shape)}: "
+        ck.fail(name, f"the loss must be a scalar (0-d) tensor, got shape {tuple(got.shape)}: "
                     "average the squared error with .mean()")
     rtol, atol = 1e-4, 1e-6
-    if not _close(got, want, rtol, atol):
+    if not ck.close(got, want, rtol, atol):
         swapped = (tc * x0 + (1 - tc) * eps)  # data at t = 1
         wrong = {
             "the velocity target has the wrong sign: with x_t = (1 - t) x0 + t eps the "
@@ -73,10 +69,10 @@ def check_fm_loss(fn: Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]) -> 
                 fm((1 - tc) * x0 + tc * eps, eps - x0, lambda e: e.sum()),
         }
         for why, val in wrong.items():
-            if _close(got, val, rtol, atol):
-                _fail(name, f"{why} (expected {w_val:.6g}, got {float(got.detach()):.6g})")
-        _fail(name, f"wrong value: expected {w_val:.6g}, got {float(got.detach()):.6g}")
-    _check_grads(name, _grads(got, net), _grads(want, net),
+            if ck.close(got, val, rtol, atol):
+                ck.fail(name, f"{why} (expected {w_val:.6g}, got {float(got.detach()):.6g})")
+        ck.fail(name, f"wrong value: expected {w_val:.6g}, got {float(got.detach()):.6g}")
+    ck.check_grads(name, ck.grads(got, net), ck.grads(want, net),
                  "do not compute the loss under torch.no_grad() or .detach() the prediction",
                  1e-3, 1e-7)
 
@@ -89,15 +85,15 @@ def _check_euler_calls(name: str, used: list[float], times: Tensor) -> None:
     if len(used) != K:
         hint = ("one step too many" if len(used) == K + 1 else
                 "one step too few" if len(used) == K - 1 else "wrong number of steps")
-        _fail(name, f"{hint}: a grid of {K + 1} times has {K} intervals, so Euler calls the "
+        ck.fail(name, f"{hint}: a grid of {K + 1} times has {K} intervals, so Euler calls the "
                     f"velocity {K} times (at t_0 .. t_{K - 1}), but yours called it {len(used)} "
                     f"times")
     at = torch.tensor(used, dtype=torch.float64)
     if torch.allclose(at, times[1:].flip(0)) or torch.allclose(at, times[:-1].flip(0)):
-        _fail(name, "wrong direction of time: sampling starts from noise at t = 1 and walks "
+        ck.fail(name, "wrong direction of time: sampling starts from noise at t = 1 and walks "
                     "the grid in the given order down to t = 0")
     if torch.allclose(at, times[1:]):
-        _fail(name, "the velocity is evaluated at the end of each step (t_{k+1}); explicit "
+        ck.fail(name, "the velocity is evaluated at the end of each step (t_{k+1}); explicit "
                     "Euler uses the start of the step, u(x_k, t_k)")
 
 
@@ -114,13 +110,13 @@ def check_euler(fn: Callable[[Callable, Tensor, Tensor], Tensor]) -> None:
 
     name = "check_euler"
     flow = GaussianFlow(torch.tensor([1.5, -0.5]), sigma=0.4)
-    x1 = torch.randn(16, 2, generator=_gen(2), dtype=torch.float64)
+    x1 = torch.randn(16, 2, generator=ck.gen(2), dtype=torch.float64)
     calls: list[float] = []
 
     def velocity(x: Tensor, t) -> Tensor:
         tt = torch.as_tensor(t, dtype=torch.float64)
         if tt.dim() > 1 or (tt.dim() == 1 and tt.numel() not in (1, x.shape[0])):
-            _fail(name, f"velocity(x, t) needs t as a float or a ({x.shape[0]},) tensor, got "
+            ck.fail(name, f"velocity(x, t) needs t as a float or a ({x.shape[0]},) tensor, got "
                         f"shape {tuple(tt.shape)}")
         calls.append(float(tt.flatten()[0]))
         return flow.velocity(x, tt.flatten().expand(x.shape[0]))
@@ -129,27 +125,27 @@ def check_euler(fn: Callable[[Callable, Tensor, Tensor], Tensor]) -> None:
         calls.clear()
         out = fn(velocity, x1.clone(), times.clone())
         if torch.is_tensor(out) and out.dim() == 3 and out.shape[1:] == x1.shape:
-            _fail(name, f"return only the final x, shape {tuple(x1.shape)}, not the whole "
+            ck.fail(name, f"return only the final x, shape {tuple(x1.shape)}, not the whole "
                         f"trajectory {tuple(out.shape)}")
         if not torch.is_tensor(out):
-            _fail(name, f"return the final x as a tensor of shape {tuple(x1.shape)}, got "
+            ck.fail(name, f"return the final x as a tensor of shape {tuple(x1.shape)}, got "
                         f"{type(out).__name__}")
-        return _require_tensor(name, "the returned x", out, tuple(x1.shape))
+        return ck.require_tensor(name, "the returned x", out, tuple(x1.shape))
 
     times = torch.tensor([1.0, 0.8, 0.55, 0.35, 0.2, 0.1, 0.0], dtype=torch.float64)
     got = run(times)
     _check_euler_calls(name, list(calls), times)
     want = euler(velocity, x1.clone(), times).x
     rtol, atol = 1e-7, 1e-9
-    if not _close(got, want, rtol, atol):
+    if not ck.close(got, want, rtol, atol):
         x_back = x1.clone()
         for t, t_next in zip(times[:-1], times[1:]):
             x_back = x_back - float(t_next - t) * flow.velocity(x_back, t.expand(16))
-        if _close(got, x_back, rtol, atol):
-            _fail(name, "wrong direction of time: the step is x + (t_{k+1} - t_k) u with "
+        if ck.close(got, x_back, rtol, atol):
+            ck.fail(name, "wrong direction of time: the step is x + (t_{k+1} - t_k) u with "
                         "t_{k+1} - t_k < 0 (time decreases from noise to data); yours adds "
                         "(t_k - t_{k+1}) u")
-        _fail(name, f"wrong final x: {_err(got, want)}")
+        ck.fail(name, f"wrong final x: {ck.err(got, want)}")
     errors = []
     exact = flow.flow_map(x1, torch.ones(16, dtype=torch.float64),
                           torch.zeros(16, dtype=torch.float64))
@@ -157,7 +153,7 @@ def check_euler(fn: Callable[[Callable, Tensor, Tensor], Tensor]) -> None:
         errors.append(float((run(time_grid(steps)) - exact).abs().max()))
     ratios = [a / b for a, b in zip(errors[:-1], errors[1:])]
     if not all(1.6 < r < 2.5 for r in ratios):
-        _fail(name, f"not first order: doubling the steps should halve the error against the "
+        ck.fail(name, f"not first order: doubling the steps should halve the error against the "
                     f"exact flow, got errors {errors} (ratios {ratios})")
 
 
@@ -172,20 +168,20 @@ def check_terminal_velocity(fn: Callable[[nn.Module, Tensor, Tensor, Tensor], Te
     from tvmlib.core.flowmap import displacement_and_dfds
 
     name = "check_terminal_velocity"
-    net = _small_mlp(3, torch.float64)
-    g = _gen(4)
+    net = ck.small_mlp(3, torch.float64)
+    g = ck.gen(4)
     B = 32
     x = torch.randn(B, 2, generator=g, dtype=torch.float64)
     t = 0.2 + 0.8 * torch.rand(B, generator=g, dtype=torch.float64)
     s = t * torch.rand(B, generator=g, dtype=torch.float64)
     got = fn(net, x.clone(), t.clone(), s.clone())
     if isinstance(got, tuple):
-        _fail(name, f"return only d/ds f, one tensor of shape {(B, 2)}, not a tuple of "
+        ck.fail(name, f"return only d/ds f, one tensor of shape {(B, 2)}, not a tuple of "
                     f"{len(got)} (torch.func.jvp returns (f, d/ds f))")
-    got = _require_tensor(name, "d/ds f", got, (B, 2))
+    got = ck.require_tensor(name, "d/ds f", got, (B, 2))
     _, want = displacement_and_dfds(net, x, t, s)
     rtol, atol = 1e-8, 1e-10
-    if not _close(got, want, rtol, atol):
+    if not ck.close(got, want, rtol, atol):
         col = (s - t)[:, None]
         F = lambda t_, s_, x_=x: net(x_, t_, s_)  # noqa: E731
         one = torch.ones(B, dtype=torch.float64)
@@ -205,11 +201,11 @@ def check_terminal_velocity(fn: Callable[[nn.Module, Tensor, Tensor, Tensor], Te
             "tangent +1 on s": -want,
         }
         for why, val in wrong.items():
-            if _close(got, val, rtol, atol):
-                _fail(name, why)
-        _fail(name, f"wrong d/ds f: {_err(got, want)}")
+            if ck.close(got, val, rtol, atol):
+                ck.fail(name, why)
+        ck.fail(name, f"wrong d/ds f: {ck.err(got, want)}")
     weight = torch.randn(B, 2, generator=g, dtype=torch.float64)
-    _check_grads(name, _grads(got, net, weight), _grads(want, net, weight),
+    ck.check_grads(name, ck.grads(got, net, weight), ck.grads(want, net, weight),
                  "TVM trains through the JVP, so do not .detach() it or run it under "
                  "torch.no_grad()", 1e-6, 1e-12)
 
@@ -227,25 +223,25 @@ def check_attention_jvp(fn: Callable[..., tuple[Tensor, Tensor]]) -> None:
     from tvmlib.kernels.reference import attention_ref, jvp_ref
 
     name = "check_attention_jvp"
-    g = _gen(5)
+    g = ck.gen(5)
     shape = (2, 2, 8, 4)
     q, k, v, tq, tk, tv = (torch.randn(shape, generator=g, dtype=torch.float64)
                            for _ in range(6))
     out = fn(*(a.clone() for a in (q, k, v, tq, tk, tv)))
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
-        _fail(name, "return a pair (O, Ȯ) of tensors")
-    o = _require_tensor(name, "O", out[0], shape)
-    to = _require_tensor(name, "Ȯ", out[1], shape)
+        ck.fail(name, "return a pair (O, Ȯ) of tensors")
+    o = ck.require_tensor(name, "O", out[0], shape)
+    to = ck.require_tensor(name, "Ȯ", out[1], shape)
     want_o, want_to = jvp_ref(q, k, v, tq, tk, tv)
     rtol, atol = 1e-7, 1e-9
-    if not _close(o, want_o, rtol, atol):
-        if _close(o, attention_ref(q, k, v, scale=1.0), rtol, atol):
-            _fail(name, "wrong O: the scores need the scale s = 1/sqrt(d) (S = s Q K^T)")
+    if not ck.close(o, want_o, rtol, atol):
+        if ck.close(o, attention_ref(q, k, v, scale=1.0), rtol, atol):
+            ck.fail(name, "wrong O: the scores need the scale s = 1/sqrt(d) (S = s Q K^T)")
         keys_dim = torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-2) @ v
-        if _close(o, keys_dim, rtol, atol):
-            _fail(name, "wrong O: the softmax runs over keys (the last dim, dim=-1)")
-        _fail(name, f"wrong O: {_err(o, want_o)}")
-    if not _close(to, want_to, rtol, atol):
+        if ck.close(o, keys_dim, rtol, atol):
+            ck.fail(name, "wrong O: the softmax runs over keys (the last dim, dim=-1)")
+        ck.fail(name, f"wrong O: {ck.err(o, want_o)}")
+    if not ck.close(to, want_to, rtol, atol):
         sc = q.shape[-1] ** -0.5
         P = torch.softmax(sc * q @ k.transpose(-1, -2), dim=-1)  # (B, H, N, N)
 
@@ -265,6 +261,6 @@ def check_attention_jvp(fn: Callable[..., tuple[Tensor, Tensor]]) -> None:
             "Ṡ misses the Q̇ K^T term (the tangent of Q)": tangent(sc * q @ tk.transpose(-1, -2)),
         }
         for why, val in wrong.items():
-            if _close(to, val, rtol, atol):
-                _fail(name, f"wrong tangent Ȯ: {why}")
-        _fail(name, f"wrong tangent Ȯ (O is right): {_err(to, want_to)}")
+            if ck.close(to, val, rtol, atol):
+                ck.fail(name, f"wrong tangent Ȯ: {why}")
+        ck.fail(name, f"wrong tangent Ȯ (O is right): {ck.err(to, want_to)}")

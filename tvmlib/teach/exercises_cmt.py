@@ -1,8 +1,8 @@
 """The check of notebook 05's exercise: CMT's flow-map loss on given teacher trajectories.
 
-``check_cmt_loss`` works like the checks of ``tvmlib.teach.exercises`` (whose helpers it uses):
-it runs a student's function on fixed inputs, compares it with the library in float64, gradients
-included, and names the usual mistake when the value matches one.
+``check_cmt_loss`` works like the checks of ``tvmlib.teach.exercises`` (with the shared helpers of
+``tvmlib.teach.checking``): it runs a student's function on fixed inputs, compares it with the
+library in float64, gradients included, and names the usual mistake when the value matches one.
 """
 
 from __future__ import annotations
@@ -13,9 +13,6 @@ import torch
 from torch import Tensor, nn
 
 from tvmlib.teach import checking as ck
-
-_check_grads, _close, _fail = ck.check_grads, ck.close, ck.fail
-_gen, _grads, _small_mlp = ck.gen, ck.grads, ck.small_mlp
 
 __all__ = ["check_cmt_loss"]
 
@@ -35,7 +32,7 @@ def _cmt_inputs(shape: tuple[int, ...], n: int = 5, P: int = 4, M: int = 6):
     from tvmlib.core.losses.cmt import all_pairs
     from tvmlib.core.solvers import time_grid
 
-    g = _gen(9)
+    g = ck.gen(9)
     traj = torch.randn(M + 1, n, *shape, generator=g, dtype=torch.float64)
     k_all, l_all = all_pairs(M)
     pick = torch.rand(n, len(k_all), generator=g).argsort(dim=1)[:, :P]  # (n, P)
@@ -83,7 +80,7 @@ def check_cmt_loss(fn: Callable[[nn.Module, Tensor, Tensor, Tensor, Tensor], Ten
     of trajectory i (x_k = traj[k[i, p], i]) of traj (M+1, n, ...) at times (M+1,), as
     ``tvmlib.core.losses.CMTLoss``; 2D states on an MLP2D, then (1, 4, 4) images, in float64."""
     name = "check_cmt_loss"
-    mlp = _small_mlp(7, torch.float64)
+    mlp = ck.small_mlp(7, torch.float64)
     for (student, params), shape in (((mlp, mlp), (2,)), (_image_student(8), (1, 4, 4))):
         traj, times, k, l = _cmt_inputs(shape)
         try:
@@ -91,21 +88,21 @@ def check_cmt_loss(fn: Callable[[nn.Module, Tensor, Tensor, Tensor, Tensor], Ten
         except NotImplementedError:  # an unsolved exercise stub: let it say so
             raise
         except RuntimeError as e:
-            _fail(name, f"for states of shape {tuple(traj.shape)} your function raised '{e}': "
+            ck.fail(name, f"for states of shape {tuple(traj.shape)} your function raised '{e}': "
                         "flatten the (n, P) pairs into one batch of n P states, and let the time "
                         "gap broadcast over the other dimensions of the states")
         if not torch.is_tensor(got) or got.dim() != 0:
-            _fail(name, "return the loss as a scalar (0-d) tensor: average with .mean()")
+            ck.fail(name, "return the loss as a scalar (0-d) tensor: average with .mean()")
         want = _cmt_loss(student, traj, times, k, l)
-        if not _close(got, want, 1e-9, 1e-12):
+        if not ck.close(got, want, 1e-9, 1e-12):
             n, P = k.shape
             for why, kw in _CMT_MISTAKES.items():
                 if kw.get("rows") == "repeat":
                     kw = {"rows": (torch.arange(n * P) % n).reshape(n, P)}
-                if _close(got, _cmt_loss(student, traj, times, k, l, **kw), 1e-9, 1e-12):
-                    _fail(name, why)
-            _fail(name, f"wrong loss for states of shape {tuple(traj.shape)}: expected "
+                if ck.close(got, _cmt_loss(student, traj, times, k, l, **kw), 1e-9, 1e-12):
+                    ck.fail(name, why)
+            ck.fail(name, f"wrong loss for states of shape {tuple(traj.shape)}: expected "
                         f"{float(want):.6g}, got {float(got.detach()):.6g}")
-        _check_grads(name, _grads(got, params), _grads(want, params),
+        ck.check_grads(name, ck.grads(got, params), ck.grads(want, params),
                      "do not compute the student's jump under torch.no_grad() or .detach() it",
                      1e-6, 1e-12)
