@@ -7,6 +7,7 @@ import pytest
 
 from tvmlib.apps import readme
 from tvmlib.utils.prose import mean_std
+from tvmlib.utils.provenance import commits
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,3 +39,11 @@ def test_update_rewrites_only_the_marked_block(tmp_path):
     path.write_text("no markers")
     with pytest.raises(ValueError, match="results:start"):
         readme.update(path)
+
+
+def test_commits_of_merged_parts_in_order_once_each():
+    prov = {"commit": "a" * 40, "parts": [{"commit": "a" * 40},
+                                          {"commit": "b" * 40, "parts": [{"commit": "c" * 12}]},
+                                          {"commit": "b" * 40}]}
+    assert commits(prov) == ["a" * 10, "b" * 10, "c" * 10]
+    assert commits({}) == ["?"]

@@ -10,9 +10,10 @@ import torch
 from tvmlib.core.losses import FMLoss, TVMLoss
 from tvmlib.evaluation.metrics import w2
 from tvmlib.evaluation.toy import eval_inputs, floor, reference
-from tvmlib.experiments.results import toy_best, toy_curve, toy_groups, toy_targets
+from tvmlib.experiments.results import toy_best, toy_curve, toy_groups, toy_table, toy_targets
 from tvmlib.nn import MLP2D
 from tvmlib.training.flops import step_flops, steps_for_budget
+from tvmlib.utils.prose import mean_std
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,3 +88,11 @@ def test_equal_compute_experiment_at_smoke_size(tmp_path, monkeypatch):
     assert set(groups) == {"checkerboard", "8gaussians"}
     groups["8gaussians"]["meanflow"] = groups["8gaussians"]["tvm"]  # the smoke has none
     assert len(toy_targets(groups)) == 4
+    cb = groups["checkerboard"]
+    head, blank, columns, rule, *rows = toy_table("checkerboard", cb).split("\n")
+    assert head.startswith(f"**checkerboard** (W2 to the data, mean +- std over {len(cb['tvm'])}")
+    assert blank == "" and columns.startswith("| method | NFE 1 |") and rule.startswith("|---|")
+    cells = {r.strip("| ").split(" | ")[0]: r.strip("| ").split(" | ")[1:] for r in rows}
+    assert list(cells) == ["FM, Euler", "FM, Heun", "MeanFlow", "TVM"]
+    assert cells["TVM"][0] == mean_std([toy_curve(r)[1] for r in cb["tvm"]])  # NFE 1
+    assert cells["FM, Heun"][0] == "–"  # a Heun step is 2 NFE: no 1-NFE Heun sample

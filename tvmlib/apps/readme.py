@@ -19,12 +19,12 @@ from tvmlib.experiments.results import (
     equal_time_summary,
     equal_time_targets,
     reach_step,
-    toy_curve,
     toy_groups,
+    toy_table,
     toy_targets,
 )
 from tvmlib.utils.paths import repo_root
-from tvmlib.utils.prose import mean_std
+from tvmlib.utils.provenance import commits
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -59,17 +59,10 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def _commits(prov: dict) -> list[str]:
-    """The commits of a results file, those of its merged parts too (in order, once each)."""
-    parts = prov.get("parts") or []
-    found = [str(prov.get("commit", "?"))[:10]] + [c for p in parts for c in _commits(p)]
-    return list(dict.fromkeys(found))
-
-
 def _source(name: str, prov: dict) -> str:
-    commits = ", ".join(f"`{c}`" for c in _commits(prov))
+    shas = ", ".join(f"`{c}`" for c in commits(prov))
     return (f"*From `figures/{name}` ({prov.get('device', '?')}, torch {prov.get('torch', '?')}, "
-            f"commit{'s' if ',' in commits else ''} {commits}).*")
+            f"commit{'s' if ',' in shas else ''} {shas}).*")
 
 
 def table_2d() -> str:
@@ -77,22 +70,7 @@ def table_2d() -> str:
     d = _need(name, "run the experiment in the header of "
                     "`configs/experiments/toy2d_equal_compute.yaml`")
     groups = toy_groups(d["results"]["runs"])
-    out = []
-    for dataset, m in groups.items():
-        nfes = sorted({k for meth in ("fm", "meanflow", "tvm") for r in m[meth]
-                       for k in toy_curve(r)})
-        rows = []
-        for label, recs, solver in (("FM, Euler", m["fm"], None), ("FM, Heun", m["fm"], "heun"),
-                                    ("MeanFlow", m["meanflow"], None), ("TVM", m["tvm"], None)):
-            curves = [toy_curve(r, solver) for r in recs]
-            rows.append([label] + [mean_std([c[k] for c in curves])
-                                   if all(k in c for c in curves) else None for k in nfes])
-        fl = m["tvm"][0]["floor"]
-        ref = "data" if fl["reference"] == "data" else f"exact guided ODE (w = {fl['guidance']})"
-        floor = mean_std([r["floor"]["w2"] for r in m["tvm"]])
-        out.append(f"**{dataset}** (W2 to the {ref}, mean +- std over {len(m['tvm'])} seeds, "
-                   f"every model trained for the same FLOPs; floor {floor})\n\n"
-                   + _table(["method"] + [f"NFE {n}" for n in nfes], rows))
+    out = [toy_table(dataset, m) for dataset, m in groups.items()]
     out.append("Targets (issue 15): " + "; ".join(
         f"{t['dataset']}, {t['target']}: {_fmt(t['value'])} vs {_fmt(t['bound'])}, "
         f"**{'hit' if t['hit'] else 'miss'}**" for t in toy_targets(groups)) + ".")

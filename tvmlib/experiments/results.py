@@ -8,6 +8,8 @@ import re
 
 import numpy as np
 
+from tvmlib.utils.prose import mean_std
+
 SWITCHES = ("rmsnorm", "qk_norm", "mod_norm", "spectral_init")  # TVM's Lipschitz changes
 # The Lipschitz ablation's variants, in plotting order: all off, each change alone, all on.
 VARIANTS = ("off", *SWITCHES, "on")
@@ -215,6 +217,30 @@ def toy_curve(rec: dict, solver: str | None = None, key: str = "w2") -> dict[int
 def toy_best(rec: dict, key: str = "w2") -> float:
     """The run's lowest score at any NFE and with any solver it was evaluated with."""
     return min([*toy_curve(rec, key=key).values(), *(r[key] for r in rec["sweep"])])
+
+
+TOY_ROWS = (("FM, Euler", "fm", None), ("FM, Heun", "fm", "heun"),
+            ("MeanFlow", "meanflow", None), ("TVM", "tvm", None))
+
+
+def toy_table(dataset: str, m: dict[str, list[dict]]) -> str:
+    """Markdown of one data set's headline runs ``m`` ({method: [records, by seed]}): a line
+    naming the reference, the seeds and the floor, then W2 mean +- std over seeds at every NFE
+    of FM (Euler, Heun), MeanFlow and TVM ("–" where not every seed has that NFE)."""
+    nfes = sorted({k for meth in ("fm", "meanflow", "tvm") for r in m[meth] for k in toy_curve(r)})
+    lines = ["| method | " + " | ".join(f"NFE {k}" for k in nfes) + " |",
+             "|" + "---|" * (len(nfes) + 1)]
+    for label, method, solver in TOY_ROWS:
+        curves = [toy_curve(r, solver) for r in m[method]]
+        cells = [mean_std([c[k] for c in curves]) if all(k in c for c in curves) else "–"
+                 for k in nfes]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    fl = m["tvm"][0]["floor"]
+    ref = "data" if fl["reference"] == "data" else f"exact guided ODE (w = {fl['guidance']})"
+    head = (f"**{dataset}** (W2 to the {ref}, mean +- std over {len(m['tvm'])} seeds, every "
+            f"model trained for the same FLOPs; floor "
+            f"{mean_std([r['floor']['w2'] for r in m['tvm']])})")
+    return head + "\n\n" + "\n".join(lines)
 
 
 def toy_targets(groups: dict[str, dict[str, list[dict]]], ratio: float = 1.3) -> list[dict]:

@@ -59,6 +59,14 @@ def provenance(command: str | None = None, seed: int | None = None, **extra) -> 
     }
 
 
+def commits(prov: dict) -> list[str]:
+    """The short commits of a results file's provenance, those of its merged ``parts`` too (in
+    order, once each)."""
+    parts = prov.get("parts") or []
+    found = [str(prov.get("commit", "?"))[:10]] + [c for p in parts for c in commits(p)]
+    return list(dict.fromkeys(found))
+
+
 def write_results(name: str, results: dict, prov: dict) -> str:
     """Write ``figures/<name>`` as {"provenance": ..., "results": ...}; returns the path."""
     path = figure_path(name)
