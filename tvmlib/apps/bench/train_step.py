@@ -2,23 +2,27 @@
 backend: time per step, images per second and peak GPU memory.
 
     python -m tvmlib.apps.bench.train_step [--models DiT-B/2 DiT-XL/2-18h] [--batch 32]
-        [--backends math triton] [--graph off on] [--jvp fused func] [--steps 10] [--warmup 3]
-        [--out figures/train_step_<gpu>.json]
+        [--backends math triton] [--graph off on] [--jvp fused func] [--losses tvm fm]
+        [--steps 10] [--warmup 3] [--out figures/train_step_<gpu>.json]
     python -m tvmlib.apps.bench.train_step --device cpu --models DiT-T/2 --batch 2 --input-size 8 \\
         --steps 2 --warmup 1 --out /tmp/train_step_cpu.json          (a seconds-long CPU check)
 
 One step is what the training loop does per micro-batch for the paper's runs: ``TVMLoss`` with
 constant w = 2 (``cfg_scale``), the scaled parameterization, label dropout 0.1 and the EMA
-target, forward + JVP + backward under bf16 autocast, an AdamW step (lr 1e-4, betas
-(0.9, 0.95)) and the target update, on random latents (B, 4, 32, 32) = 256 tokens at patch 2 and
-random labels of 1000 classes. ``--jvp`` picks how the step gets dF/ds (``model.jvp``):
-"fused", the DiT's own tangent-carrying forward (``tvmlib.nn.dit_jvp``), or "func",
-``torch.func.jvp``. The time is the median over ``--steps`` steps (CUDA events) after
-``--warmup`` steps; peak memory is ``torch.cuda.max_memory_allocated``. Each (model, backend,
-graph, jvp) row records its status: ``ok``, ``oom`` (out of memory), ``unavailable: ...``
-(e.g. the Triton kernel cannot be imported) or ``error: ...``; one failing row never stops the
-others. The model is built directly on the GPU (``--build-on``), since the spectral init's SVDs
-of an XL model take a while on a CPU. Results: ``{"provenance", "results": {"rows": [...]}}``.
+target, forward + JVP + backward under bf16 autocast, an AdamW step (lr 1e-4, betas (0.9, 0.95))
+and the target update, on random latents (B, 4, 32, 32) = 256 tokens at patch 2 and random
+labels of 1000 classes. ``--jvp`` picks how the step gets dF/ds (``model.jvp``): "fused", the
+DiT's own tangent-carrying forward (``tvmlib.nn.dit_jvp``), or "func", ``torch.func.jvp``.
+``--losses tvm fm`` adds the flow-matching step of the same network as the reference
+(``FMLoss``, logit-normal times, label dropout 0.1, no guidance input): it needs no JVP, so it
+runs once per graph mode with PyTorch's fused SDPA attention (flash on a GPU), whatever
+``--backends`` says; its ``jvp`` is None. The time is the median over ``--steps`` steps (CUDA
+events) after ``--warmup`` steps; peak memory is ``torch.cuda.max_memory_allocated``. Each
+(model, loss, backend, graph, jvp) row records its status: ``ok``, ``oom`` (out of memory),
+``unavailable: ...`` (e.g. the Triton kernel cannot be imported) or ``error: ...``; one failing
+row never stops the others. The model is built directly on the GPU (``--build-on``), since the
+spectral init's SVDs of an XL model take a while on a CPU. Results: ``{"provenance", "results":
+{"rows": [...]}}``.
 """
 
 from __future__ import annotations
@@ -66,14 +70,18 @@ def _short(err: BaseException) -> str:
 
 def step_config(model: str, backend: str, batch: int, input_size: int = 32, amp: bool = True,
                 cfg_scale: float = 2.0, cuda_graph: bool = False, seed: int = 0,
-                jvp: str = "fused") -> RunConfig:
-    """The paper's TVM step for ``model`` on random latents (4 channels, 1000 classes)."""
+                jvp: str | None = "fused", loss: str = "tvm") -> RunConfig:
+    """The paper's TVM step (or with ``loss`` "fm" the flow-matching step) for ``model`` on
+    random latents (4 channels, 1000 classes)."""
+    tvm = loss == "tvm"
     return config_from_dict({
         "name": "bench_train_step",
         "model": {"preset": model, "input_size": input_size, "in_channels": 4,
-                  "num_classes": 1000, "guidance": True, "attn_backend": backend, "jvp": jvp},
-        "loss": {"name": "tvm", "cfg_scale": cfg_scale, "scale_param": True,
-                 "label_dropout": 0.1},
+                  "num_classes": 1000, "guidance": tvm, "attn_backend": backend,
+                  "jvp": jvp or "fused"},
+        "loss": ({"name": "tvm", "cfg_scale": cfg_scale, "scale_param": True,
+                  "label_dropout": 0.1} if tvm else
+                 {"name": "fm", "time_sampler": "logit_normal", "label_dropout": 0.1}),
         "train": {"global_batch": batch, "lr": 1e-4, "betas": [0.9, 0.95],
                   "amp": "bf16" if amp else "off", "cuda_graph": cuda_graph, "seed": seed}})
 
@@ -81,11 +89,13 @@ def step_config(model: str, backend: str, batch: int, input_size: int = 32, amp:
 def make_step(model: str, backend: str, batch: int, device: torch.device,
               input_size: int = 32, build_on: str | None = None, amp: bool = True,
               cfg_scale: float = 2.0, info: dict | None = None,
-              cuda_graph: bool = False, jvp: str = "fused") -> Callable[[], torch.Tensor]:
+              cuda_graph: bool = False, jvp: str | None = "fused",
+              loss: str = "tvm") -> Callable[[], torch.Tensor]:
     """Build the model, loss and optimizer with ``tvmlib.training.build``; return a callable
     running one training step (with ``cuda_graph``, loss and backward replay as one CUDA graph,
     as the training loop does)."""
-    cfg = step_config(model, backend, batch, input_size, amp, cfg_scale, cuda_graph, jvp=jvp)
+    cfg = step_config(model, backend, batch, input_size, amp, cfg_scale, cuda_graph, jvp=jvp,
+                      loss=loss)
     info = {} if info is None else info
     t0 = time.perf_counter()
     with torch.device(build_on or device):
@@ -118,7 +128,8 @@ def make_step(model: str, backend: str, batch: int, device: torch.device,
                 loss, _ = loss_fn(net, (x, y))
             loss.backward()
         opt.step()
-        loss_fn.after_step(net)
+        if hasattr(loss_fn, "after_step"):  # TVM's EMA target; FM has none
+            loss_fn.after_step(net)
         return loss.detach()
 
     return step
@@ -149,11 +160,11 @@ def time_steps(step: Callable[[], torch.Tensor], device: torch.device, steps: in
 def bench_one(model: str, backend: str, batch: int, device: torch.device, steps: int = 10,
               warmup: int = 3, input_size: int = 32, build_on: str | None = None,
               amp: bool = True, cfg_scale: float = 2.0, seed: int = 0,
-              cuda_graph: bool = False, jvp: str = "fused") -> dict:
-    """Time ``steps`` TVM training steps of one (model, attention backend, graph mode, jvp);
+              cuda_graph: bool = False, jvp: str | None = "fused", loss: str = "tvm") -> dict:
+    """Time ``steps`` training steps of one (model, loss, attention backend, graph mode, jvp);
     never raises for OOM or a missing/failed backend, which go into the row's ``status``."""
-    row = {"model": model, "backend": backend, "batch": batch, "cuda_graph": cuda_graph,
-           "jvp": jvp, "ms_per_step": None,
+    row = {"model": model, "loss_name": loss, "backend": backend, "batch": batch,
+           "cuda_graph": cuda_graph, "jvp": jvp if loss == "tvm" else None, "ms_per_step": None,
            "images_per_s": None, "peak_mem_gb": None, "status": "ok"}
     for needs_cuda, what in ((backend == "triton", "the triton backend"),
                              (cuda_graph, "a CUDA graph")):
@@ -167,7 +178,7 @@ def bench_one(model: str, backend: str, batch: int, device: torch.device, steps:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         step = make_step(model, backend, batch, device, input_size, build_on, amp, cfg_scale,
-                         row, cuda_graph, jvp)
+                         row, cuda_graph, jvp, loss)
         times, row["loss"] = time_steps(step, device, steps, warmup)
         if not math.isfinite(row["loss"]):
             row["status"] = f"error: non-finite loss {row['loss']}"
@@ -193,14 +204,15 @@ def bench_one(model: str, backend: str, batch: int, device: torch.device, steps:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'model':<14} {'backend':<8} {'graph':<5} {'jvp':<5} {'batch':>5} {'ms/step':>9} " \
-           f"{'img/s':>8} {'peak GB':>8}  status"
+    head = (f"{'model':<14} {'loss':<4} {'backend':<8} {'graph':<5} {'jvp':<5} {'batch':>5} "
+            f"{'ms/step':>9} {'img/s':>8} {'peak GB':>8}  status")
     lines = [head, "-" * len(head)]
     for r in rows:
         ms, ips, mem = (format(r[k], f) if r[k] is not None else "-" for k, f in (
             ("ms_per_step", "9.1f"), ("images_per_s", "8.1f"), ("peak_mem_gb", "8.2f")))
         graph = "on" if r.get("cuda_graph") else "off"
-        lines.append(f"{r['model']:<14} {r['backend']:<8} {graph:<5} {r.get('jvp', 'func'):<5} "
+        lines.append(f"{r['model']:<14} {r.get('loss_name') or 'tvm':<4} {r['backend']:<8} "
+                     f"{graph:<5} {r.get('jvp') or '-':<5} "
                      f"{r['batch']:>5} {ms:>9} {ips:>8} {mem:>8}  {r['status']}")
     return "\n".join(lines)
 
@@ -224,25 +236,31 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--jvp", nargs="+", default=["fused"], choices=["fused", "func"],
                     help="how dF/ds is computed (model.jvp): the DiT's fused tangent forward, "
                          "torch.func.jvp, or both")
+    ap.add_argument("--losses", nargs="+", default=["tvm"], choices=["tvm", "fm"],
+                    help="tvm, and fm for the flow-matching step of the same network "
+                         "(SDPA attention, no JVP) as the reference")
     ap.add_argument("--out", default=None, help="JSON path (default figures/train_step_<gpu>.json)")
     args = ap.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # TVM trains with TF32 off
     rows = []
-    for model in args.models:
-        for backend in args.backends:
-            for graph, jvp in itertools.product(args.graph, args.jvp):
-                row = bench_one(model, backend, args.batch, device, args.steps, args.warmup,
-                                args.input_size, args.build_on, not args.no_amp,
-                                cuda_graph=graph == "on", jvp=jvp)
-                print(f"[bench] {model} {backend} graph {graph} jvp {jvp}: {row['status']} "
-                      f"{row['ms_per_step'] and round(row['ms_per_step'], 1)} ms/step",
-                      flush=True)
-                rows.append(row)
+    for model, loss in itertools.product(args.models, args.losses):
+        tvm = loss == "tvm"
+        for backend, graph, jvp in itertools.product(args.backends if tvm else ["sdpa"],
+                                                     args.graph, args.jvp if tvm else [None]):
+            row = bench_one(model, backend, args.batch, device, args.steps, args.warmup,
+                            args.input_size, args.build_on, not args.no_amp,
+                            cuda_graph=graph == "on", jvp=jvp, loss=loss)
+            print(f"[bench] {model} {loss} {backend} graph {graph} jvp {jvp}: "
+                  f"{row['status']} "
+                  f"{row['ms_per_step'] and round(row['ms_per_step'], 1)} ms/step",
+                  flush=True)
+            rows.append(row)
     results = {"rows": rows, "input_size": args.input_size, "tokens": (args.input_size // 2) ** 2,
                "amp": "off" if args.no_amp else "bf16", "steps": args.steps,
-               "warmup": args.warmup, "loss": "TVMLoss(cfg_scale=2, scale_param=True)"}
+               "warmup": args.warmup, "loss": "TVMLoss(cfg_scale=2, scale_param=True)",
+               "fm_loss": "FMLoss(logit_normal, label_dropout=0.1)"}
     command = "python -m tvmlib.apps.bench.train_step " + " ".join(
         sys.argv[1:] if argv is None else argv)
     prov = provenance(command=command.strip(), seed=0, gpu=device_slug(device))
