@@ -474,6 +474,9 @@ def test_equal_time_targets_read_the_records():
     assert got["CMT -> TVM r"] == (49.0, 50.0, True)  # 30 upstream + 1 setup + 18 training
     runs["cmt"]["evals"]["fd_1"] = [40.0, 12.5]  # never reaches scratch's 12
     assert not equal_time_targets(runs)[-1]["hit"] and equal_time_targets(runs)[-1]["value"] is None
+    # a comparison without MeanFlow and the CMT chain (the 300 s file) has only FM's targets
+    short = equal_time_targets({"tvm": runs["tvm"], "fm": runs["fm"]})
+    assert [r["target"][:12] for r in short] == ["TVM 1 NFE <=", "TVM 4 NFE <="]
 
 
 def test_equal_time_targets_average_seeds_and_take_each_method_at_its_best():

@@ -526,3 +526,17 @@ def test_inception_features_use_the_local_weights_file(tmp_path, monkeypatch):
     torch.testing.assert_close(f[:, 0], ((x[:, 0] + 1) * 127.5).round().double().mean((1, 2)))
     with pytest.raises(FileNotFoundError, match="--inception"):
         inception_features(tmp_path / "missing.pth", "cpu")
+
+
+def test_sampling_benchmark_rows_on_cpu(tmp_path):
+    from tvmlib.apps.bench import sampling as S
+
+    out = tmp_path / "sampling.json"
+    S.main(["--device", "cpu", "--models", "DiT-T/2", "--batches", "1", "2", "--jumps", "1", "2",
+            "--input-size", "4", "--steps", "2", "--warmup", "1", "--no-amp", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    rows = saved["results"]["rows"]
+    assert [(r["batch"], r["jumps"]) for r in rows] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert all(r["finite"] and r["ms"] > 0 and len(r["ms_all"]) == 2 for r in rows)
+    assert rows[2]["images_per_s"] == pytest.approx(2e3 / rows[2]["ms"])
+    assert saved["provenance"]["command"].startswith("python -m tvmlib.apps.bench.sampling")

@@ -47,3 +47,23 @@ def test_commits_of_merged_parts_in_order_once_each():
                                           {"commit": "b" * 40}]}
     assert commits(prov) == ["a" * 10, "b" * 10, "c" * 10]
     assert commits({}) == ["?"]
+
+
+def test_step_summary_takes_the_fastest_step_of_each_loss_and_jvp():
+    from tvmlib.experiments.results import step_summary
+
+    def row(loss, jvp, ms, graph, status="ok", model="M"):
+        return {"model": model, "loss_name": loss, "jvp": jvp, "ms_per_step": ms,
+                "cuda_graph": graph, "status": status}
+
+    rows = [row("tvm", "fused", 50.0, False), row("tvm", "fused", 40.0, True),
+            row("tvm", "func", 60.0, True), row("tvm", "func", 1.0, True, status="oom"),
+            row("fm", None, 12.0, False), row("fm", None, 10.0, True),
+            row("tvm", "fused", 5.0, True, model="no FM row")]
+    (got,) = step_summary(rows)
+    assert got["model"] == "M" and got["fm_ms"] == 10.0 and got["tvm_ms"] == 40.0
+    assert got["by_jvp"] == {"fused": 40.0, "func": 60.0} and got["ratio"] == 4.0
+    text = readme.table_train_step()
+    saved = json.loads((ROOT / "figures" / "train_step_nvidia-h200.json").read_text())
+    for r in step_summary(saved["results"]["rows"]):
+        assert f"| {r['model']} | {readme._fmt(r['fm_ms'])} | {readme._fmt(r['tvm_ms'])} |" in text

@@ -15,10 +15,12 @@ from pathlib import Path
 
 from tvmlib.apps import cli
 from tvmlib.experiments.results import (
+    best_sweep,
     by_group,
     equal_time_summary,
     equal_time_targets,
     reach_step,
+    step_summary,
     toy_groups,
     toy_table,
     toy_targets,
@@ -134,13 +136,47 @@ def table_train_step() -> str:
     out = []
     for path in files:
         d = json.loads(path.read_text())
-        rows = [[r["model"], r["backend"], "on" if r.get("cuda_graph") else "off",
-                 r.get("jvp", "func"), r["batch"], r["ms_per_step"], r["images_per_s"],
-                 r["peak_mem_gb"], r["status"]]
-                for r in d["results"]["rows"]]  # files from before model.jvp used torch.func
-        out.append(_table(["model", "attention", "CUDA graph", "dF/ds", "batch", "ms / step",
-                           "images / s", "peak GB", "status"], rows)
+        rows = [[r["model"], (r.get("loss_name") or "tvm").upper(), r["backend"],
+                 "on" if r.get("cuda_graph") else "off",
+                 r["jvp"] if "jvp" in r else "func",  # files from before model.jvp: torch.func
+                 r["batch"], r["ms_per_step"], r["images_per_s"], r["peak_mem_gb"], r["status"]]
+                for r in d["results"]["rows"]]
+        out.append(_table(["model", "loss", "attention", "CUDA graph", "dF/ds", "batch",
+                           "ms / step", "images / s", "peak GB", "status"], rows)
                    + "\n\n" + _source(path.name, d["provenance"]))
+        summary = step_summary(d["results"]["rows"])
+        if summary:
+            out.append("Fastest step of each (any graph mode); the fused dF/ds against "
+                       "`torch.func.jvp`, and the TVM-to-FM time ratio against the FLOP ratio "
+                       "of 4.2 (issue 17's target):\n\n" + _table(
+                           ["model", "FM ms", "TVM ms, fused", "TVM ms, torch.func",
+                            "fused speed-up", "TVM / FM", "<= 4.2"],
+                           [[r["model"], r["fm_ms"], r["by_jvp"].get("fused"),
+                             r["by_jvp"].get("func"),
+                             _ratio(r["by_jvp"].get("func"), r["by_jvp"].get("fused")),
+                             r["ratio"], "hit" if r["ratio"] <= 4.2 else "miss"]
+                            for r in summary]))
+    return "\n\n".join(out)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def table_sampling() -> str:
+    files = sorted((repo_root() / "figures").glob("sampling_*.json"))
+    if not files:
+        return "*No `figures/sampling_*.json`: run `python -m tvmlib.apps.bench.sampling`.*"
+    out = []
+    for path in files:
+        d = json.loads(path.read_text())
+        rows = [[r["model"], r["batch"], r["jumps"], r["ms"], r["images_per_s"], r["peak_mem_gb"]]
+                for r in d["results"]["rows"]]
+        out.append("k-jump flow-map sampling of an (untrained) network, "
+                   f"{d['results']['amp']} with {d['results']['attention']} attention, "
+                   "VAE decoding not included:\n\n"
+                   + _table(["model", "batch", "jumps = NFE", "ms / batch", "images / s",
+                             "peak GB"], rows) + "\n\n" + _source(path.name, d["provenance"]))
     return "\n\n".join(out)
 
 
@@ -169,6 +205,30 @@ def table_equal_time() -> str:
             + _table(["run", "seeds", "GPU s, all stages", "steps", "FD by steps"], rows)
             + f"\n\nTargets, at 2000 samples (floor {_fmt(floor['2000'])}), each method at its "
             "best variant (FM: each seed's best sampler of its sweep), mean ± std over seeds:\n\n"
+            + _table(["target", "value", "bound", "runs", ""], targets)
+            + "\n\n" + _source(name, d["provenance"]) + _equal_time_longer())
+
+
+def _equal_time_longer() -> str:
+    """The same comparison at three times the budget (FM and TVM only, one seed)."""
+    name = "06_fashion_equal_time_300s.json"
+    d = _load(name)
+    if d is None:
+        return ""
+    runs = d["results"]["runs"]
+    rows = [[r["run"], r["total_s"], round(r["steps"]),
+             ", ".join(f"{k}: {_fmt(m)}" for k, (m, _) in r["fd"].items())]
+            for r in equal_time_summary(runs)]
+    fm = best_sweep(runs["fm"])
+    targets = [[t["target"], t["value"], t["bound"], " vs ".join(t["runs"]),
+                "hit" if t["hit"] else "miss"] for t in equal_time_targets(runs)]
+    return ("\n\n**The same at 300 GPU s per method** (one seed; FM, and TVM with w = 1.5 "
+            "folded into training, its better variant at 100 s; MeanFlow was not run at this "
+            "budget). "
+            "Final FD of 10000 EMA samples:\n\n"
+            + _table(["run", "GPU s, all stages", "steps", "FD by steps"], rows)
+            + f"\n\nFM's best sampler (2000 samples): {fm['solver']}, {fm['steps']} steps, "
+            f"guidance {fm['cfg_scale']}, FD {_fmt(fm['fd'])}. Targets at 2000 samples:\n\n"
             + _table(["target", "value", "bound", "runs", ""], targets)
             + "\n\n" + _source(name, d["provenance"]))
 
@@ -219,6 +279,7 @@ def render() -> str:
         ("Lipschitz ablation on Fashion-MNIST (notebook 03)", table_lipschitz),
         ("JVP attention kernel (notebook 04)", table_kernel),
         ("TVM training step, ImageNet-256 latents (notebook 06)", table_train_step),
+        ("Sampling, ImageNet-256 latents (notebook 06)", table_sampling),
         ("One-step images at equal GPU time, Fashion-MNIST (notebook 06)", table_equal_time),
         ("CMT -> TVM (notebook 05)", table_cmt),
     ]

@@ -148,21 +148,26 @@ def equal_time_targets(runs: dict[str, dict]) -> list[dict]:
 
     TVM and MeanFlow are each taken at their best variant (``tvm`` or ``tvm_w15``, ``meanflow``
     or ``meanflow_w15``: without or with guidance folded into training), FM at its best sampler.
+    A comparison without MeanFlow runs (or without the CMT chain) has no row for that target.
     """
     g = seed_groups(runs)
     tvm = best_variant(g, ("tvm", "tvm_w15"))
-    mf = best_variant(g, ("meanflow", "meanflow_w15"))
     fm_best = [best_sweep(r)["fd"] for r in g["fm"]]
     tvm1, tvm4 = ([last_eval(r, k) for r in g[tvm]] for k in ("fd_1", "fd_4"))
     rows = [("TVM 1 NFE <= 1.3 x FM best", tvm1, [1.3 * b for b in fm_best], False, [tvm, "fm"]),
-            ("TVM 4 NFE <= FM best", tvm4, fm_best, False, [tvm, "fm"]),
-            ("TVM 1 NFE < MeanFlow 1 NFE", tvm1, [last_eval(r) for r in g[mf]], True, [tvm, mf])]
+            ("TVM 4 NFE <= FM best", tvm4, fm_best, False, [tvm, "fm"])]
+    if any(n in g for n in ("meanflow", "meanflow_w15")):
+        mf = best_variant(g, ("meanflow", "meanflow_w15"))
+        rows.append(("TVM 1 NFE < MeanFlow 1 NFE", tvm1, [last_eval(r) for r in g[mf]], True,
+                     [tvm, mf]))
     out = []
     for target, values, bounds, strict, names in rows:
         (v, v_sd), (b, b_sd) = mean_sd(values), mean_sd(bounds)
         out.append({"target": target, "value": v, "value_sd": v_sd, "bound": b, "bound_sd": b_sd,
                     "seeds": [len(values), len(bounds)], "runs": names,
                     "hit": v < b if strict else v <= b})
+    if "cmt" not in runs or "tvm" not in runs:
+        return out
     scratch, cmt = runs["tvm"], runs["cmt"]
     goal, half = last_eval(scratch), 0.5 * scratch["total_s"]
     reach = next((s for s, v in zip(seconds_axis(cmt), cmt["evals"]["fd_1"])
@@ -187,6 +192,28 @@ def equal_time_summary(runs: dict[str, dict]) -> list[dict]:
                      "steps": mean_sd([r["steps_done"] for r in recs])[0],
                      "fd": {k: mean_sd([f[k] for f in finals]) for k in keys}})
     return rows
+
+
+# ---- the training-step benchmark (tvmlib.apps.bench.train_step) -------------------------------
+
+def step_summary(rows: list[dict]) -> list[dict]:
+    """Per model of a benchmark file: the fastest FM and TVM steps (any graph mode and backend),
+    the fastest TVM step per ``jvp`` and the TVM-to-FM time ratio, each {"model", "fm_ms",
+    "tvm_ms", "tvm_row", "by_jvp": {jvp: ms}, "ratio"}; models without an FM row are left out."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        ok = [r for r in rows if r["model"] == model and r["status"] == "ok"]
+        fm = [r for r in ok if r.get("loss_name") == "fm"]
+        tvm = [r for r in ok if r.get("loss_name", "tvm") == "tvm"]
+        if not fm or not tvm:
+            continue
+        best = min(tvm, key=lambda r: r["ms_per_step"])
+        fm_ms = min(r["ms_per_step"] for r in fm)
+        by_jvp = {j: min(r["ms_per_step"] for r in tvm if r.get("jvp") == j)
+                  for j in dict.fromkeys(r.get("jvp") for r in tvm)}
+        out.append({"model": model, "fm_ms": fm_ms, "tvm_ms": best["ms_per_step"],
+                    "tvm_row": best, "by_jvp": by_jvp, "ratio": best["ms_per_step"] / fm_ms})
+    return out
 
 
 # ---- the 2D toys at equal compute (configs/experiments/toy2d_equal_compute.yaml) -------------
