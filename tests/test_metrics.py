@@ -8,7 +8,7 @@ import torch
 
 from tvmlib.data import sample_toy2d
 from tvmlib.evaluation.metrics import sliced_w2, w2
-from tvmlib.evaluation.toy_w2 import eval_sets, floor, score, summary
+from tvmlib.evaluation.toy import eval_sets, score, sets_floor, summary
 
 
 def test_w2_of_a_translation_is_the_shift():
@@ -65,9 +65,9 @@ def test_the_floor_is_a_perfect_models_score():
     sets = eval_sets("8gaussians", 300, pairs=4, seed=2)
     data = lambda s: sample_toy2d("8gaussians", 300, torch.Generator().manual_seed(  # noqa: E731
         int(s.noise[0, 0].abs() * 1e6)))[0]
-    f, perfect = floor(sets), score(data, sets)
+    f, perfect = sets_floor(sets), score(data, sets)
     assert len(f["runs"]) == 4 and f["std"] > 0
     assert abs(perfect["mean"] - f["mean"]) < 3 * (f["std"] + perfect["std"])
-    matched = floor(eval_sets("8gaussians", 300, pairs=4, seed=2, labels=True))
+    matched = sets_floor(eval_sets("8gaussians", 300, pairs=4, seed=2, labels=True))
     assert matched["mean"] < 0.5 * f["mean"]
     assert summary([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": 1.0, "runs": [1.0, 2.0, 3.0]}
