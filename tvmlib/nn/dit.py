@@ -38,12 +38,7 @@ from torch import Tensor, nn
 
 from tvmlib.nn.attention import attention, check_backend
 from tvmlib.nn.dit_jvp import check_jvp_mode, forward_and_dfds
-from tvmlib.nn.embedding import (
-    check_labels,
-    per_sample,
-    sincos_pos_embed_2d,
-    sinusoidal_embedding,
-)
+from tvmlib.nn.embedding import check_labels, per_sample, sincos_pos_embed_2d, sinusoidal_embedding
 
 EPS = 1e-6  # DiT's LayerNorm eps, also used by every RMSNorm here (as in TVM)
 MOD_NAMES = ("shift_msa", "scale_msa", "gate_msa", "shift_mlp", "scale_mlp", "gate_mlp")

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from tvmlib.apps import cli
-from tvmlib.apps.bench.train_step import _sync, device_slug, step_config
+from tvmlib.apps.bench.train_step import device_slug, step_config, time_steps
 from tvmlib.core.solvers import sample
 from tvmlib.training.build import build_model
 from tvmlib.training.loop import autocast
@@ -41,32 +41,17 @@ def time_sampling(net: torch.nn.Module, batch: int, jumps: int, device: torch.de
     noise = torch.randn(batch, 4, input_size, input_size, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)
 
-    def call():
+    def call() -> torch.Tensor:  # 1.0 when every sample is finite (what time_steps returns)
         with autocast("bf16" if amp else "off", device):
-            return sample(net, noise, jumps, solver="flowmap", y=y, w=2.0, scale_param=True).x
+            x = sample(net, noise, jumps, solver="flowmap", y=y, w=2.0, scale_param=True).x
+        return torch.isfinite(x).all().float()
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(steps):
-        _sync(device)
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            out = call()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            import time
-            t = time.perf_counter()
-            out = call()
-            times.append(1e3 * (time.perf_counter() - t))
+    times, finite = time_steps(call, device, steps, warmup)
     ms = statistics.median(times)
     return {"batch": batch, "jumps": jumps, "nfe": jumps, "ms": ms, "ms_all": times,
-            "images_per_s": batch / (ms / 1e3), "finite": bool(torch.isfinite(out).all()),
+            "images_per_s": batch / (ms / 1e3), "finite": finite == 1.0,
             "peak_mem_gb": (torch.cuda.max_memory_allocated(device) / 1e9
                             if device.type == "cuda" else None)}
 
