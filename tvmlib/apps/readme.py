@@ -129,13 +129,18 @@ def table_kernel() -> str:
             + _source(name, d["provenance"]))
 
 
-def table_train_step() -> str:
-    files = sorted((repo_root() / "figures").glob("train_step_*.json"))
+def _bench_files(pattern: str, command: str) -> list[tuple[Path, dict]]:
+    """(path, document) of every ``figures/<pattern>`` (one per GPU), or _Missing naming the
+    command that makes them."""
+    files = sorted((repo_root() / "figures").glob(pattern))
     if not files:
-        return "*No `figures/train_step_*.json`: run `python -m tvmlib.apps.bench.train_step`.*"
+        raise _Missing(f"*No `figures/{pattern}`: run `{command}`.*")
+    return [(path, json.loads(path.read_text())) for path in files]
+
+
+def table_train_step() -> str:
     out = []
-    for path in files:
-        d = json.loads(path.read_text())
+    for path, d in _bench_files("train_step_*.json", "python -m tvmlib.apps.bench.train_step"):
         rows = [[r["model"], (r.get("loss_name") or "tvm").upper(), r["backend"],
                  "on" if r.get("cuda_graph") else "off",
                  r["jvp"] if "jvp" in r else "func",  # files from before model.jvp: torch.func
@@ -164,12 +169,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def table_sampling() -> str:
-    files = sorted((repo_root() / "figures").glob("sampling_*.json"))
-    if not files:
-        return "*No `figures/sampling_*.json`: run `python -m tvmlib.apps.bench.sampling`.*"
     out = []
-    for path in files:
-        d = json.loads(path.read_text())
+    for path, d in _bench_files("sampling_*.json", "python -m tvmlib.apps.bench.sampling"):
         rows = [[r["model"], r["batch"], r["jumps"], r["ms"], r["images_per_s"], r["peak_mem_gb"]]
                 for r in d["results"]["rows"]]
         out.append("k-jump flow-map sampling of an (untrained) network, "
