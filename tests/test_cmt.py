@@ -410,6 +410,32 @@ def test_experiment_runs_resume_and_refuse_other_settings(tmp_path):
                        log=lambda m: None)
 
 
+def test_guided_student_starts_from_an_unguided_run(tmp_path):
+    """TVM with w folded in (a beta embedding) from an FM run without one: every other weight
+    is the FM run's, the beta embedding keeps its initialisation."""
+    from tvmlib.experiments.runner import run_experiment
+    from tvmlib.training.checkpoint import read_checkpoint
+    from tvmlib.training.config import experiment_from_dict
+
+    spec = {"name": "guided", "work_dir": str(tmp_path), "defaults": {
+        "device": "cpu", "data": {"dataset": "fashion-mnist"},
+        "model": {"preset": "DiT", "patch_size": 8, "hidden_size": 32, "depth": 1,
+                  "num_heads": 2, "guidance": False},
+        "train": {"steps": 1, "global_batch": 8, "log_every": 1, "ckpt_every": 0},
+        "eval": {"metric": "none"}},
+        "runs": [{"name": "fm", "loss": {"name": "fm"}},
+                 {"name": "tvm_w15", "init": "fm", "model": {"guidance": True},
+                  "loss": {"name": "tvm", "cfg_scale": 1.5}, "train": {"lr": 1e-12}}]}
+    runs = run_experiment(*experiment_from_dict(spec), out=False,
+                          log=lambda m: None)["results"]["runs"]
+    assert runs["tvm_w15"]["steps_done"] == 1
+    fm = read_checkpoint(tmp_path / "fm" / "checkpoint.pt")["ema"]["module"]
+    student = read_checkpoint(tmp_path / "tvm_w15" / "checkpoint.pt")["net"]
+    assert any(k.startswith("beta_embedder.") for k in student)
+    for k, v in fm.items():  # lr 1e-12: the student still has the weights it started from
+        torch.testing.assert_close(student[k], v, rtol=0, atol=1e-9)
+
+
 def test_final_sweep_scores_every_solver_and_guidance(tmp_path):
     from tvmlib.experiments.runner import run_experiment
     from tvmlib.training.config import experiment_from_dict

@@ -276,6 +276,14 @@ def test_cpu_without_interpreter_raises_clear_error():
     assert "TRITON_INTERPRET=1" in out.stdout and "CUDA" in out.stdout, out.stderr[-2000:]
 
 
+@pytest.mark.parametrize("impl", ["triton", "triton_func"])
+def test_first_call_benchmark_times_both_paths(impl):
+    from tvmlib.apps.bench.first_call import one_call
+    device = "cuda" if CUDA else "cpu"
+    out = one_call(impl, 1, 2, 24, 32, "fp16" if CUDA else "fp32", True, device)
+    assert set(out) == {"first_s", "warm_ms"} and out["first_s"] > 0 and out["warm_ms"] > 0
+
+
 # ----------------------------------------------------------------------------------------------
 # GPU only
 

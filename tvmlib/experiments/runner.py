@@ -80,9 +80,10 @@ def start_run(cfg: RunConfig, device: torch.device | None = None, world: int = 1
             raise ValueError(f"{cfg.name}: loss.name cmt needs loss.teacher (a run)")
         _, teacher = load_run(resolve(cfg.loss.teacher, done), "ema", device)
     built = build(cfg, device, world, teacher)
-    if cfg.init:
+    if cfg.init:  # a guidance-conditioned student of an unguided run keeps its new e_beta
         load_weights(_checkpoint(resolve(cfg.init, done)), built.net,
-                     loss=built.loss if hasattr(built.loss, "reset_target") else None)
+                     loss=built.loss if hasattr(built.loss, "reset_target") else None,
+                     allow_missing=("beta_embedder.",) if cfg.model.guidance else ())
     if cfg.loss.name == "cmt" and cfg.loss.pool:
         n = cfg.loss.pool_size or cfg.train.steps * built.loss.num_trajectories(
             cfg.train.global_batch)
