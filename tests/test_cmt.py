@@ -503,6 +503,15 @@ def test_equal_time_targets_read_the_records():
     # a comparison without MeanFlow and the CMT chain (the 300 s file) has only FM's targets
     short = equal_time_targets({"tvm": runs["tvm"], "fm": runs["fm"]})
     assert [r["target"][:12] for r in short] == ["TVM 1 NFE <=", "TVM 4 NFE <="]
+    # teacher init on the same axis: 20 upstream + 1 setup + 40 training = 61 s > 50 s
+    runs["teacher_init"] = rec([30.0, 11.0], up=20.0, train=(0.0, 40.0))
+    chains = {r["runs"][0]: r for r in equal_time_targets(runs) if r["seeds"] == [1, 1]}
+    assert chains["teacher_init"]["value"] == 61.0 and not chains["teacher_init"]["hit"]
+    assert chains["teacher_init"]["runs"] == ["teacher_init", "tvm"]
+    # chains with guidance folded in are judged against the guided scratch run
+    guided = equal_time_targets({"tvm_w15": runs["tvm"], "fm": runs["fm"],
+                                 "cmt_w15": rec([40.0, 11.0], up=30.0, train=(0.0, 18.0))})
+    assert guided[-1]["runs"] == ["cmt_w15", "tvm_w15"] and guided[-1]["hit"]
 
 
 def test_equal_time_targets_average_seeds_and_take_each_method_at_its_best():
