@@ -266,19 +266,19 @@ def table_equal_time() -> str:
             + f"\n\nTargets, at 2000 samples (floor {_fmt(floor['2000'])}), each method at its "
             "best variant (FM: each seed's best sampler of its sweep), mean ± std over seeds:\n\n"
             + _table(["target", "value", "bound", "runs", ""], targets)
-            + "\n\n" + _source(name, d["provenance"]) + _equal_time_longer())
+            + "\n\n" + _source(name, d["provenance"])
+            + _optional("06_fashion_equal_time_300s.json", _equal_time_longer))
 
 
-def _equal_time_longer() -> str:
-    """The same comparison at three times the budget (one seed), then the TVM ablations."""
-    name = "06_fashion_equal_time_300s.json"
+def _optional(name: str, render) -> str:
+    """``render(runs, source line)`` of ``figures/<name>``; "" when the file is not there."""
     d = _load(name)
-    if d is None:
-        return ""
-    runs = d["results"]["runs"]
-    rows = [[r["run"], r["total_s"], round(r["steps"]),
-             ", ".join(f"{k}: {_fmt(m)}" for k, (m, _) in r["fd"].items())]
-            for r in equal_time_summary(runs)]
+    return "" if d is None else render(d["results"]["runs"], _source(name, d["provenance"]), d)
+
+
+def _equal_time_longer(runs: dict, source: str, d: dict) -> str:
+    """The same comparison at three times the budget (one seed), then the TVM ablations."""
+    rows = _one_seed_rows(runs)
     fm = best_sweep(runs["fm"])
     targets = [[t["target"], "never" if t["value"] is None else t["value"], t["bound"],
                 " vs ".join(t["runs"]), "hit" if t["hit"] else "miss"]
@@ -294,25 +294,24 @@ def _equal_time_longer() -> str:
             f"guidance {fm['cfg_scale']}, FD {_fmt(fm['fd'])}. Targets at 2000 samples (a chain's "
             "value: the GPU seconds at which it first reached scratch's final 1-jump FD):\n\n"
             + _table(["target", "value", "bound", "runs", ""], targets)
-            + "\n\n" + _source(name, d["provenance"]) + _ablations())
+            + "\n\n" + source + _optional("06_fashion_tvm_ablations.json", _ablations))
 
 
-def _ablations() -> str:
-    """The paper's TVM ablations on Fashion-MNIST (one seed each), as far as they were run."""
-    name = "06_fashion_tvm_ablations.json"
-    d = _load(name)
-    if d is None:
-        return ""
-    runs = d["results"]["runs"]
-    rows = [[r["run"], r["total_s"], round(r["steps"]), runs[r["run"]]["steps_per_s"],
+def _one_seed_rows(runs: dict[str, dict]) -> list[list]:
+    """[run, GPU s all stages, steps, "k: FD, ..."] of one-seed runs' final FDs."""
+    return [[r["run"], r["total_s"], round(r["steps"]),
              ", ".join(f"{k}: {_fmt(m)}" for k, (m, _) in r["fd"].items())]
             for r in equal_time_summary(runs)]
+
+
+def _ablations(runs: dict, source: str, d: dict) -> str:
+    """The paper's TVM ablations on Fashion-MNIST (one seed each), as far as they were run."""
+    rows = [row[:3] + [runs[row[0]]["steps_per_s"]] + row[3:] for row in _one_seed_rows(runs)]
     return ("\n\n**TVM ablations** (`configs/experiments/fashion_tvm_ablations.yaml`: the "
             "`tvm_w15` recipe with one change per run, one seed each, the same GPU seconds; "
             f"{len(runs)} of its {len(d['results']['config']['runs'])} runs made). Final FD of "
             "10000 EMA samples:\n\n"
-            + _table(["run", "GPU s", "steps", "steps / s", "FD by jumps"], rows)
-            + "\n\n" + _source(name, d["provenance"]))
+            + _table(["run", "GPU s", "steps", "steps / s", "FD by jumps"], rows) + "\n\n" + source)
 
 
 def table_cmt() -> str:
