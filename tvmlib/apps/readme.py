@@ -197,17 +197,12 @@ def table_train_step() -> str:
                              _ratio(r["by_jvp"].get("func"), r["by_jvp"].get("fused")),
                              r["ratio"], "hit" if r["ratio"] <= 4.2 else "miss"]
                             for r in summary]))
-    return "\n\n".join(out) + _loss_curves()
+    return "\n\n".join(out) + _optional("jvp_fused_loss_curve_fashion.json", _loss_curves)
 
 
-def _loss_curves() -> str:
+def _loss_curves(runs: dict, source: str, d: dict) -> str:
     """Issue 17's "same loss curve within bf16 noise": |loss difference| of fused vs torch.func
     against the noise reference (torch.func with math attention vs with Triton attention)."""
-    name = "jvp_fused_loss_curve_fashion.json"
-    d = _load(name)
-    if d is None:
-        return ""
-    runs = d["results"]["runs"]
     rows = []
     for a, b in (("fused", "func"), ("func_math", "func")):
         ca, cb = runs[a]["curves"], runs[b]["curves"]
@@ -221,8 +216,7 @@ def _loss_curves() -> str:
             "noise reference: the same torch.func step with the attention written out (math) "
             "instead of the Triton kernel, i.e. the same function rounded differently:\n\n"
             + _table(["runs", "first step with a loss gap > 0.01", "largest gap",
-                      "at step", "gap at the end"], rows)
-            + "\n\n" + _source(name, d["provenance"]))
+                      "at step", "gap at the end"], rows) + "\n\n" + source)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -273,7 +267,7 @@ def table_equal_time() -> str:
 
 
 def _optional(name: str, render) -> str:
-    """``render(runs, source line)`` of ``figures/<name>``; "" when the file is not there."""
+    """``render(runs, source line, document)`` of ``figures/<name>``; "" without the file."""
     d = _load(name)
     return "" if d is None else render(d["results"]["runs"], _source(name, d["provenance"]), d)
 
