@@ -570,8 +570,8 @@ def default_config(head_d: int, dtype: torch.dtype = torch.bfloat16) -> Attentio
 
     In the interpreter small tiles keep the cost low. fp32 and fp64 dots in IEEE precision have
     no tensor-core path: Triton unrolls each into FMA loops that grow with the tile, so larger
-    tiles make huge code that compiles slowly and spills; 16 x 16 tiles with 8 warps compiled
-    about 5x faster than 32 x 32 with 4 in an offline compile for sm_90 (the first call on a GPU:
+    tiles make huge code that compiles slowly and spills; 16 x 16 tiles with 8 warps compile
+    several times faster than 32 x 32 with 4 for sm_90 (time the first call on a GPU with
     ``tvmlib.apps.bench.first_call``).
     """
     if interpreting():
