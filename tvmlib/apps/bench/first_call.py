@@ -43,13 +43,12 @@ SMOKE_CASES = [("triton", 1, 2, 40, 32, "fp32", False)]
 def one_call(impl: str, B: int, H: int, N: int, d: int, dtype: str, causal: bool,
              device: str) -> dict:
     """Time the first and a later forward + JVP + backward of one shape in this process."""
+    from tvmlib.apps.bench.attention import make_inputs
     from tvmlib.kernels import attention, attention_with_jvp
 
-    gen = torch.Generator(device=device).manual_seed(0)
-    x = [torch.randn(B, H, N, d, generator=gen, device=device, dtype=DTYPES[dtype])
-         for _ in range(8)]
-    prim = [t.requires_grad_() for t in x[:3]]
-    tang = [t.requires_grad_() for t in x[3:6]]
+    x = make_inputs(B, H, N, d, DTYPES[dtype], device)  # q, k, v, tangents, upstream grads
+    prim = [x[n].requires_grad_() for n in ("q", "k", "v")]
+    tang = [x[n].requires_grad_() for n in ("tq", "tk", "tv")]
 
     def step():
         if impl == "triton":
@@ -57,7 +56,7 @@ def one_call(impl: str, B: int, H: int, N: int, d: int, dtype: str, causal: bool
         else:
             o, to = torch.func.jvp(lambda a, b, c: attention(a, b, c, causal=causal),
                                    tuple(prim), tuple(tang))
-        return torch.autograd.grad((o, to), prim + tang, (x[6], x[7]))
+        return torch.autograd.grad((o, to), prim + tang, (x["go"], x["gt"]))
 
     def timed() -> float:
         t0 = time.perf_counter()
