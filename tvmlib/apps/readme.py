@@ -246,12 +246,7 @@ def table_equal_time() -> str:
     d = _need(name, "run `python -m tvmlib.apps.experiment "
                     "configs/experiments/fashion_equal_time.yaml`")
     runs, floor = d["results"]["runs"], d["results"]["reference_fd"]["by_n"]
-    rows = [[r["run"], r["seeds"], r["total_s"], round(r["steps"]),
-             ", ".join(f"{k}: {_pm(m, sd, r['seeds'])}" for k, (m, sd) in r["fd"].items())]
-            for r in equal_time_summary(runs)]
-    targets = [[t["target"], _pm(t["value"], t["value_sd"], t["seeds"][0]),
-                _pm(t["bound"], t["bound_sd"], t["seeds"][1]), " vs ".join(t["runs"]),
-                "hit" if t["hit"] else "miss"] for t in equal_time_targets(runs)]
+    rows, targets = _seed_rows(runs), _target_rows(runs)
     return (f"Class-conditional {runs['fm']['config']['model']['preset']} from scratch, the same "
             "GPU seconds per method with every stage counted; `_w15`: guidance w = 1.5 folded "
             "into training; `tvm_250s`: the seed-0 TVM run continued to 250 s. Final classifier "
@@ -274,23 +269,37 @@ def _optional(name: str, render) -> str:
 
 def _equal_time_longer(runs: dict, source: str, d: dict) -> str:
     """The same comparison at three times the budget (one seed), then the TVM ablations."""
-    rows = _one_seed_rows(runs)
     fm = best_sweep(runs["fm"])
-    targets = [[t["target"], "never" if t["value"] is None else t["value"], t["bound"],
-                " vs ".join(t["runs"]), "hit" if t["hit"] else "miss"]
-               for t in equal_time_targets(runs)]
     return ("\n\n**The same at 300 GPU s per method** "
-            "(`configs/experiments/fashion_equal_time_300s.yaml`, one seed): FM; TVM and "
+            "(`configs/experiments/fashion_equal_time_300s.yaml`): FM; TVM and "
             "MeanFlow with w = 1.5 folded into training, their better variants at 100 s; and the "
             "CMT chain inside the same seconds: an FM `teacher`, CMT mid-training (`mid`), then "
             "TVM post-training from the mid-trained weights (`cmt_w15`) or from the teacher's "
-            "(`teacher_init_w15`). Final FD of 10000 EMA samples:\n\n"
-            + _table(["run", "GPU s, all stages", "steps", "FD by steps"], rows)
-            + f"\n\nFM's best sampler (2000 samples): {fm['solver']}, {fm['steps']} steps, "
-            f"guidance {fm['cfg_scale']}, FD {_fmt(fm['fd'])}. Targets at 2000 samples (a chain's "
-            "value: the GPU seconds at which it first reached scratch's final 1-jump FD):\n\n"
-            + _table(["target", "value", "bound", "runs", ""], targets)
+            "(`teacher_init_w15`). Final FD of 10000 EMA samples, mean ± std over the training "
+            "seeds where a run has more than one:\n\n"
+            + _table(["run", "seeds", "GPU s, all stages", "steps", "FD by steps"],
+                     _seed_rows(runs))
+            + f"\n\nFM's best sampler with seed 0 (2000 samples): {fm['solver']}, {fm['steps']} "
+            f"steps, guidance {fm['cfg_scale']}, FD {_fmt(fm['fd'])}. Targets at 2000 samples, "
+            "means over seeds (a chain's value: the GPU seconds at which it first reached "
+            "scratch's final 1-jump FD, one seed):\n\n"
+            + _table(["target", "value", "bound", "runs", ""], _target_rows(runs))
             + "\n\n" + source + _optional("06_fashion_tvm_ablations.json", _ablations))
+
+
+def _seed_rows(runs: dict[str, dict]) -> list[list]:
+    """[run, seeds, GPU s all stages, steps, "k: FD (+- sd), ..."] per method and its seeds."""
+    return [[r["run"], r["seeds"], r["total_s"], round(r["steps"]),
+             ", ".join(f"{k}: {_pm(m, sd, r['seeds'])}" for k, (m, sd) in r["fd"].items())]
+            for r in equal_time_summary(runs)]
+
+
+def _target_rows(runs: dict[str, dict]) -> list[list]:
+    """[target, value, bound, runs, hit/miss] of issue 14's targets, means +- sd over seeds."""
+    return [[t["target"], "never" if t["value"] is None else
+             _pm(t["value"], t["value_sd"], t["seeds"][0]),
+             _pm(t["bound"], t["bound_sd"], t["seeds"][1]), " vs ".join(t["runs"]),
+             "hit" if t["hit"] else "miss"] for t in equal_time_targets(runs)]
 
 
 def _one_seed_rows(runs: dict[str, dict]) -> list[list]:
