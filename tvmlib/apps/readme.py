@@ -156,9 +156,12 @@ def _first_call() -> str:
                  r["warm_ms"], "hit" if r["first_call_s"] <= 10 else "miss"] for r in d["rows"]]
         out.append("First call for a new shape (a fresh process, empty Triton cache: the kernels "
                    "compile), the same in a new process once the cache holds them, and a warm "
-                   "call; forward + JVP + backward. Target: 10 s or less. (fp32 now uses "
-                   "smaller tiles for a faster compile, `jvp_attention.IEEE_TILES`: not yet "
-                   "re-measured on a GPU if the file's commit predates it.)\n\n"
+                   "call; forward + JVP + backward. Target: 10 s or less. fp32 (and fp64) "
+                   "kernels use 16x16 tiles with 8 warps (`jvp_attention.IEEE_TILES`): their "
+                   "IEEE dots unroll into long FMA loops, which compile faster at that size. "
+                   "One measurement per case: a first call's seconds vary between machines (an "
+                   "earlier lease measured the same bf16 kernels slower; see this file's git "
+                   "history).\n\n"
                    + _table(["path", "B x H x N x d", "dtype", "causal", "first call s",
                              "cached s", "warm ms", "<= 10 s"], rows)
                    + "\n\n" + _source(path.name, d["provenance"]))
