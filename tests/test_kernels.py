@@ -13,6 +13,7 @@ CUDA = torch.cuda.is_available()
 if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import importlib  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
@@ -344,3 +345,85 @@ def test_gpu_bf16_within_twice_pytorch_error(causal, func):
 def test_gpu_long_sequence_fp16_and_bf16():
     _check_against_rule(4096, torch.float16, 2e-3, 5e-3, causal=False)
     _check_against_rule(4096, torch.bfloat16, 1.6e-2, 3e-2, causal=True)
+
+
+# ---- compiling a call's kernels ahead, in parallel (tvmlib.kernels.ahead) ---------------------
+
+def _call(path: str, x: dict, causal: bool) -> None:
+    """One forward + backward of ``path`` through the public entry points."""
+    prim = [x[n].clone().requires_grad_() for n in ("q", "k", "v")]
+    tang = [x[n].clone().requires_grad_() for n in ("tq", "tk", "tv")]
+    if path == "jvp":
+        outs = K.attention_with_jvp(*prim, *tang, causal=causal)
+    elif path == "func":
+        outs = torch.func.jvp(lambda a, b, c: K.attention(a, b, c, causal=causal),
+                              tuple(prim), tuple(tang))
+    else:
+        outs = (K.attention(*prim, causal=causal),)
+    torch.autograd.grad(outs, prim + tang, (x["go"], x["gt"])[:len(outs)], allow_unused=True)
+
+
+def _variant(kernel, args, kwargs) -> tuple:
+    """What decides a kernel's compiled variant: its name, each tensor's dtype and strides, the
+    other arguments, the constexprs and launch options."""
+    desc = tuple((a.dtype, a.stride()) if torch.is_tensor(a) else a for a in args)
+    return kernel.fn.__name__, desc, tuple(sorted((k, str(v)) for k, v in kwargs.items()))
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("path", ["jvp", "func", "plain"])
+def test_rehearsal_launches_the_kernel_variants_of_a_real_call(path, causal, monkeypatch):
+    """compile_ahead compiles what ``rehearse`` launches: that must be exactly the variants the
+    real forward + backward launches (else the real call would compile its own)."""
+    from tvmlib.kernels import ahead
+
+    ja = importlib.import_module("tvmlib.kernels.jvp_attention")
+    gen = torch.Generator().manual_seed(0)
+    names = ("q", "k", "v", "tq", "tk", "tv", "go", "gt")
+    shapes = [(1, 2, 40, 24)] + [(1, 2, 56, 24)] * 5 + [(1, 2, 40, 24)] * 2
+    shapes[3] = shapes[6]  # tq like q
+    x = {n: rand(*s, gen=gen) for n, s in zip(names, shapes)}
+    real, rehearsed = set(), set()
+
+    def record_and_run(kernel, grid, *args, **kwargs):
+        real.add(_variant(kernel, args, kwargs))
+        kernel[grid](*args, **kwargs)
+
+    monkeypatch.setattr(ja, "_launch", record_and_run)
+    _call(path, x, causal)
+    monkeypatch.setattr(ja, "_launch", lambda k, grid, *a, **kw: rehearsed.add(_variant(k, a, kw)))
+    ahead.rehearse(path, *(torch.empty_like(x[n]) for n in ("q", "k", "v")), True, causal)
+    assert rehearsed == real
+    assert len(real) >= {"jvp": 4, "func": 8, "plain": 3}[path]
+
+
+def test_compile_ahead_refuses_unknown_paths_and_skips_the_interpreter():
+    from tvmlib.kernels.ahead import compile_ahead
+
+    q = rand(1, 1, 8, 16)
+    with pytest.raises(ValueError, match="path must be one of"):
+        compile_ahead("fused", q, q, q)
+    if not CUDA:
+        assert compile_ahead("jvp", q, q, q) is False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("path", ["jvp", "func"])
+def test_gpu_call_after_compile_ahead_compiles_nothing(path):
+    from tvmlib.kernels.ahead import compile_ahead
+
+    ja = importlib.import_module("tvmlib.kernels.jvp_attention")
+    kernels = (ja._fwd_kernel, ja._bwd_preprocess_kernel, ja._bwd_kv_kernel, ja._bwd_q_kernel)
+    x = {n: rand(1, 3, 72, 40, dtype=torch.float16) for n in
+         ("q", "k", "v", "tq", "tk", "tv", "go", "gt")}
+    assert compile_ahead(path, x["q"], x["k"], x["v"], causal=True)
+    assert not compile_ahead(path, x["q"], x["k"], x["v"], causal=True)  # once per shape
+
+    def compiled():
+        return sum(len(c[0]) for kern in kernels for c in kern.device_caches.values())
+
+    before = compiled()
+    _call(path, x, causal=True)
+    torch.cuda.synchronize()
+    assert compiled() == before

@@ -161,7 +161,11 @@ def _first_call() -> str:
                    "IEEE dots unroll into long FMA loops, which compile faster at that size. "
                    "One measurement per case: a first call's seconds vary between machines (an "
                    "earlier lease measured the same bf16 kernels slower; see this file's git "
-                   "history).\n\n"
+                   "history). "
+                   + ("A call's kernels compiled at once on a thread pool "
+                      "(`tvmlib.kernels.ahead`)." if all(r.get("compile_ahead") for r in d["rows"])
+                      else "Measured before a call's kernels compiled at once on a thread pool "
+                      "(`tvmlib.kernels.ahead`): they compiled one after the other.") + "\n\n"
                    + _table(["path", "B x H x N x d", "dtype", "causal", "first call s",
                              "cached s", "warm ms", "<= 10 s"], rows)
                    + "\n\n" + _source(path.name, d["provenance"]))

@@ -9,8 +9,10 @@ Two entry points:
   (P = exp(S − LSE) is exact, 5 matmuls a tile) through another Function, so the tangent Ȯ is
   differentiable by reverse mode (TVM backpropagates through the JVP, doc §1.4).
 
-The Triton module is imported on first use, so importing ``tvmlib.kernels`` needs no GPU and
-the interpreter switch (``TRITON_INTERPRET=1``) may be set any time before the first call.
+On a new shape both entry points first compile the call's kernels in parallel
+(``tvmlib.kernels.ahead``). The Triton module is imported on first use, so importing
+``tvmlib.kernels`` needs no GPU and the interpreter switch (``TRITON_INTERPRET=1``) may be set
+any time before the first call.
 """
 
 from __future__ import annotations
@@ -22,10 +24,18 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from tvmlib.kernels.ahead import compile_ahead
+
 
 def _ops() -> ModuleType:
     """The Triton kernels module (imported lazily)."""
     return importlib.import_module("tvmlib.kernels.jvp_attention")
+
+
+def _dual(*tensors: Tensor) -> bool:
+    """Whether any tensor carries a tangent (a torch.func transform or forward-mode AD)."""
+    return any(torch._C._functorch.is_functorch_wrapped_tensor(t)
+               or torch.autograd.forward_ad.unpack_dual(t).tangent is not None for t in tensors)
 
 
 _FUNCTORCH_MESSAGE = (
@@ -147,6 +157,7 @@ def attention_with_jvp(q: Tensor, k: Tensor, v: Tensor, tq: Tensor, tk: Tensor, 
     ``causal`` masks key j > query i (top-left, as SDPA's is_causal); ``scale`` defaults to
     1/sqrt(d). The backward handles a gradient for O only, for Ȯ only, or both (doc §1.3).
     """
+    compile_ahead("jvp", q, k, v, causal, scale, config)
     o, to, _, _ = JVPAttentionFunction.apply(q, k, v, tq, tk, tv, causal, scale, config)
     return o, to
 
@@ -156,5 +167,6 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
     """softmax(s Q K^T) V with Triton kernels; works under ``torch.func.jvp`` (then the tangent
     is itself differentiable). q: (B, H, Nq, d), k, v: (B, H, Nk, d) -> (B, H, Nq, d).
     """
+    compile_ahead("func" if _dual(q, k, v) else "plain", q, k, v, causal, scale, config)
     o, _ = AttentionFunction.apply(q, k, v, causal, scale, config)
     return o

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,8 @@ PRIMAL, FUSED, TANGENT = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 KV_BOTH, KV_KEYS, KV_VALUES = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 MAX_HEAD_DIM = 256
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# True inside tvmlib.kernels.ahead.compile_ahead: launches only compile (Triton's warmup)
+COMPILE_ONLY: ContextVar[bool] = ContextVar("tvmlib_attention_compile_only", default=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -662,6 +665,15 @@ def _device_guard(x: Tensor):
     return torch.cuda.device(x.device) if x.device.type == "cuda" else nullcontext()
 
 
+def _launch(kernel, grid: tuple, *args, **kwargs) -> None:
+    """``kernel[grid](*args, **kwargs)``; under ``COMPILE_ONLY`` the same variant is compiled
+    (``warmup``) and nothing runs."""
+    if COMPILE_ONLY.get():
+        kernel.warmup(*args, grid=grid, **kwargs)
+    else:
+        kernel[grid](*args, **kwargs)
+
+
 def _forward(mode: tl.constexpr, q: Tensor, k: Tensor, v: Tensor, tq: Tensor | None,
              tk: Tensor | None, tv: Tensor | None, o: Tensor | None, lse2: Tensor | None,
              causal: bool, scale: float | None, config: AttentionConfig | None
@@ -688,8 +700,8 @@ def _forward(mode: tl.constexpr, q: Tensor, k: Tensor, v: Tensor, tq: Tensor | N
     s, s_log2, scales, in_mem = _scale_args(q, scale)
     grid = (triton.cdiv(n_q, cfg.block_m), B * H)
     with _device_guard(q):
-        _fwd_kernel[grid](
-            q, k, v, tq, tk, tv, o, to, lse2, mu, scales,
+        _launch(
+            _fwd_kernel, grid, q, k, v, tq, tk, tv, o, to, lse2, mu, scales,
             *_strides(q), *_strides(k), *_strides(v), *_strides(tq), *_strides(tk),
             *_strides(tv), *_strides(o), *_strides(to),
             H, n_q, n_k, s, s_log2,
@@ -787,21 +799,24 @@ def attention_backward(q: Tensor, k: Tensor, v: Tensor, tq: Tensor | None, tk: T
                   *_strides(tv), *_strides(g_o), *_strides(g_t))
     with _device_guard(q):
         pre = cfg.bwd_q
-        _bwd_preprocess_kernel[(triton.cdiv(n_q, pre.block_m), B * H)](
+        _launch(
+            _bwd_preprocess_kernel, (triton.cdiv(n_q, pre.block_m), B * H),
             o, to, g_o, g_t, dsum, delt,
             *_strides(o), *_strides(to), *_strides(g_o), *_strides(g_t), H, n_q,
             BLOCK_M=pre.block_m, num_warps=4 if not interpreting() else 1, **common)
         kv = cfg.bwd_kv
         parts = (KV_KEYS, KV_VALUES) if cfg.split_kv and has_gt else (KV_BOTH,)
         for part in parts:
-            _bwd_kv_kernel[(triton.cdiv(n_k, kv.block_n), B * H)](
+            _launch(
+                _bwd_kv_kernel, (triton.cdiv(n_k, kv.block_n), B * H),
                 q, k, v, tq, tk, tv, g_o, g_t, lse2, mu, dsum, delt, dk, dv, dtk, dtv, scales,
                 *in_strides, *_strides(dk), H, n_q, n_k, s, s_log2, CAUSAL=causal,
                 BLOCK_M=kv.block_m, BLOCK_N=kv.block_n, CHECK_M=n_q % kv.block_m != 0,
                 CHECK_N=n_k % kv.block_n != 0, PRECISION=prec, SCALES_IN_MEMORY=in_mem,
                 PART=part.value, num_warps=kv.num_warps, num_stages=kv.num_stages, **common)
         qc = cfg.bwd_q
-        _bwd_q_kernel[(triton.cdiv(n_q, qc.block_m), B * H)](
+        _launch(
+            _bwd_q_kernel, (triton.cdiv(n_q, qc.block_m), B * H),
             q, k, v, tq, tk, tv, g_o, g_t, lse2, mu, dsum, delt, dq, dtq, scales,
             *in_strides, *_strides(dq), H, n_q, n_k, s, s_log2, CAUSAL=causal,
             BLOCK_M=qc.block_m, BLOCK_N=qc.block_n, CHECK_M=n_q % qc.block_m != 0,

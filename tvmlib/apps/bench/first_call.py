@@ -14,7 +14,8 @@ that shares one Triton cache folder, empty before the first:
 ``impl`` "triton" is ``attention_with_jvp``; "triton_func" is ``attention`` under
 ``torch.func.jvp`` (the model's path with ``model.jvp: func``). The kernels pick their tiles by
 a fixed heuristic (``tvmlib.kernels.jvp_attention.default_config``): there is no autotuning, so
-the first call compiles one configuration of each kernel it launches. Results go to
+the first call compiles one configuration of each kernel it launches, all of them at once on a
+thread pool (``tvmlib.kernels.ahead``; rows say so with ``compile_ahead``). Results go to
 ``figures/first_call_<gpu>.json``.
 """
 
@@ -86,7 +87,8 @@ def run_case(case: tuple, cache: Path, smoke: bool) -> dict:
     impl, B, H, N, d, dtype, causal = case
     return {"impl": impl, "B": B, "H": H, "N": N, "d": d, "dtype": dtype, "causal": causal,
             "first_call_s": out[0]["first_s"], "cached_call_s": out[1]["first_s"],
-            "warm_ms": out[1]["warm_ms"], "cache_files": sum(1 for _ in cache.rglob("*"))}
+            "warm_ms": out[1]["warm_ms"], "cache_files": sum(1 for _ in cache.rglob("*")),
+            "compile_ahead": True}
 
 
 def main(argv: list[str] | None = None) -> int:
