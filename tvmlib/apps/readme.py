@@ -111,7 +111,7 @@ def table_kernel() -> str:
                "backward without any JVP (the speed-of-light reference). Issue 17's targets: "
                "ours at least 520 TFLOP/s at 2 x 16 x 4096 x 64 (65% of the H200's measured "
                "matmul peak), the torch.func path within 10% of ours at every shape.")
-    return "\n\n".join(out + [_first_call()])
+    return "\n\n".join(out + [_text(_first_call)])
 
 
 def _kernel_rows(bench_rows: list[dict], h200: bool) -> str:
@@ -145,12 +145,8 @@ def _kernel_rows(bench_rows: list[dict], h200: bool) -> str:
 
 def _first_call() -> str:
     """First-call (compile) seconds of the attention for a new shape, against 10 s."""
-    try:
-        files = _bench_files("first_call_*.json", "python -m tvmlib.apps.bench.first_call")
-    except _Missing as missing:
-        return str(missing)
     out = []
-    for path, d in files:
+    for path, d in _bench_files("first_call_*.json", "python -m tvmlib.apps.bench.first_call"):
         rows = [[r["impl"], f"{r['B']}x{r['H']}x{r['N']}x{r['d']}", r["dtype"],
                  "yes" if r["causal"] else "no", r["first_call_s"], r["cached_call_s"],
                  r["warm_ms"], "hit" if r["first_call_s"] <= 10 else "miss"] for r in d["rows"]]
@@ -309,21 +305,15 @@ def _target_rows(runs: dict[str, dict]) -> list[list]:
              "hit" if t["hit"] else "miss"] for t in equal_time_targets(runs)]
 
 
-def _one_seed_rows(runs: dict[str, dict]) -> list[list]:
-    """[run, GPU s all stages, steps, "k: FD, ..."] of one-seed runs' final FDs."""
-    return [[r["run"], r["total_s"], round(r["steps"]),
-             ", ".join(f"{k}: {_fmt(m)}" for k, (m, _) in r["fd"].items())]
-            for r in equal_time_summary(runs)]
-
-
 def _ablations(runs: dict, source: str, d: dict) -> str:
     """The paper's TVM ablations on Fashion-MNIST (one seed each), as far as they were run."""
-    rows = [row[:3] + [runs[row[0]]["steps_per_s"]] + row[3:] for row in _one_seed_rows(runs)]
+    rows = [row[:4] + [runs[row[0]]["steps_per_s"]] + row[4:] for row in _seed_rows(runs)]
     return ("\n\n**TVM ablations** (`configs/experiments/fashion_tvm_ablations.yaml`: the "
             "`tvm_w15` recipe with one change per run, one seed each, the same GPU seconds; "
             f"{len(runs)} of its {len(d['results']['config']['runs'])} runs made). Final FD of "
             "10000 EMA samples:\n\n"
-            + _table(["run", "GPU s", "steps", "steps / s", "FD by jumps"], rows) + "\n\n" + source)
+            + _table(["run", "seeds", "GPU s", "steps", "steps / s", "FD by jumps"], rows)
+            + "\n\n" + source)
 
 
 def table_cmt() -> str:
