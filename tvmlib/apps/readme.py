@@ -110,7 +110,9 @@ def table_kernel() -> str:
     out.append("Forward + JVP + backward through both outputs, bf16. *SDPA flash is forward + "
                "backward without any JVP (the speed-of-light reference). Issue 17's targets: "
                "ours at least 520 TFLOP/s at 2 x 16 x 4096 x 64 (65% of the H200's measured "
-               "matmul peak), the torch.func path within 10% of ours at every shape.")
+               "matmul peak), the torch.func path within 10% of ours at every shape. Under "
+               "torch.func the output and its tangent are two autograd nodes, each with its own "
+               "forward and backward pass over P; `attention_with_jvp` shares one of each.")
     return "\n\n".join(out + [_text(_first_call)])
 
 
@@ -154,14 +156,12 @@ def _first_call() -> str:
                    "compile), the same in a new process once the cache holds them, and a warm "
                    "call; forward + JVP + backward. Target: 10 s or less. fp32 (and fp64) "
                    "kernels use 16x16 tiles with 8 warps (`jvp_attention.IEEE_TILES`): their "
-                   "IEEE dots unroll into long FMA loops, which compile faster at that size. "
-                   "One measurement per case: a first call's seconds vary between machines (an "
-                   "earlier lease measured the same bf16 kernels slower; see this file's git "
-                   "history). "
-                   + ("A call's kernels compiled at once on a thread pool "
-                      "(`tvmlib.kernels.ahead`)." if all(r.get("compile_ahead") for r in d["rows"])
-                      else "Measured before a call's kernels compiled at once on a thread pool "
-                      "(`tvmlib.kernels.ahead`): they compiled one after the other.") + "\n\n"
+                   "IEEE dots unroll into long FMA loops, which compile faster at that size. One "
+                   "measurement per case; the seconds vary between machines (an earlier lease "
+                   "measured the same bf16 kernels slower: this file's git history). "
+                   + "Measured " + ("with" if all(r.get("compile_ahead") for r in d["rows"])
+                                    else "before") + " a call's kernels compiled in parallel "
+                   "(`tvmlib.kernels.ahead`).\n\n"
                    + _table(["path", "B x H x N x d", "dtype", "causal", "first call s",
                              "cached s", "warm ms", "<= 10 s"], rows)
                    + "\n\n" + _source(path.name, d["provenance"]))
