@@ -16,6 +16,7 @@ if not CUDA:
 import importlib  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import warnings  # noqa: E402
 
 import pytest  # noqa: E402
 from torch import nn  # noqa: E402
@@ -427,3 +428,29 @@ def test_gpu_call_after_compile_ahead_compiles_nothing(path):
     _call(path, x, causal=True)
     torch.cuda.synchronize()
     assert compiled() == before
+
+
+def test_entry_point_tells_a_torch_func_call_from_a_plain_one():
+    """``attention`` picks the rehearsal of the path it is on: under ``torch.func.jvp`` or
+    forward-mode AD its inputs carry tangents."""
+    from tvmlib.kernels.autograd import _dual
+
+    x = rand(1, 1, 8, 16)
+    seen = []
+    torch.func.jvp(lambda a: seen.append(_dual(a)) or a * 2, (x,), (torch.ones_like(x),))
+    with torch.autograd.forward_ad.dual_level():
+        seen.append(_dual(torch.autograd.forward_ad.make_dual(x, torch.ones_like(x))))
+    assert seen == [True, True] and not _dual(x, x.clone().requires_grad_())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_gpu_first_call_under_torch_func_compiles_ahead_without_warning():
+    from tvmlib.kernels import ahead
+
+    x = {n: rand(2, 2, 24, 48, dtype=torch.float16) for n in
+         ("q", "k", "v", "tq", "tk", "tv", "go", "gt")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a failed rehearsal warns
+        _call("func", x, causal=False)
+    assert any(key[0] == "func" and key[7][0] == (2, 2, 24, 48) for key in ahead._done)
