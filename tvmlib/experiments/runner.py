@@ -41,6 +41,7 @@ from tvmlib.utils.cuda import GpuClock
 from tvmlib.utils.paths import figures_dir, repo_root
 
 CURVE_KEYS = ("loss", "terminal", "fm", "grad_norm", "lr")
+SCORES = ("fd_", "w2_")  # the evaluation columns: Frechet distances, or W2 on the 2D toys
 
 
 def resolve(ref: str, done: dict[str, Path]) -> Path:
@@ -122,13 +123,15 @@ def folder_lock(cfg: RunConfig):
 # ---- evaluation during training -------------------------------------------------------------
 
 class Monitor:
-    """The runner's ``eval_fn``: Frechet distances every ``eval.every`` steps (and at step 0)
-    and Lipschitz probes every ``eval.probe_every`` steps, outside the training clock."""
+    """The runner's ``eval_fn``: Frechet distances (``fd_<k>``; the 2D toys: W2, ``w2_<k>``)
+    every ``eval.every`` steps (and at step 0) and Lipschitz probes every ``eval.probe_every``
+    steps, outside the training clock."""
 
     def __init__(self, cfg: RunConfig, built: Built, log: Callable = print):
         self.cfg, self.built, self.log = cfg, built, log
         e = cfg.eval
-        self.metric = metric_setup(cfg, built.device) if e.every and e.metric != "none" \
+        self.scores = bool(e.every) and e.metric != "none"
+        self.metric = metric_setup(cfg, built.device) if self.scores and e.metric != "w2" \
             else (None, None, None)
         self.probe = self._probe() if e.probe_every else None
         self.path = cfg.run_dir / "monitor.json"  # evaluations so far, kept for a resumed run
@@ -163,15 +166,17 @@ class Monitor:
                 "target": lambda: self.built.loss.target.module}[which]()
 
     def fd(self, net, step: int, seconds: float) -> dict:
-        features, ref, _ = self.metric
-        rows = evaluate_net(net, self.cfg, features, ref)
-        row = {"step": step, "train_s": seconds,
-               **{f"fd_{k}": r.get("fd") for k, r in rows.items()}}
+        if self.cfg.eval.metric == "w2":
+            row = {f"w2_{k}": r["w2"] for k, r in score_steps(net, self.cfg).items()}
+        else:
+            row = {f"fd_{k}": r.get("fd") for k, r in
+                   evaluate_net(net, self.cfg, *self.metric[:2]).items()}
+        row = {"step": step, "train_s": seconds, **row}
         self.evals = [r for r in self.evals if r["step"] < step] + [row]  # a resumed run redoes
         # the evaluations made after its checkpoint: they replace the earlier ones
         self.save()
         self.log(f"[{self.cfg.name}] step {step}: " + ", ".join(
-            f"{k} {v:.4g}" for k, v in row.items() if k.startswith("fd_") and v is not None))
+            f"{k} {v:.4g}" for k, v in row.items() if k[:3] in SCORES and v is not None))
         return row
 
     def probe_now(self, net, step: int) -> None:
@@ -185,7 +190,7 @@ class Monitor:
         """Step-0 evaluations (skipped when a resumed run already has them)."""
         if self.evals or self.probes:
             return
-        if self.cfg.eval.every and self.metric[0] is not None:
+        if self.scores:
             self.fd(net, 0, 0.0)
         if self.probe is not None:
             self.probe_now(net, 0)
@@ -196,9 +201,9 @@ class Monitor:
         out = {}
         if self.probe is not None and (step % e.probe_every == 0 or end):
             self.probe_now(state.net, step)
-        if e.every and self.metric[0] is not None and (step % e.every == 0 or end):
+        if self.scores and (step % e.every == 0 or end):
             out = self.fd(self.weights(state, e.weights[0]), step, state.train_seconds)
-            out = {k: v for k, v in out.items() if k.startswith("fd_")}
+            out = {k: v for k, v in out.items() if k[:3] in SCORES}
         return out
 
 
