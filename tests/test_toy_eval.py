@@ -10,7 +10,15 @@ import torch
 from tvmlib.core.losses import FMLoss, TVMLoss
 from tvmlib.evaluation.metrics import w2
 from tvmlib.evaluation.toy import eval_inputs, floor, reference
-from tvmlib.experiments.results import toy_best, toy_curve, toy_groups, toy_table, toy_targets
+from tvmlib.experiments.results import (
+    cmt_seed_summary,
+    cmt_seed_table,
+    toy_best,
+    toy_curve,
+    toy_groups,
+    toy_table,
+    toy_targets,
+)
 from tvmlib.nn import MLP2D
 from tvmlib.training.flops import step_flops, steps_for_budget
 from tvmlib.utils.prose import mean_std
@@ -96,3 +104,34 @@ def test_equal_compute_experiment_at_smoke_size(tmp_path, monkeypatch):
     assert list(cells) == ["FM, Euler", "FM, Heun", "MeanFlow", "TVM"]
     assert cells["TVM"][0] == mean_std([toy_curve(r)[1] for r in cb["tvm"]])  # NFE 1
     assert cells["FM, Heun"][0] == "–"  # a Heun step is 2 NFE: no 1-NFE Heun sample
+
+
+def test_toy_runs_are_scored_during_training_like_at_the_end(tmp_path, monkeypatch):
+    """eval.every with the W2 metric: a w2_<k> column from step 0 on, and the last evaluation
+    is the same number as the final score (same weights, samples and reference)."""
+    from tvmlib.apps.experiment import main
+
+    monkeypatch.setenv("TVMLIB_QUIET", "1")
+    config = ROOT / "configs" / "experiments" / "cmt_2d_seeds.yaml"
+    out = tmp_path / "cmt2d.json"
+    names = ["teacher-s0", "mid-s0", "scratch-s0", "teacher_init-s0", "cmt-s0"]
+    main([str(config), "--only", *names, "--set", "train.steps=8", "--set", "eval.every=4",
+          "--set", "eval.num_samples=100", "--out", str(out), "--work-dir", str(tmp_path / "w")])
+    runs = json.loads(out.read_text())["results"]["runs"]
+    assert list(runs) == names and set(runs["teacher-s0"]["evals"]) == {"step", "train_s",
+                                                                         "w2_16"}
+    for name in names[2:]:
+        ev, final = runs[name]["evals"], runs[name]["final"]["ema"]
+        assert ev["step"] == [0, 4, 8] and set(ev) == {"step", "train_s", "w2_1", "w2_2"}
+        assert ev["w2_1"][-1] == pytest.approx(final["1"]) and ev["w2_2"][-1] == \
+            pytest.approx(final["2"])
+    # the warm starts begin from their stage's weights, scratch from its own initialisation
+    assert runs["teacher_init-s0"]["evals"]["w2_1"][0] != runs["scratch-s0"]["evals"]["w2_1"][0]
+    sm = cmt_seed_summary(runs)
+    last = {n: runs[f"{n}-s0"]["evals"]["w2_1"][-1] for n in ("scratch", "teacher_init", "cmt")}
+    assert sm["seeds"] == 1 and sm["cmt_minus_teacher_init"] == pytest.approx(
+        (last["cmt"] - last["teacher_init"], 0.0))
+    assert sm["scratch"]["w2_1"] == pytest.approx((last["scratch"], 0.0))
+    assert sm["scratch"]["reach"][0] in (0, 4, 8)  # scratch reaches its own final at the latest
+    table = cmt_seed_table(runs).split("\n")
+    assert table[0].startswith("**2D checkerboard**") and len(table) == 2 + 2 + 3

@@ -17,6 +17,7 @@ from tvmlib.apps import cli
 from tvmlib.experiments.results import (
     best_sweep,
     by_group,
+    cmt_seed_table,
     equal_time_summary,
     equal_time_targets,
     reach_step,
@@ -318,14 +319,10 @@ def _ablations(runs: dict, source: str, d: dict) -> str:
 
 def table_cmt() -> str:
     out = []
-    d = _load("05_cmt_2d.json")
+    d = _load("05_cmt_2d_seeds.json")
     if d is not None:
-        rows = []
-        for start, curve in d["results"]["curves"].items():
-            rows.append([start, curve[0]["w2_1"], curve[-1]["w2_1"], curve[-1]["step"]])
-        out.append("**2D checkerboard** (1-jump W2 to data during TVM post-training)\n\n"
-                   + _table(["start", "W2 at step 0", "W2 at the end", "steps"], rows)
-                   + "\n\n" + _source("05_cmt_2d.json", d["provenance"]))
+        out.append(cmt_seed_table(d["results"]["runs"]) + "\n\n"
+                   + _source("05_cmt_2d_seeds.json", d["provenance"]))
     gpu = _load("05_cmt.json")
     if gpu is None:
         out.append("*Fashion-MNIST on a GPU: `figures/05_cmt.json` is not produced yet "

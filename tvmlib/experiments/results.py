@@ -297,3 +297,51 @@ def toy_targets(groups: dict[str, dict[str, list[dict]]], ratio: float = 1.3) ->
                  {"dataset": dataset, "target": "TVM 1 jump < MeanFlow 1 jump",
                   "value": tvm1, "bound": mf1, "hit": tvm1 < mf1}]
     return rows
+
+
+# ---- notebook 05's 2D comparison over seeds (configs/experiments/cmt_2d_seeds.yaml) ---------
+
+CMT_STARTS = ("scratch", "teacher_init", "cmt")
+
+
+def cmt_seed_summary(runs: dict[str, dict]) -> dict:
+    """Runs "<stage>-s<seed>" (teacher, mid, the three post-training starts) summarised over the
+    seeds: {"seeds", "teacher" (16-NFE W2), "mid_1" (one jump after mid-training), and per start
+    {"w2_1_start", "w2_1", "w2_2": (mean, sd), "reach": [the first evaluated step at which the
+    start is at most its seed's scratch final 1-jump W2, None if never, per seed]}, and
+    "cmt_minus_teacher_init": (mean, sd) of the paired final 1-jump differences}."""
+    stages = by_group(runs)
+    seeds = list(stages["scratch"])
+    out = {"seeds": len(seeds),
+           "teacher": mean_sd([next(iter(r["final"]["ema"].values()))
+                               for r in stages["teacher"].values()]),
+           "mid_1": mean_sd([r["final"]["ema"]["1"] for r in stages["mid"].values()])}
+    for start in CMT_STARTS:
+        recs = [stages[start][s] for s in seeds]
+        out[start] = {"w2_1_start": mean_sd([r["evals"]["w2_1"][0] for r in recs]),
+                      **{k: mean_sd([last_eval(r, k) for r in recs]) for k in ("w2_1", "w2_2")},
+                      "reach": [reach_step(r["evals"], last_eval(stages["scratch"][s], "w2_1"),
+                                           "w2_1") for r, s in zip(recs, seeds)]}
+    out["cmt_minus_teacher_init"] = mean_sd([
+        last_eval(stages["cmt"][s], "w2_1") - last_eval(stages["teacher_init"][s], "w2_1")
+        for s in seeds])
+    return out
+
+
+def cmt_seed_table(runs: dict[str, dict]) -> str:
+    """Markdown of :func:`cmt_seed_summary`: a line naming the seeds and the paired CMT - teacher
+    init difference, then per start the W2 at step 0 and at the end and the reach steps."""
+    sm = cmt_seed_summary(runs)
+    pm = lambda m: f"{m[0]:.3f} +- {m[1]:.3f}"  # noqa: E731
+    lines = ["| start | 1 jump, step 0 | 1 jump, end | 2 jumps, end | steps to scratch's final "
+             "1 jump, per seed |", "|---|---|---|---|---|"]
+    for start in CMT_STARTS:
+        r = sm[start]
+        reach = ", ".join("never" if x is None else str(x) for x in r["reach"])
+        lines.append(f"| {start} | {pm(r['w2_1_start'])} | {pm(r['w2_1'])} | {pm(r['w2_2'])} "
+                     f"| {reach} |")
+    head = (f"**2D checkerboard** (`configs/experiments/cmt_2d_seeds.yaml`: W2 to the data "
+            f"during TVM post-training, mean +- std over {sm['seeds']} seeds; CMT minus teacher "
+            "init at the end, paired by seed: "
+            f"{pm(sm['cmt_minus_teacher_init'])})")
+    return head + "\n\n" + "\n".join(lines)
