@@ -272,7 +272,8 @@ def _optional(name: str, render) -> str:
 
 
 def _equal_time_longer(runs: dict, source: str, d: dict) -> str:
-    """The same comparison at three times the budget (one seed), then the TVM ablations."""
+    """The same comparison at three times the budget (training seeds where made), then the TVM
+    ablations."""
     fm = best_sweep(runs["fm"])
     return ("\n\n**The same at 300 GPU s per method** "
             "(`configs/experiments/fashion_equal_time_300s.yaml`): FM; TVM and "
