@@ -542,3 +542,22 @@ def test_equal_time_targets_average_seeds_and_take_each_method_at_its_best():
     rows = {r["run"]: r for r in equal_time_summary({k: v for k, v in runs.items()
                                                      if "final" in v})}
     assert rows["tvm_w15"]["seeds"] == 2 and rows["tvm_w15"]["fd"]["1"][0] == pytest.approx(19.0)
+
+
+def test_ablation_verdicts_read_each_run_against_base_seeds():
+    from tvmlib.experiments.results import ablation_verdicts
+
+    def rec(fd1):
+        return {"train_s": 9.0, "total_s": 10.0, "steps_done": 5, "final": {"ema": {"1": fd1}}}
+
+    # base seeds 90, 100, 110: mean 100, sd 10, so 2 sd = 20 either side
+    runs = {"base": rec(90.0), "base_seed1": rec(100.0), "base_seed2": rec(110.0),
+            "good": rec(79.0), "bad": rec(121.0), "same": rec(119.0)}
+    got = {r["run"]: r for r in ablation_verdicts(runs)}
+    assert set(got) == {"good", "bad", "same"}
+    assert got["good"]["verdict"] == "better" and got["bad"]["verdict"] == "worse"
+    assert got["same"]["verdict"] == "within base's spread"
+    assert got["good"]["delta"] == pytest.approx(-21.0)
+    # one base seed: nothing to read a difference against
+    one = ablation_verdicts({"base": rec(100.0), "x": rec(300.0)})
+    assert one[0]["verdict"] == "not resolved"

@@ -207,6 +207,29 @@ def equal_time_summary(runs: dict[str, dict]) -> list[dict]:
     return rows
 
 
+
+def ablation_verdicts(runs: dict[str, dict], base: str = "base", k: str = "1",
+                      sigmas: float = 2.0) -> list[dict]:
+    """Each one-change run against ``base``'s training seeds at ``k`` jumps (final FD): {"run",
+    "fd", "delta", "verdict"} with verdict "better" / "worse" when the run lies more than
+    ``sigmas`` of base's seed standard deviations from base's mean, else "within base's spread"
+    ("not resolved": base has a single seed, so there is no spread to read it against)."""
+    rows = {r["run"]: r for r in equal_time_summary(runs)}
+    mean, sd = rows[base]["fd"][k]
+    out = []
+    for name, row in rows.items():
+        if name == base:
+            continue
+        fd = row["fd"][k][0]
+        if rows[base]["seeds"] < 2:
+            verdict = "not resolved"
+        elif abs(fd - mean) <= sigmas * sd:
+            verdict = "within base's spread"
+        else:
+            verdict = "better" if fd < mean else "worse"
+        out.append({"run": name, "fd": fd, "delta": fd - mean, "verdict": verdict})
+    return out
+
 # ---- the training-step benchmark (tvmlib.apps.bench.train_step) -------------------------------
 
 def step_summary(rows: list[dict]) -> list[dict]:
