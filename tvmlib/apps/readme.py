@@ -22,6 +22,7 @@ from tvmlib.experiments.results import (
     equal_time_summary,
     equal_time_targets,
     reach_step,
+    seed_groups,
     step_summary,
     toy_groups,
     toy_table,
@@ -314,10 +315,9 @@ def _ablations(runs: dict, source: str, d: dict) -> str:
     verdict = {v["run"]: v["verdict"] for v in ablation_verdicts(runs)}
     rows = [row[:4] + [runs[row[0]]["steps_per_s"]] + row[4:] + [verdict.get(row[0], "")]
             for row in _seed_rows(runs)]
-    base = next(r for r in equal_time_summary(runs) if r["run"] == "base")
     return ("\n\n**TVM ablations** (`configs/experiments/fashion_tvm_ablations.yaml`: the "
             "`tvm_w15` recipe with one change per run, the same GPU seconds; one seed per change "
-            f"and {base['seeds']} training seeds of `base`; "
+            f"and {len(seed_groups(runs)['base'])} training seeds of `base`; "
             f"{len(runs)} of its {len(d['results']['config']['runs'])} runs made). "
             "Final FD of 10000 EMA samples; a change is called better or worse at 1 jump only "
             "when it lies more than two of base's seed standard deviations from base's mean:\n\n"

@@ -207,7 +207,6 @@ def equal_time_summary(runs: dict[str, dict]) -> list[dict]:
     return rows
 
 
-
 def ablation_verdicts(runs: dict[str, dict], base: str = "base", k: str = "1",
                       sigmas: float = 2.0) -> list[dict]:
     """Each one-change run against ``base``'s training seeds at ``k`` jumps (final FD): {"run",
@@ -229,6 +228,7 @@ def ablation_verdicts(runs: dict[str, dict], base: str = "base", k: str = "1",
             verdict = "better" if fd < mean else "worse"
         out.append({"run": name, "fd": fd, "delta": fd - mean, "verdict": verdict})
     return out
+
 
 # ---- the training-step benchmark (tvmlib.apps.bench.train_step) -------------------------------
 
