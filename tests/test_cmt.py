@@ -544,6 +544,24 @@ def test_equal_time_targets_average_seeds_and_take_each_method_at_its_best():
     assert rows["tvm_w15"]["seeds"] == 2 and rows["tvm_w15"]["fd"]["1"][0] == pytest.approx(19.0)
 
 
+def test_fm_rows_at_equal_nfe():
+    """FM's best within an NFE budget and the fewest NFE that match a flow map, over the sweeps
+    of several runs (fm and its few-step re-run)."""
+    from tvmlib.experiments.results import best_sweep_within, fewest_nfe_below
+
+    def row(nfe, fd):
+        return {"solver": "euler", "cfg_scale": 1.0, "steps": nfe, "nfe": nfe, "fd": fd}
+
+    fm = {"sweep": [row(8, 40.0), row(16, 12.0), row(32, 9.0)]}
+    few = {"sweep": [row(1, 900.0), row(2, 300.0), row(4, 80.0), row(4, 70.0)]}
+    assert best_sweep_within([fm, few], 4)["fd"] == 70.0
+    assert best_sweep_within([fm, few], 2)["fd"] == 300.0
+    assert best_sweep_within([fm], 4) is None
+    assert fewest_nfe_below([fm, few], 30.0)["nfe"] == 16  # 8 NFE gives 40: not enough
+    assert fewest_nfe_below([fm, few], 80.0) == row(4, 70.0)  # the better of the two at 4 NFE
+    assert fewest_nfe_below([fm, few], 5.0) is None
+
+
 def test_ablation_verdicts_read_each_run_against_base_seeds():
     from tvmlib.experiments.results import ablation_verdicts
 

@@ -17,10 +17,13 @@ from tvmlib.apps import cli
 from tvmlib.experiments.results import (
     ablation_verdicts,
     best_sweep,
+    best_sweep_within,
     by_group,
     cmt_seed_table,
     equal_time_summary,
     equal_time_targets,
+    fewest_nfe_below,
+    last_eval,
     reach_step,
     seed_groups,
     step_summary,
@@ -282,16 +285,42 @@ def _equal_time_longer(runs: dict, source: str, d: dict) -> str:
             "MeanFlow with w = 1.5 folded into training, their better variants at 100 s; and the "
             "CMT chain inside the same seconds: an FM `teacher`, CMT mid-training (`mid`), then "
             "TVM post-training from the mid-trained weights (`cmt_w15`) or from the teacher's "
-            "(`teacher_init_w15`). Final FD of 10000 EMA samples, mean ± std over the training "
+            "(`teacher_init_w15`); last, `fm_few_steps`, FM trained again with fm's settings and "
+            "seed and scored at 1, 2 and 4 steps. Final FD of 10000 EMA samples, mean ± std "
+            "over the training "
             "seeds where a run has more than one:\n\n"
             + _table(["run", "seeds", "GPU s, all stages", "steps", "FD by steps"],
                      _seed_rows(runs))
             + f"\n\nFM's best sampler with seed 0 (2000 samples): {fm['solver']}, {fm['steps']} "
-            f"steps, guidance {fm['cfg_scale']}, FD {_fmt(fm['fd'])}. Targets at 2000 samples, "
+            f"steps, guidance {fm['cfg_scale']}, FD {_fmt(fm['fd'])}. " + _few_steps(runs)
+            + "Targets at 2000 samples, "
             "means over seeds (a chain's value: the GPU seconds at which it first reached "
             "scratch's final 1-jump FD, one seed):\n\n"
             + _table(["target", "value", "bound", "runs", ""], _target_rows(runs))
             + "\n\n" + source + _optional("06_fashion_tvm_ablations.json", _ablations))
+
+
+def _sampler(row: dict) -> str:
+    return (f"{row['solver']}, {row['steps']} step{'s' * (row['steps'] > 1)}, guidance "
+            f"{row['cfg_scale']}: FD {_fmt(row['fd'])} at {row['nfe']} NFE")
+
+
+def _few_steps(runs: dict[str, dict]) -> str:
+    """FM at few NFE against TVM's one jump (seed 0, 2000 samples), from the sweeps of ``fm``
+    and of its few-step re-run ``fm_few_steps`` where there is one; "" without FM rows at 4 NFE
+    or less."""
+    fms = [runs[n] for n in ("fm", "fm_few_steps") if n in runs]
+    tvm = next(n for n in ("tvm_w15", "tvm") if n in runs)
+    few, one = best_sweep_within(fms, 4), last_eval(runs[tvm])
+    if few is None:
+        return ""
+    match = fewest_nfe_below(fms, one)
+    where = ("`fm_few_steps`, fm trained again with the same settings and seed, scored at 1, 2 "
+             "and 4 steps; " if "fm_few_steps" in runs else "")
+    return (f"**At equal NFE** ({where}2000 samples): FM's best with at most 4 NFE is "
+            f"{_sampler(few)}, against {_fmt(one)} for {tvm}'s one jump (seed 0); FM first "
+            "matches that one jump with "
+            + (_sampler(match) if match else "none of its samplers") + ". ")
 
 
 def _seed_rows(runs: dict[str, dict]) -> list[list]:
@@ -307,6 +336,25 @@ def _target_rows(runs: dict[str, dict]) -> list[list]:
              _pm(t["value"], t["value_sd"], t["seeds"][0]),
              _pm(t["bound"], t["bound_sd"], t["seeds"][1]), " vs ".join(t["runs"]),
              "hit" if t["hit"] else "miss"] for t in equal_time_targets(runs)]
+
+
+def table_mnist() -> str:
+    name = "06_mnist_equal_time.json"
+    d = _need(name, "run `python -m tvmlib.apps.experiment "
+                    "configs/experiments/mnist_equal_time.yaml`")
+    runs, floor = d["results"]["runs"], d["results"]["reference_fd"]["by_n"]
+    fm, n_cfg = best_sweep(runs["fm"]), len(d["results"]["config"]["runs"])
+    return (f"Class-conditional {runs['fm']['config']['model']['preset']} on MNIST 32x32 from "
+            "scratch, the Fashion-MNIST protocol at 300 GPU s per method "
+            f"(`configs/experiments/mnist_equal_time.yaml`; {len(runs)} of its {n_cfg} runs "
+            "made, one training seed each: the CMT chain is not run yet). Final classifier FD "
+            f"of 10000 EMA samples (real training images: {_fmt(floor['10000'])}):\n\n"
+            + _table(["run", "seeds", "GPU s, all stages", "steps", "FD by steps"],
+                     _seed_rows(runs))
+            + f"\n\nFM's best sampler (2000 samples): {_sampler(fm)}. " + _few_steps(runs)
+            + f"Targets at 2000 samples (floor {_fmt(floor['2000'])}), one seed:\n\n"
+            + _table(["target", "value", "bound", "runs", ""], _target_rows(runs))
+            + "\n\n" + _source(name, d["provenance"]))
 
 
 def _ablations(runs: dict, source: str, d: dict) -> str:
@@ -370,6 +418,7 @@ def render() -> str:
         ("TVM training step, ImageNet-256 latents (notebook 06)", table_train_step),
         ("Sampling, ImageNet-256 latents (notebook 06)", table_sampling),
         ("One-step images at equal GPU time, Fashion-MNIST (notebook 06)", table_equal_time),
+        ("One-step images at equal GPU time, MNIST (notebook 06)", table_mnist),
         ("CMT -> TVM (notebook 05)", table_cmt),
     ]
     body = "\n\n".join(f"### {title}\n\n{_text(table)}" for title, table in sections)

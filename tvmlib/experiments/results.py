@@ -109,6 +109,21 @@ def best_sweep(rec: dict) -> dict:
     return min(rec["sweep"], key=lambda r: r["fd"])
 
 
+def best_sweep_within(recs: list[dict], max_nfe: int) -> dict | None:
+    """The lowest-FD sweep row with at most ``max_nfe`` NFE over the sweeps of ``recs`` (e.g. an
+    FM run and its few-step re-run); None if no row is that cheap."""
+    rows = [r for rec in recs for r in rec.get("sweep", []) if r["nfe"] <= max_nfe]
+    return min(rows, key=lambda r: r["fd"]) if rows else None
+
+
+def fewest_nfe_below(recs: list[dict], fd: float) -> dict | None:
+    """The sweep row with the fewest NFE (then the lowest FD) whose FD is at or below ``fd``,
+    over the sweeps of ``recs``: what a sampler needs to match a flow map's FD; None if none
+    does."""
+    rows = [r for rec in recs for r in rec.get("sweep", []) if r["fd"] <= fd]
+    return min(rows, key=lambda r: (r["nfe"], r["fd"])) if rows else None
+
+
 def seed_groups(runs: dict[str, dict]) -> dict[str, list[dict]]:
     """{base name: [records]}: a run and its training seeds, named "<base>_seed<N>", in file
     order (the base run is seed 0)."""
