@@ -45,7 +45,7 @@ unit: $(STAMP)
 notebooks: $(STAMP)
 	@for nb in $(NOTEBOOKS); do \
 		echo "== $$nb"; \
-		TVMLIB_QUIET=1 $(PY) -m papermill $$nb $$nb --cwd notebooks -k python3 \
+		TVMLIB_QUIET=1 $(PY) -m tvmlib.apps.papermill_run $$nb $$nb --cwd notebooks -k python3 \
 			--request-save-on-cell-execute --progress-bar || exit 1; \
 	done
 

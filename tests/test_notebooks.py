@@ -117,3 +117,44 @@ def test_papermill_parameters_take_effect(tmp_path: Path, monkeypatch):
     assert saved["provenance"]["config"] == config
     euler = saved["results"]["moons"]["fm_euler"]
     assert sorted(euler, key=int) == ["1", "2", "4", "8", "16", "32", "64"]
+
+
+def test_papermill_run_reads_replies_in_slices():
+    """The workaround of `make notebooks` (tvmlib.apps.papermill_run): a message that arrives
+    after several empty slices is returned, a bounded wait still raises Empty, on real zmq
+    sockets and a jupyter_client channel."""
+    import asyncio
+    from queue import Empty
+
+    import zmq
+    import zmq.asyncio
+    from jupyter_client.channels import AsyncZMQSocketChannel
+    from jupyter_client.session import Session
+
+    from tvmlib.apps import papermill_run as pr
+
+    async def scenario():
+        ctx = zmq.asyncio.Context()
+        a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+        port = a.bind_to_random_port("tcp://127.0.0.1")
+        b.connect(f"tcp://127.0.0.1:{port}")
+        session = Session()
+        channel = AsyncZMQSocketChannel(a, session)
+        try:
+            with pytest.raises(Empty):  # nothing sent: a bounded wait ends
+                await pr.get_msg_in_slices(channel, timeout=0.3)
+
+            async def send_later():
+                await asyncio.sleep(3 * pr.SLICE_S)
+                session.send(b, "execute_reply", {"status": "ok"})
+
+            sender = asyncio.ensure_future(send_later())
+            msg = await pr.get_msg_in_slices(channel)  # no timeout: waits over several slices
+            await sender
+            assert msg["msg_type"] == "execute_reply" and msg["content"] == {"status": "ok"}
+        finally:
+            a.close(0)
+            b.close(0)
+            ctx.term()
+
+    asyncio.run(scenario())

@@ -52,6 +52,15 @@ def _check_plain(*tensors: Tensor | None) -> None:
         raise RuntimeError(_FUNCTORCH_MESSAGE)
 
 
+def _keep(ctx, saved: tuple, no_grad: tuple, causal, scale, config) -> None:
+    """What every Function here keeps for its backward: ``saved`` tensors, no gradient for the
+    ``no_grad`` outputs, None for gradients nobody asked for, and the kernel's settings."""
+    ctx.save_for_backward(*saved)
+    ctx.mark_non_differentiable(*no_grad)
+    ctx.set_materialize_grads(False)
+    ctx.causal, ctx.scale, ctx.config = causal, scale, config
+
+
 def _zeros_if_none(t: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if t is None else t
 
@@ -67,10 +76,7 @@ class JVPAttentionFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         q, k, v, tq, tk, tv, causal, scale, config = inputs
         o, to, lse2, mu = output
-        ctx.save_for_backward(q, k, v, tq, tk, tv, o, to, lse2, mu)
-        ctx.mark_non_differentiable(lse2, mu)
-        ctx.set_materialize_grads(False)
-        ctx.causal, ctx.scale, ctx.config = causal, scale, config
+        _keep(ctx, (q, k, v, tq, tk, tv, o, to, lse2, mu), (lse2, mu), causal, scale, config)
 
     @staticmethod
     @once_differentiable
@@ -97,10 +103,7 @@ class AttentionTangentFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         q, k, v, tq, tk, tv, o, lse2, causal, scale, config = inputs
         to, mu = output
-        ctx.save_for_backward(q, k, v, tq, tk, tv, o, to, lse2, mu)
-        ctx.mark_non_differentiable(mu)
-        ctx.set_materialize_grads(False)
-        ctx.causal, ctx.scale, ctx.config = causal, scale, config
+        _keep(ctx, (q, k, v, tq, tk, tv, o, to, lse2, mu), (mu,), causal, scale, config)
 
     @staticmethod
     @once_differentiable
@@ -123,11 +126,8 @@ class AttentionFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         q, k, v, causal, scale, config = inputs
         o, lse2 = output
-        ctx.save_for_backward(q, k, v, o, lse2)
+        _keep(ctx, (q, k, v, o, lse2), (lse2,), causal, scale, config)
         ctx.save_for_forward(q, k, v, o, lse2)
-        ctx.mark_non_differentiable(lse2)
-        ctx.set_materialize_grads(False)
-        ctx.causal, ctx.scale, ctx.config = causal, scale, config
 
     @staticmethod
     @once_differentiable
