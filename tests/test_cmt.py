@@ -562,6 +562,30 @@ def test_fm_rows_at_equal_nfe():
     assert fewest_nfe_below([fm, few], 5.0) is None
 
 
+def test_plot_sweep_draws_one_line_per_solver_and_guidance_in_nfe_order():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tvmlib.experiments.results import plot_sweep
+
+    def row(solver, w, nfe, fd):
+        return {"solver": solver, "cfg_scale": w, "steps": nfe, "nfe": nfe, "fd": fd}
+
+    fm = {"sweep": [row("euler", 1.0, 8, 40.0), row("heun", 1.5, 16, 30.0),
+                    row("euler", 1.0, 16, 20.0)]}
+    few = {"sweep": [row("euler", 1.0, 2, 300.0)]}
+    fig, ax = plt.subplots()
+    plot_sweep(ax, [fm, few])
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert set(lines) == {"FM euler, w = 1.0", "FM heun, w = 1.5"}
+    euler = lines["FM euler, w = 1.0"]
+    assert list(euler.get_xdata()) == [2, 8, 16] and list(euler.get_ydata()) == [300.0, 40.0, 20.0]
+    assert euler.get_linestyle() == "-" and lines["FM heun, w = 1.5"].get_linestyle() == "--"
+    plt.close(fig)
+
+
 def test_ablation_verdicts_read_each_run_against_base_seeds():
     from tvmlib.experiments.results import ablation_verdicts
 

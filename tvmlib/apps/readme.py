@@ -18,6 +18,7 @@ from tvmlib.experiments.results import (
     ablation_verdicts,
     best_sweep,
     best_sweep_within,
+    best_variant,
     by_group,
     cmt_seed_table,
     equal_time_summary,
@@ -31,6 +32,7 @@ from tvmlib.experiments.results import (
     toy_table,
     toy_targets,
 )
+from tvmlib.training.config import load_experiment
 from tvmlib.utils.paths import repo_root
 from tvmlib.utils.provenance import commits
 
@@ -309,15 +311,16 @@ def _few_steps(runs: dict[str, dict]) -> str:
     """FM at few NFE against TVM's one jump (seed 0, 2000 samples), from the sweeps of ``fm``
     and of its few-step re-run ``fm_few_steps`` where there is one; "" without FM rows at 4 NFE
     or less."""
-    fms = [runs[n] for n in ("fm", "fm_few_steps") if n in runs]
-    tvm = next(n for n in ("tvm_w15", "tvm") if n in runs)
+    names = [n for n in ("fm", "fm_few_steps") if n in runs]
+    fms = [runs[n] for n in names]
+    tvm = best_variant(seed_groups(runs), ("tvm", "tvm_w15"))  # as in the targets
     few, one = best_sweep_within(fms, 4), last_eval(runs[tvm])
     if few is None:
         return ""
     match = fewest_nfe_below(fms, one)
-    where = ("`fm_few_steps`, fm trained again with the same settings and seed, scored at 1, 2 "
-             "and 4 steps; " if "fm_few_steps" in runs else "")
-    return (f"**At equal NFE** ({where}2000 samples): FM's best with at most 4 NFE is "
+    sweeps = " and ".join(f"`{n}`" for n in names)
+    return (f"**At equal NFE** (the sweeps of {sweeps}, 2000 samples): FM's best with at most 4 "
+            "NFE is "
             f"{_sampler(few)}, against {_fmt(one)} for {tvm}'s one jump (seed 0); FM first "
             "matches that one jump with "
             + (_sampler(match) if match else "none of its samplers") + ". ")
@@ -343,16 +346,20 @@ def table_mnist() -> str:
     d = _need(name, "run `python -m tvmlib.apps.experiment "
                     "configs/experiments/mnist_equal_time.yaml`")
     runs, floor = d["results"]["runs"], d["results"]["reference_fd"]["by_n"]
-    fm, n_cfg = best_sweep(runs["fm"]), len(d["results"]["config"]["runs"])
+    fm = best_sweep(runs["fm"])
+    config = repo_root() / "configs" / "experiments" / "mnist_equal_time.yaml"
+    missing = [r.name for r in load_experiment(config)[1] if r.name not in runs]
     return (f"Class-conditional {runs['fm']['config']['model']['preset']} on MNIST 32x32 from "
             "scratch, the Fashion-MNIST protocol at 300 GPU s per method "
-            f"(`configs/experiments/mnist_equal_time.yaml`; {len(runs)} of its {n_cfg} runs "
-            "made, one training seed each: the CMT chain is not run yet). Final classifier FD "
+            "(`configs/experiments/mnist_equal_time.yaml`; not made yet: "
+            f"{', '.join(missing) or 'none'}). Final classifier FD "
             f"of 10000 EMA samples (real training images: {_fmt(floor['10000'])}):\n\n"
             + _table(["run", "seeds", "GPU s, all stages", "steps", "FD by steps"],
                      _seed_rows(runs))
-            + f"\n\nFM's best sampler (2000 samples): {_sampler(fm)}. " + _few_steps(runs)
-            + f"Targets at 2000 samples (floor {_fmt(floor['2000'])}), one seed:\n\n"
+            + f"\n\nFM's best sampler with seed 0 (2000 samples): {_sampler(fm)}. "
+            + _few_steps(runs)
+            + f"Targets at 2000 samples (floor {_fmt(floor['2000'])}), means over the "
+            "training seeds where a run has several:\n\n"
             + _table(["target", "value", "bound", "runs", ""], _target_rows(runs))
             + "\n\n" + _source(name, d["provenance"]))
 

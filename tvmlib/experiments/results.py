@@ -93,6 +93,19 @@ def plot_runs(ax, runs: dict, key: str, probes: bool = False, logy: bool = True,
     return ax
 
 
+def plot_sweep(ax, recs: list[dict]):
+    """FM's sweep rows of ``recs`` (e.g. a run and its few-step re-run) as FD against NFE: one
+    line per solver (marker) and guidance scale (w = 1 solid black, else dashed grey)."""
+    rows = sorted((r for rec in recs for r in rec["sweep"]), key=lambda r: r["nfe"])
+    for solver, marker in (("euler", "o"), ("heun", "s"), ("dpm++2m", "^")):
+        for w in sorted({r["cfg_scale"] for r in rows if r["solver"] == solver}):
+            line = [r for r in rows if r["solver"] == solver and r["cfg_scale"] == w]
+            ax.plot([r["nfe"] for r in line], [r["fd"] for r in line],
+                    marker + ("-" if w == 1.0 else "--"), ms=4,
+                    color="k" if w == 1.0 else "grey", label=f"FM {solver}, w = {w}")
+    return ax
+
+
 def last_eval(rec: dict, key: str = "fd_1") -> float | None:
     """A run's ``key`` at its last evaluation during training (eval.num_samples samples)."""
     values = rec.get("evals", {}).get(key) or [None]
