@@ -68,6 +68,13 @@ def _head(ptr, off_b, off_h, s_b, s_h):
 
 
 @triton.jit
+def _heads(A, B, C, E, off_b, off_h, s_ab, s_ah, s_bb, s_bh, s_cb, s_ch, s_eb, s_eh):
+    """Base pointers of head (b, h) in four (B, H, N, d) tensors."""
+    return (_head(A, off_b, off_h, s_ab, s_ah), _head(B, off_b, off_h, s_bb, s_bh),
+            _head(C, off_b, off_h, s_cb, s_ch), _head(E, off_b, off_h, s_eb, s_eh))
+
+
+@triton.jit
 def _load_rows(base, rows, n_rows, s_row, cols, D: tl.constexpr, HEAD_D: tl.constexpr,
                CHECK_ROWS: tl.constexpr):
     """Load a (len(rows), HEAD_D) tile; rows >= n_rows and columns >= D read as 0."""
@@ -116,6 +123,16 @@ def _scales(scale, scale_log2, SCALES, SCALES_IN_MEMORY: tl.constexpr):
         s1 = tl.load(SCALES)
         s2 = tl.load(SCALES + 1)
     return s1, s2
+
+
+@triton.jit
+def _program_rows(H, N, BLOCK: tl.constexpr):
+    """This program's block of rows (queries or keys) and head:
+    (first row, b·H + h, b, h, row indices, row in range)."""
+    start = tl.program_id(0) * BLOCK
+    bh = tl.program_id(1)
+    offs = start + tl.arange(0, BLOCK)
+    return start, bh, bh // H, bh % H, offs, offs < N
 
 
 @triton.jit
@@ -191,21 +208,14 @@ def _fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CHECK_M: tl.constexpr,
     ACC: tl.constexpr, PRECISION: tl.constexpr, SCALES_IN_MEMORY: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    off_b = bh // H
-    off_h = bh % H
+    start_m, bh, off_b, off_h, offs_m, row_ok = _program_rows(H, N_Q, BLOCK_M)
     scale, scale_log2 = _scales(scale, scale_log2, SCALES, SCALES_IN_MEMORY)
-    offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_D)
-    row_ok = offs_m < N_Q
 
     q = _load_rows(_head(Q, off_b, off_h, s_qb, s_qh), offs_m, N_Q, s_qn, offs_d, D, HEAD_D,
                    CHECK_M)  # (BM, HD)
-    Kh = _head(K, off_b, off_h, s_kb, s_kh)
-    Vh = _head(V, off_b, off_h, s_vb, s_vh)
-    TKh = _head(TK, off_b, off_h, s_tkb, s_tkh)
-    TVh = _head(TV, off_b, off_h, s_tvb, s_tvh)
+    Kh, Vh, TKh, TVh = _heads(K, V, TK, TV, off_b, off_h,
+                              s_kb, s_kh, s_vb, s_vh, s_tkb, s_tkh, s_tvb, s_tvh)
     if MODE == PRIMAL:
         tq = q  # unused
     else:
@@ -266,13 +276,8 @@ def _bwd_preprocess_kernel(
     BLOCK_M: tl.constexpr, ACC: tl.constexpr,
 ):
     """DSUM = Δ + E = rowsum(Ō ∘ O) + rowsum(G ∘ Ȯ),  DELT = δ = rowsum(G ∘ O)  (doc §1.3)."""
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    off_b = bh // H
-    off_h = bh % H
-    offs_m = start_m + tl.arange(0, BLOCK_M)
+    start_m, bh, off_b, off_h, offs_m, row_ok = _program_rows(H, N_Q, BLOCK_M)
     offs_d = tl.arange(0, HEAD_D)
-    row_ok = offs_m < N_Q
     o = _load_rows(_head(O, off_b, off_h, s_ob, s_oh), offs_m, N_Q, s_on, offs_d, D, HEAD_D,
                    True).to(ACC)
     dsum = tl.zeros([BLOCK_M], dtype=ACC)
@@ -367,12 +372,8 @@ def _bwd_kv_kernel(
 
     PART selects which of them this launch computes (see ``_bwd_kv_tiles``).
     """
-    start_n = tl.program_id(0) * BLOCK_N
-    bh = tl.program_id(1)
-    off_b = bh // H
-    off_h = bh % H
+    start_n, bh, off_b, off_h, offs_n, _ = _program_rows(H, N_K, BLOCK_N)
     scale, scale_log2 = _scales(scale, scale_log2, SCALES, SCALES_IN_MEMORY)
-    offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_D)
     k = _load_rows(_head(K, off_b, off_h, s_kb, s_kh), offs_n, N_K, s_kn, offs_d, D, HEAD_D,
                    CHECK_N)  # (BN, HD)
@@ -391,10 +392,8 @@ def _bwd_kv_kernel(
     dtk = tl.zeros([BLOCK_N, HEAD_D], dtype=ACC)
     dtv = tl.zeros([BLOCK_N, HEAD_D], dtype=ACC)
 
-    Qh = _head(Q, off_b, off_h, s_qb, s_qh)
-    TQh = _head(TQ, off_b, off_h, s_tqb, s_tqh)
-    GOh = _head(GO, off_b, off_h, s_gob, s_goh)
-    GTh = _head(GT, off_b, off_h, s_gtb, s_gth)
+    Qh, TQh, GOh, GTh = _heads(Q, TQ, GO, GT, off_b, off_h,
+                               s_qb, s_qh, s_tqb, s_tqh, s_gob, s_goh, s_gtb, s_gth)
     rows = bh * N_Q
     if CAUSAL:  # query i sees key j iff j <= i: start at the block holding row start_n
         lo = (start_n // BLOCK_M) * BLOCK_M
@@ -481,14 +480,9 @@ def _bwd_q_kernel(
     PRECISION: tl.constexpr, SCALES_IN_MEMORY: tl.constexpr,
 ):
     """Q̄ = s(dS K + dṠ K̇),  Q̇̄ = s dṠ K  (doc §1.3)."""
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    off_b = bh // H
-    off_h = bh % H
+    start_m, bh, off_b, off_h, offs_m, row_ok = _program_rows(H, N_Q, BLOCK_M)
     scale, scale_log2 = _scales(scale, scale_log2, SCALES, SCALES_IN_MEMORY)
-    offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_D)
-    row_ok = offs_m < N_Q
     rows = bh * N_Q + offs_m
     q = _load_rows(_head(Q, off_b, off_h, s_qb, s_qh), offs_m, N_Q, s_qn, offs_d, D, HEAD_D,
                    CHECK_M)  # (BM, HD)
@@ -514,10 +508,8 @@ def _bwd_q_kernel(
     dq = tl.zeros([BLOCK_M, HEAD_D], dtype=ACC)
     dtq = tl.zeros([BLOCK_M, HEAD_D], dtype=ACC)
 
-    Kh = _head(K, off_b, off_h, s_kb, s_kh)
-    Vh = _head(V, off_b, off_h, s_vb, s_vh)
-    TKh = _head(TK, off_b, off_h, s_tkb, s_tkh)
-    TVh = _head(TV, off_b, off_h, s_tvb, s_tvh)
+    Kh, Vh, TKh, TVh = _heads(K, V, TK, TV, off_b, off_h,
+                              s_kb, s_kh, s_vb, s_vh, s_tkb, s_tkh, s_tvb, s_tvh)
     n_full, hi = _causal_row_bounds(start_m, N_K, CAUSAL, BLOCK_M, BLOCK_N)
     dq, dtq = _bwd_q_tiles(
         dq, dtq, q, tq, go, gt, lse2, mu, dsum, delt, Kh, Vh, TKh, TVh, s_kn, s_vn, s_tkn, s_tvn,
