@@ -288,9 +288,9 @@ def _equal_time_longer(runs: dict, source: str, d: dict) -> str:
             "CMT chain inside the same seconds: an FM `teacher`, CMT mid-training (`mid`), then "
             "TVM post-training from the mid-trained weights (`cmt_w15`) or from the teacher's "
             "(`teacher_init_w15`); last, `fm_few_steps`, FM trained again with fm's settings and "
-            "seed and scored at 1, 2 and 4 steps. Final FD of 10000 EMA samples, mean ± std "
-            "over the training "
-            "seeds where a run has more than one:\n\n"
+            "seed and scored at 1, 2 and 4 steps (in the config, not made yet: "
+            f"{_not_made('fashion_equal_time_300s', runs)}). Final FD of 10000 EMA samples, "
+            "mean ± std over the training seeds where a run has more than one:\n\n"
             + _table(["run", "seeds", "GPU s, all stages", "steps", "FD by steps"],
                      _seed_rows(runs))
             + f"\n\nFM's best sampler with seed 0 (2000 samples): {fm['solver']}, {fm['steps']} "
@@ -341,18 +341,22 @@ def _target_rows(runs: dict[str, dict]) -> list[list]:
              "hit" if t["hit"] else "miss"] for t in equal_time_targets(runs)]
 
 
+def _not_made(config: str, runs: dict) -> str:
+    """The runs of ``configs/experiments/<config>.yaml`` that ``runs`` has no record of."""
+    path = repo_root() / "configs" / "experiments" / f"{config}.yaml"
+    return ", ".join(r.name for r in load_experiment(path)[1] if r.name not in runs) or "none"
+
+
 def table_mnist() -> str:
     name = "06_mnist_equal_time.json"
     d = _need(name, "run `python -m tvmlib.apps.experiment "
                     "configs/experiments/mnist_equal_time.yaml`")
     runs, floor = d["results"]["runs"], d["results"]["reference_fd"]["by_n"]
     fm = best_sweep(runs["fm"])
-    config = repo_root() / "configs" / "experiments" / "mnist_equal_time.yaml"
-    missing = [r.name for r in load_experiment(config)[1] if r.name not in runs]
     return (f"Class-conditional {runs['fm']['config']['model']['preset']} on MNIST 32x32 from "
             "scratch, the Fashion-MNIST protocol at 300 GPU s per method "
             "(`configs/experiments/mnist_equal_time.yaml`; not made yet: "
-            f"{', '.join(missing) or 'none'}). Final classifier FD "
+            f"{_not_made('mnist_equal_time', runs)}). Final classifier FD "
             f"of 10000 EMA samples (real training images: {_fmt(floor['10000'])}):\n\n"
             + _table(["run", "seeds", "GPU s, all stages", "steps", "FD by steps"],
                      _seed_rows(runs))
