@@ -1,6 +1,7 @@
 """The README's results tables are generated from the committed JSON and match it."""
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,21 @@ def test_step_summary_takes_the_fastest_step_of_each_loss_and_jvp():
     saved = json.loads((ROOT / "figures" / "train_step_nvidia-h200.json").read_text())
     for r in step_summary(saved["results"]["rows"]):
         assert f"| {r['model']} | {readme._fmt(r['fm_ms'])} | {readme._fmt(r['tvm_ms'])} |" in text
+
+
+def test_glance_row_takes_the_better_tvm_and_fm_best_of_the_mnist_json():
+    runs = json.loads((ROOT / "figures" / "06_mnist_equal_time.json").read_text())["results"]
+    runs = runs["runs"]
+
+    def one_jump(name):  # the last 2000-sample evaluation of one run
+        return runs[name]["evals"]["fd_1"][-1]
+
+    unguided = [one_jump(n) for n in ("tvm", "tvm_seed1", "tvm_seed2")]
+    assert sum(unguided) / 3 < one_jump("tvm_w15")  # so the glance row must name `tvm`
+    fm_best = min(r["fd"] for r in runs["fm"]["sweep"])
+    row = next(line for line in readme.table_glance().splitlines()
+               if line.startswith("| MNIST, 300 GPU s |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    mean_sd = statistics.mean(unguided), statistics.stdev(unguided)
+    assert cells[1] == readme._pm(*mean_sd, 3) + " (tvm, 3 seeds)"
+    assert cells[3] == f"{readme._fmt(fm_best)} (1 seed)"
