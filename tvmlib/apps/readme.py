@@ -453,8 +453,9 @@ def table_glance() -> str:
                f"{sum(beats_few)} of the {len(beats_few)} comparisons that measured FM there, "
                f"and reaches FM's best at any NFE in {sum(beats_best)} of {len(beats_best)}.")
     return ("Classifier FD at 2000 samples (lower is better), mean ± std over training seeds "
-            "where there are several; each flow map at its better variant; the sections below "
-            "give every run, the 10000-sample finals and each target. " + verdict + "\n\n"
+            "where there are several; each flow map at its better variant among those run; the "
+            "sections below give every run, the 10000-sample finals and each target. "
+            + verdict + "\n\n"
             + _table(["comparison", "TVM 1 jump", "TVM 4 jumps", "FM best, any NFE",
                       "FM best, <= 4 NFE", "MeanFlow 1 jump", "targets hit"], rows))
 
