@@ -80,3 +80,32 @@ def test_a_run_folder_resumes_only_its_own_settings(tmp_path):
     with pytest.raises(ValueError, match="other settings.*train.lr"):
         train_run(other, **quiet)
     assert train_run(other, resume=False, **quiet).step == 4  # --fresh
+
+
+def _doc(runs: list[str], commit: str, config_runs: list[str], **prov) -> dict:
+    """A results document of experiment "e" with the named (empty) runs, made at ``commit``."""
+    return {"provenance": {"command": f"--only {' '.join(runs)}", "commit": commit, **prov},
+            "results": {"experiment": "e", "config": {"runs": config_runs}, "wall_s": 1.0,
+                        "runs": {r: {"name": r, "at": commit} for r in runs}}}
+
+
+def test_merge_flattens_merged_parts_keeps_the_newest_config_and_sets_its_note():
+    from tvmlib.experiments.runner import merge_results
+
+    first = merge_results([_doc(["a"], "c1", ["a", "b"]), _doc(["b"], "c1", ["a", "b"])],
+                          note="old note")
+    assert [p["command"] for p in first["provenance"]["parts"]] == ["--only a", "--only b"]
+    later = _doc(["c", "b"], "c2", ["a", "b", "c"])
+    merged = merge_results([first, later], note="new note")
+    parts = merged["provenance"]["parts"]
+    assert [(p["command"], p["commit"]) for p in parts] == [
+        ("--only a", "c1"), ("--only b", "c1"), ("--only c b", "c2")]  # one level, in order
+    assert all("parts" not in p for p in parts)
+    assert merged["provenance"]["note"] == "new note" and merged["provenance"]["commit"] == "c1"
+    assert merged["results"]["config"] == {"runs": ["a", "b", "c"]}  # the last part's
+    assert {n: r["at"] for n, r in merged["results"]["runs"].items()} == {
+        "a": "c1", "b": "c2", "c": "c2"}  # later parts replace runs
+    assert merged["results"]["wall_s"] == 3.0
+    assert "note" not in merge_results([first, later])["provenance"]  # no stale note on top
+    with pytest.raises(ValueError, match="different experiments"):
+        merge_results([first, {**later, "results": {**later["results"], "experiment": "x"}}])

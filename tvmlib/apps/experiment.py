@@ -3,7 +3,7 @@ order by the one runner (``tvmlib.experiments.runner``), its results written aft
 
     python -m tvmlib.apps.experiment configs/experiments/cmt_fashion.yaml [--out FILE.json]
         [--set KEY=VALUE ...] [--only RUN ...] [--work-dir DIR]
-    python -m tvmlib.apps.experiment --merge A.json B.json ... --out C.json
+    python -m tvmlib.apps.experiment --merge A.json B.json ... --out C.json [--note TEXT]
 
 ``--set`` overrides a key of every run (``eval.num_samples=500``). ``--only`` trains just the
 named runs; the runs they start from must already be in the work folder (``runs/<name>/``), so an
@@ -32,11 +32,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--only", nargs="+", metavar="RUN", help="train only these runs")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="instead of running: join these "
                     "results files (later ones add runs) into --out")
+    ap.add_argument("--note", help="with --merge: a note for the joined file's provenance (how "
+                    "the parts were made)")
     args = ap.parse_args(argv)
     if args.merge:
         if not args.out:
             ap.error("--merge needs --out")
-        doc = merge_results([json.loads(Path(f).read_text()) for f in args.merge])
+        doc = merge_results([json.loads(Path(f).read_text()) for f in args.merge], args.note)
         atomic_write_json(doc, args.out, indent=None)
         print(f"merged {len(args.merge)} files into {args.out}", flush=True)
         return doc
