@@ -603,3 +603,21 @@ def test_ablation_verdicts_read_each_run_against_base_seeds():
     # one base seed: nothing to read a difference against
     one = ablation_verdicts({"base": rec(100.0), "x": rec(300.0)})
     assert one[0]["verdict"] == "not resolved"
+
+
+def test_grid_table_shows_each_committed_grid_with_its_fd_and_marks_the_missing(tmp_path):
+    from tvmlib.experiments.results import grid_table
+
+    runs = {"tvm": {"final": {"ema": {"1": 12.34, "2": 5.0}}},
+            "fm": {"final": {"ema": {"8": 40.0, "64": 3.0}}}}
+    for name, k in (("tvm", 1), ("tvm", 4), ("fm", 8), ("fm", 64)):  # tvm 2: no grid file
+        (tmp_path / f"exp_{name}_samples_{k}step.png").write_bytes(b"")
+    table = grid_table(runs, "exp", [("tvm", "TVM", (1, 2, 4)), ("fm", "FM", (8, 64))],
+                       src="figs", width=99, figures=tmp_path).splitlines()
+    assert table[:2] == ["| run | | | |", "|---|---|---|---|"]
+    tvm = [c.strip() for c in table[2].strip("|").split("|")]
+    assert tvm[0] == "TVM"
+    assert tvm[1] == '<img src="figs/exp_tvm_samples_1step.png" width="99"><br>1 NFE: FD 12.3'
+    assert tvm[2] == "-" and tvm[3] == "-"  # no grid at 2 steps; no FD at 4 steps
+    fm = [c.strip() for c in table[3].strip("|").split("|")]
+    assert fm[1].endswith("8 NFE: FD 40.0") and fm[2].endswith("64 NFE: FD 3.0") and fm[3] == ""

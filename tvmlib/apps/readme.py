@@ -307,12 +307,23 @@ def _sampler(row: dict) -> str:
             f"{row['cfg_scale']}: FD {_fmt(row['fd'])} at {row['nfe']} NFE")
 
 
+FM_RUNS = ("fm", "fm_few_steps")  # FM and its few-step re-run, whose sweeps are read together
+
+
+def _fm_runs(runs: dict[str, dict]) -> list[dict]:
+    return [runs[n] for n in FM_RUNS if n in runs]
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' * (n > 1)}"
+
+
 def _few_steps(runs: dict[str, dict]) -> str:
     """FM at few NFE against TVM's one jump (seed 0, 2000 samples), from the sweeps of ``fm``
     and of its few-step re-run ``fm_few_steps`` where there is one; "" without FM rows at 4 NFE
     or less."""
-    names = [n for n in ("fm", "fm_few_steps") if n in runs]
-    fms = [runs[n] for n in names]
+    names = [n for n in FM_RUNS if n in runs]
+    fms = _fm_runs(runs)
     tvm = best_variant(seed_groups(runs), ("tvm", "tvm_w15"))  # as in the targets
     few, one = best_sweep_within(fms, 4), last_eval(runs[tvm])
     if few is None:
@@ -429,20 +440,16 @@ def table_glance() -> str:
             continue
         runs = d["results"]["runs"]
         t = equal_time_targets(runs)
-        fms = [runs[n] for n in ("fm", "fm_few_steps") if n in runs]
-        few = best_sweep_within(fms, 4)
-        def seeds(n: int) -> str:
-            return f"{n} seed{'s' * (n > 1)}"
-
+        few = best_sweep_within(_fm_runs(runs), 4)
         rows.append([label, f"{_pm(t[0]['value'], t[0]['value_sd'], t[0]['seeds'][0])} "
-                     f"({t[0]['runs'][0]}, {seeds(t[0]['seeds'][0])})",
+                     f"({t[0]['runs'][0]}, {_seeds(t[0]['seeds'][0])})",
                      _pm(t[1]["value"], t[1]["value_sd"], t[1]["seeds"][0]),
                      f"{_pm(t[1]['bound'], t[1]['bound_sd'], t[1]['seeds'][1])} "
-                     f"({seeds(t[1]['seeds'][1])})",
+                     f"({_seeds(t[1]['seeds'][1])})",
                      "not measured" if few is None
                      else f"{_fmt(few['fd'])} ({few['nfe']} NFE, seed 0)",
                      f"{_pm(t[2]['bound'], t[2]['bound_sd'], t[2]['seeds'][1])} "
-                     f"({t[2]['runs'][1]}, {seeds(t[2]['seeds'][1])})",
+                     f"({t[2]['runs'][1]}, {_seeds(t[2]['seeds'][1])})",
                      f"{sum(x['hit'] for x in t)} of {len(t)}"])
         beats_best.append(t[0]["value"] <= t[1]["bound"])
         if few is not None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 
+from tvmlib.utils.paths import repo_root
 from tvmlib.utils.prose import mean_std
 
 SWITCHES = ("rmsnorm", "qk_norm", "mod_norm", "spectral_init")  # TVM's Lipschitz changes
@@ -104,6 +106,29 @@ def plot_sweep(ax, recs: list[dict]):
                     marker + ("-" if w == 1.0 else "--"), ms=4,
                     color="k" if w == 1.0 else "grey", label=f"FM {solver}, w = {w}")
     return ax
+
+
+def grid_table(runs: dict[str, dict], prefix: str, rows: list[tuple[str, str, tuple[int, ...]]],
+               src: str = "../figures", width: int = 150, figures: Path | None = None) -> str:
+    """Markdown table of an experiment's committed sample grids
+    (``<figures>/<prefix>_<run>_samples_<k>step.png``): one row per (run, label, step counts),
+    each grid with its final FD (``final.ema``, eval.final_samples) under it, "-" where the grid
+    or that FD is missing. ``src`` is the grids' folder as the reader's page sees it."""
+    figures = repo_root() / "figures" if figures is None else figures
+    ncol = max(len(steps) for _, _, steps in rows)
+
+    def cell(name: str, k: int) -> str:
+        f = f"{prefix}_{name}_samples_{k}step.png"
+        fd = runs[name]["final"].get("ema", {}).get(str(k))
+        if fd is None or not (figures / f).exists():
+            return "-"
+        return f'<img src="{src}/{f}" width="{width}"><br>{k} NFE: FD {fd:.1f}'
+
+    lines = ["| run |" + " |" * ncol, "|---|" + "---|" * ncol]
+    for name, label, steps in rows:
+        cells = [cell(name, k) for k in steps] + [""] * (ncol - len(steps))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def last_eval(rec: dict, key: str = "fd_1") -> float | None:
