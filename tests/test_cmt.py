@@ -516,7 +516,7 @@ def test_equal_time_targets_read_the_records():
 
 def test_equal_time_targets_average_seeds_and_take_each_method_at_its_best():
     """Seeds ("<run>_seed<N>") are averaged; TVM and MeanFlow are taken at their better variant
-    (with or without folded guidance); FM at each seed's best sampler."""
+    (with or without folded guidance) at each target's NFE; FM at each seed's best sampler."""
     from tvmlib.experiments.results import equal_time_summary, equal_time_targets
 
     def rec(fd1, fd4=0.0, final=None):
@@ -542,6 +542,12 @@ def test_equal_time_targets_average_seeds_and_take_each_method_at_its_best():
     rows = {r["run"]: r for r in equal_time_summary({k: v for k, v in runs.items()
                                                      if "final" in v})}
     assert rows["tvm_w15"]["seeds"] == 2 and rows["tvm_w15"]["fd"]["1"][0] == pytest.approx(19.0)
+    # the 4-NFE target takes TVM's best variant at 4 jumps, which may not be the 1-jump one
+    runs["tvm"], runs["tvm_seed1"] = rec(40.0, 9.0), rec(50.0, 11.0)
+    got = {r["target"][:12]: r for r in equal_time_targets(runs)}
+    assert got["TVM 1 NFE <="]["runs"] == ["tvm_w15", "fm"]
+    four = got["TVM 4 NFE <="]
+    assert four["runs"] == ["tvm", "fm"] and four["value"] == pytest.approx(10.0) and four["hit"]
 
 
 def test_fm_rows_at_equal_nfe():

@@ -199,16 +199,17 @@ def equal_time_targets(runs: dict[str, dict]) -> list[dict]:
       seconds, all stages counted (value: the seconds it took, None if never; one seed), and
       teacher init -> TVM on the same axis (:func:`chain_targets`).
 
-    TVM and MeanFlow are each taken at their best variant (``tvm`` or ``tvm_w15``, ``meanflow``
-    or ``meanflow_w15``: without or with guidance folded into training), FM at its best sampler.
+    TVM and MeanFlow are each taken at their best variant at the target's NFE (``tvm`` or
+    ``tvm_w15``, ``meanflow`` or ``meanflow_w15``: without or with guidance folded into
+    training; TVM's 1- and 4-NFE variants may differ), FM at its best sampler.
     A comparison without MeanFlow runs (or without the CMT chain) has no row for that target.
     """
     g = seed_groups(runs)
-    tvm = best_variant(g, ("tvm", "tvm_w15"))
+    tvm, tvm_4 = (best_variant(g, ("tvm", "tvm_w15"), k) for k in ("fd_1", "fd_4"))
     fm_best = [best_sweep(r)["fd"] for r in g["fm"]]
-    tvm1, tvm4 = ([last_eval(r, k) for r in g[tvm]] for k in ("fd_1", "fd_4"))
+    tvm1, tvm4 = [last_eval(r) for r in g[tvm]], [last_eval(r, "fd_4") for r in g[tvm_4]]
     rows = [("TVM 1 NFE <= 1.3 x FM best", tvm1, [1.3 * b for b in fm_best], False, [tvm, "fm"]),
-            ("TVM 4 NFE <= FM best", tvm4, fm_best, False, [tvm, "fm"])]
+            ("TVM 4 NFE <= FM best", tvm4, fm_best, False, [tvm_4, "fm"])]
     if any(n in g for n in ("meanflow", "meanflow_w15")):
         mf = best_variant(g, ("meanflow", "meanflow_w15"))
         rows.append(("TVM 1 NFE < MeanFlow 1 NFE", tvm1, [last_eval(r) for r in g[mf]], True,
