@@ -10,15 +10,8 @@ import torch
 from tvmlib.core.losses import FMLoss, TVMLoss
 from tvmlib.evaluation.metrics import w2
 from tvmlib.evaluation.toy import eval_inputs, floor, reference
-from tvmlib.experiments.results import (
-    cmt_seed_summary,
-    cmt_seed_table,
-    toy_best,
-    toy_curve,
-    toy_groups,
-    toy_table,
-    toy_targets,
-)
+from tvmlib.experiments.results import cmt_seed_summary, cmt_seed_table
+from tvmlib.experiments.toy_results import toy_best, toy_curve, toy_groups, toy_table, toy_targets
 from tvmlib.nn import MLP2D
 from tvmlib.training.flops import step_flops, steps_for_budget
 from tvmlib.utils.prose import mean_std

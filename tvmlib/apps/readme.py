@@ -29,10 +29,8 @@ from tvmlib.experiments.results import (
     reach_step,
     seed_groups,
     step_summary,
-    toy_groups,
-    toy_table,
-    toy_targets,
 )
+from tvmlib.experiments.toy_results import toy_groups, toy_table, toy_targets
 from tvmlib.training.config import load_experiment
 from tvmlib.utils.paths import repo_root
 from tvmlib.utils.provenance import commits

@@ -1,8 +1,10 @@
 """Reading a runner's results (``tvmlib.experiments.runner``): runs grouped by name, the step
-at which a run first reaches a target, a run's summary numbers, and curve plots of records."""
+at which a run first reaches a target, a run's summary numbers, curve plots of records, the
+image comparisons' targets, and joining the results files of separate calls."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -10,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from tvmlib.utils.paths import repo_root
-from tvmlib.utils.prose import mean_std
 
 SWITCHES = ("rmsnorm", "qk_norm", "mod_norm", "spectral_init")  # TVM's Lipschitz changes
 # The Lipschitz ablation's variants, in plotting order: all off, each change alone, all on.
@@ -306,76 +307,6 @@ def step_summary(rows: list[dict]) -> list[dict]:
     return out
 
 
-# ---- the 2D toys at equal compute (configs/experiments/toy2d_equal_compute.yaml) -------------
-
-def toy_groups(runs: dict[str, dict]) -> dict[str, dict[str, list[dict]]]:
-    """{dataset: {method: [records, by seed]}} for runs named "<dataset>-<method>-s<seed>"."""
-    out: dict[str, dict[str, list[dict]]] = {}
-    for name in sorted(runs, key=lambda n: int(n.rsplit("-s", 1)[1])):
-        dataset, method, _ = name.split("-")
-        out.setdefault(dataset, {}).setdefault(method, []).append(runs[name])
-    return out
-
-
-def toy_curve(rec: dict, solver: str | None = None, key: str = "w2") -> dict[int, float]:
-    """{NFE: score} of a toy run: with ``solver`` None its own sampler's (the final evaluation
-    of its first weights), else that solver's rows of the sweep. ``key``: "w2" (its
-    reference) or "w2_data"."""
-    if solver is not None:
-        return {r["nfe"]: r[key] for r in rec["sweep"] if r["solver"] == solver}
-    c = rec["config"]
-    guided_fm = c["loss"]["name"] == "fm" and c["eval"]["cfg_scale"] not in (None, 1.0)
-    weights = c["eval"]["weights"][0]
-    if key == "w2":
-        return {int(k) * (2 if guided_fm else 1): v for k, v in rec["final"][weights].items()}
-    return {r["nfe"]: r[key] for r in rec["sweep"]} if rec["sweep"] else {}
-
-
-def toy_best(rec: dict, key: str = "w2") -> float:
-    """The run's lowest score at any NFE and with any solver it was evaluated with."""
-    return min([*toy_curve(rec, key=key).values(), *(r[key] for r in rec["sweep"])])
-
-
-TOY_ROWS = (("FM, Euler", "fm", None), ("FM, Heun", "fm", "heun"),
-            ("MeanFlow", "meanflow", None), ("TVM", "tvm", None))
-
-
-def toy_table(dataset: str, m: dict[str, list[dict]]) -> str:
-    """Markdown of one data set's headline runs ``m`` ({method: [records, by seed]}): a line
-    naming the reference, the seeds and the floor, then W2 mean +- std over seeds at every NFE
-    of FM (Euler, Heun), MeanFlow and TVM ("–" where not every seed has that NFE)."""
-    nfes = sorted({k for meth in ("fm", "meanflow", "tvm") for r in m[meth] for k in toy_curve(r)})
-    lines = ["| method | " + " | ".join(f"NFE {k}" for k in nfes) + " |",
-             "|" + "---|" * (len(nfes) + 1)]
-    for label, method, solver in TOY_ROWS:
-        curves = [toy_curve(r, solver) for r in m[method]]
-        cells = [mean_std([c[k] for c in curves]) if all(k in c for c in curves) else "–"
-                 for k in nfes]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    fl = m["tvm"][0]["floor"]
-    ref = "data" if fl["reference"] == "data" else f"exact guided ODE (w = {fl['guidance']})"
-    head = (f"**{dataset}** (W2 to the {ref}, mean +- std over {len(m['tvm'])} seeds, every "
-            f"model trained for the same FLOPs; floor "
-            f"{mean_std([r['floor']['w2'] for r in m['tvm']])})")
-    return head + "\n\n" + "\n".join(lines)
-
-
-def toy_targets(groups: dict[str, dict[str, list[dict]]], ratio: float = 1.3) -> list[dict]:
-    """Issue 15's targets per data set, on the means over seeds: TVM's 1-jump W2 <= ``ratio`` x
-    FM's best W2 at any NFE (each seed's best, then the mean), and TVM's 1-jump W2 < MeanFlow's.
-    Each {"dataset", "target", "value", "bound", "hit"}."""
-    rows = []
-    for dataset, m in groups.items():
-        tvm1 = mean_sd([toy_curve(r)[1] for r in m["tvm"]])[0]
-        fm_best = mean_sd([toy_best(r) for r in m["fm"]])[0]
-        mf1 = mean_sd([toy_curve(r)[1] for r in m["meanflow"]])[0]
-        rows += [{"dataset": dataset, "target": f"TVM 1 jump <= {ratio} x FM best",
-                  "value": tvm1, "bound": ratio * fm_best, "hit": tvm1 <= ratio * fm_best},
-                 {"dataset": dataset, "target": "TVM 1 jump < MeanFlow 1 jump",
-                  "value": tvm1, "bound": mf1, "hit": tvm1 < mf1}]
-    return rows
-
-
 # ---- notebook 05's 2D comparison over seeds (configs/experiments/cmt_2d_seeds.yaml) ---------
 
 CMT_STARTS = ("scratch", "teacher_init", "cmt")
@@ -424,3 +355,32 @@ def cmt_seed_table(runs: dict[str, dict]) -> str:
             f"{pm(sm['floor'])}; CMT minus teacher init at the end, paired by seed: "
             f"{pm(sm['cmt_minus_teacher_init'])})")
     return head + "\n\n" + "\n".join(lines)
+
+
+# ---- joining the results files of calls made separately (--merge) -----------------------
+
+def _parts(prov: dict) -> list[dict]:
+    """The provenance of each call behind a results document: its parts if it was merged."""
+    return [p for part in prov["parts"] for p in _parts(part)] if "parts" in prov else [prov]
+
+
+def merge_results(docs: list[dict], note: str | None = None) -> dict:
+    """One results document from several parts of one experiment (e.g. runs made in parallel
+    with ``--only``): later parts add or replace runs, and the experiment's config is the last
+    part's (the newest, listing every run). The provenance keeps every call once, in order, with
+    the parts of an already merged document flattened; its ``note`` is ``note`` (a merged
+    input's note is kept in its own parts, not carried to the top)."""
+    if not docs:
+        raise ValueError("merge_results needs at least one document")
+    out = json.loads(json.dumps(docs[0]))
+    names = {d["results"]["experiment"] for d in docs}
+    if len(names) > 1:
+        raise ValueError(f"cannot merge results of different experiments: {sorted(names)}")
+    for d in docs[1:]:
+        out["results"]["runs"].update(json.loads(json.dumps(d["results"]["runs"])))
+        out["results"]["wall_s"] += d["results"].get("wall_s", 0.0)
+    out["results"]["config"] = json.loads(json.dumps(docs[-1]["results"]["config"]))
+    parts = [p for d in docs for p in _parts(d["provenance"])]
+    top = {k: v for k, v in parts[0].items() if k not in ("parts", "note")}
+    out["provenance"] = {**top, "parts": parts, **({"note": note} if note else {})}
+    return out
