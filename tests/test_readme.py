@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tvmlib.apps import readme
+from tvmlib.apps import readme, readme_format, readme_images
 from tvmlib.utils.prose import mean_std
 from tvmlib.utils.provenance import commits
 
@@ -22,7 +22,7 @@ def test_tables_carry_the_json_numbers():
     bench = json.loads((ROOT / "figures" / "jvp_attention_h100.json").read_text())
     row = next(r for r in bench["rows"] if r["impl"] == "triton" and r["pass"] == "fwd_jvp_bwd"
                and r["N"] == 4096 and r["d"] == 64)
-    assert f"| {readme._fmt(row['ms'])} |" in text
+    assert f"| {readme_format.fmt(row['ms'])} |" in text
     toys = json.loads((ROOT / "figures" / "02_equal_compute.json").read_text())["results"]
     tvm = [toys["runs"][f"checkerboard-tvm-s{i}"]["final"]["ema"]["1"] for i in range(3)]
     assert f"| {mean_std(tvm)} |" in text
@@ -67,7 +67,8 @@ def test_step_summary_takes_the_fastest_step_of_each_loss_and_jvp():
     text = readme.table_train_step()
     saved = json.loads((ROOT / "figures" / "train_step_nvidia-h200.json").read_text())
     for r in step_summary(saved["results"]["rows"]):
-        assert f"| {r['model']} | {readme._fmt(r['fm_ms'])} | {readme._fmt(r['tvm_ms'])} |" in text
+        fm_ms, tvm_ms = readme_format.fmt(r["fm_ms"]), readme_format.fmt(r["tvm_ms"])
+        assert f"| {r['model']} | {fm_ms} | {tvm_ms} |" in text
 
 
 def test_glance_row_takes_the_better_tvm_and_fm_best_of_the_mnist_json():
@@ -80,12 +81,12 @@ def test_glance_row_takes_the_better_tvm_and_fm_best_of_the_mnist_json():
     unguided = [one_jump(n) for n in ("tvm", "tvm_seed1", "tvm_seed2")]
     assert sum(unguided) / 3 < one_jump("tvm_w15")  # so the glance row must name `tvm`
     fm_best = min(r["fd"] for r in runs["fm"]["sweep"])
-    row = next(line for line in readme.table_glance().splitlines()
+    row = next(line for line in readme_images.table_glance().splitlines()
                if line.startswith("| MNIST, 300 GPU s |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     mean_sd = statistics.mean(unguided), statistics.stdev(unguided)
-    assert cells[1] == readme._pm(*mean_sd, 3) + " (tvm, 3 seeds)"
-    assert cells[3] == f"{readme._fmt(fm_best)} (1 seed)"
+    assert cells[1] == readme_format.pm(*mean_sd, 3) + " (tvm, 3 seeds)"
+    assert cells[3] == f"{readme_format.fmt(fm_best)} (1 seed)"
     # MeanFlow's 4 jumps: the better of its variants there, one seed each on MNIST
     mf4 = min(("meanflow", "meanflow_w15"), key=lambda n: runs[n]["evals"]["fd_4"][-1])
-    assert cells[6] == f"{readme._fmt(runs[mf4]['evals']['fd_4'][-1])} ({mf4})"
+    assert cells[6] == f"{readme_format.fmt(runs[mf4]['evals']['fd_4'][-1])} ({mf4})"

@@ -1,0 +1,56 @@
+"""Formatting shared by the README's results tables (``tvmlib.apps.readme``): loading a
+results file, numbers, markdown tables, the source line naming file, device and commits."""
+
+from __future__ import annotations
+
+import json
+
+from tvmlib.utils.paths import repo_root
+from tvmlib.utils.provenance import commits
+
+
+class Missing(Exception):
+    """A results file a table needs is not there; the message says how to make it."""
+
+
+def load(name: str) -> dict | None:
+    path = repo_root() / "figures" / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def need(name: str, how: str) -> dict:
+    d = load(name)
+    if d is None:
+        raise Missing(f"*`figures/{name}` is missing: {how}.*")
+    return d
+
+
+def fmt(x, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}" if abs(x) < 1000 else f"{x:.0f}"
+    return str(x)
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def source(name: str, prov: dict) -> str:
+    shas = ", ".join(f"`{c}`" for c in commits(prov))
+    return (f"*From `figures/{name}` ({prov.get('device', '?')}, torch {prov.get('torch', '?')}, "
+            f"commit{'s' if ',' in shas else ''} {shas}).*")
+
+
+def pm(mean: float | None, sd: float, n: int) -> str:
+    """"m +- sd" over n seeds, the value alone for one."""
+    return fmt(mean) if n < 2 or mean is None else f"{fmt(mean)} ± {fmt(sd, 2)}"
+
+
+def optional(name: str, render) -> str:
+    """``render(runs, source line, document)`` of ``figures/<name>``; "" without the file."""
+    d = load(name)
+    return "" if d is None else render(d["results"]["runs"], source(name, d["provenance"]), d)

@@ -1,0 +1,217 @@
+"""The README's image-comparison tables (notebook 06): FM, MeanFlow, TVM and the CMT chain at
+equal GPU time on Fashion-MNIST and MNIST, TVM's ablations on images, and the glance table."""
+
+from __future__ import annotations
+
+from tvmlib.apps import readme_format as rf
+from tvmlib.experiments.results import (
+    ablation_verdicts,
+    best_sweep,
+    best_sweep_within,
+    best_variant,
+    equal_time_summary,
+    equal_time_targets,
+    fewest_nfe_below,
+    last_eval,
+    mean_sd,
+    seed_groups,
+)
+from tvmlib.training.config import load_experiment
+from tvmlib.utils.paths import repo_root
+
+
+def table_equal_time() -> str:
+    name = "06_fashion_equal_time.json"
+    d = rf.need(name, "run `python -m tvmlib.apps.experiment "
+                    "configs/experiments/fashion_equal_time.yaml`")
+    runs, floor = d["results"]["runs"], d["results"]["reference_fd"]["by_n"]
+    rows, targets = _seed_rows(runs), _target_rows(runs)
+    return (f"Class-conditional {runs['fm']['config']['model']['preset']} from scratch, the same "
+            "GPU seconds per method with every stage counted; `_w15`: guidance w = 1.5 folded "
+            "into training; `tvm_250s`: the seed-0 TVM run continued to 250 s. Final classifier "
+            "FD of 10000 EMA samples at each step count, mean ± std over the training seeds "
+            "(real training images: "
+            f"{rf.fmt(floor['10000'])}):\n\n"
+            + rf.table(["run", "seeds", "GPU s, all stages", "steps", "FD by steps"], rows)
+            + f"\n\nTargets, at 2000 samples (floor {rf.fmt(floor['2000'])}), each method at its "
+            "best variant (FM: each seed's best sampler of its sweep), mean ± std over seeds:\n\n"
+            + rf.table(["target", "value", "bound", "runs", ""], targets)
+            + "\n\n" + rf.source(name, d["provenance"])
+            + rf.optional("06_fashion_equal_time_300s.json", _equal_time_longer))
+
+
+def _equal_time_longer(runs: dict, source: str, d: dict) -> str:
+    """The same comparison at three times the budget (training seeds where made), then the TVM
+    ablations."""
+    fm = best_sweep(runs["fm"])
+    return ("\n\n**The same at 300 GPU s per method** "
+            "(`configs/experiments/fashion_equal_time_300s.yaml`): FM; TVM and "
+            "MeanFlow with w = 1.5 folded into training (`_w15`, their better variants at 100 s) "
+            "and without (`tvm`, `meanflow`); the "
+            "CMT chain inside the same seconds: an FM `teacher`, CMT mid-training (`mid`), then "
+            "TVM post-training from the mid-trained weights (`cmt_w15`) or from the teacher's "
+            "(`teacher_init_w15`); last, `fm_few_steps`, FM trained again with fm's settings and "
+            "seed and scored at 1, 2 and 4 steps (in the config, not made yet: "
+            f"{_not_made('fashion_equal_time_300s', runs)}). Final FD of 10000 EMA samples, "
+            "mean ± std over the training seeds where a run has more than one:\n\n"
+            + rf.table(["run", "seeds", "GPU s, all stages", "steps", "FD by steps"],
+                     _seed_rows(runs))
+            + f"\n\nFM's best sampler with seed 0 (2000 samples): {fm['solver']}, {fm['steps']} "
+            f"steps, guidance {fm['cfg_scale']}, FD {rf.fmt(fm['fd'])}. " + _few_steps(runs)
+            + "Targets at 2000 samples, "
+            "means over seeds (a chain's value: the GPU seconds at which it first reached "
+            "scratch's final 1-jump FD, one seed):\n\n"
+            + rf.table(["target", "value", "bound", "runs", ""], _target_rows(runs))
+            + "\n\n" + source + rf.optional("06_fashion_tvm_ablations.json", _ablations))
+
+
+def _sampler(row: dict) -> str:
+    return (f"{row['solver']}, {row['steps']} step{'s' * (row['steps'] > 1)}, guidance "
+            f"{row['cfg_scale']}: FD {rf.fmt(row['fd'])} at {row['nfe']} NFE")
+
+
+FM_RUNS = ("fm", "fm_few_steps")  # FM and its few-step re-run, whose sweeps are read together
+
+
+def _fm_runs(runs: dict[str, dict]) -> list[dict]:
+    return [runs[n] for n in FM_RUNS if n in runs]
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' * (n > 1)}"
+
+
+def _few_steps(runs: dict[str, dict]) -> str:
+    """FM at few NFE against TVM's one jump (seed 0, 2000 samples), from the sweeps of ``fm``
+    and of its few-step re-run ``fm_few_steps`` where there is one; "" without FM rows at 4 NFE
+    or less."""
+    names = [n for n in FM_RUNS if n in runs]
+    fms = _fm_runs(runs)
+    tvm = best_variant(seed_groups(runs), ("tvm", "tvm_w15"))  # as in the targets
+    few, one = best_sweep_within(fms, 4), last_eval(runs[tvm])
+    if few is None:
+        return ""
+    match = fewest_nfe_below(fms, one)
+    sweeps = " and ".join(f"`{n}`" for n in names)
+    return (f"**At equal NFE** (the sweeps of {sweeps}, 2000 samples): FM's best with at most 4 "
+            "NFE is "
+            f"{_sampler(few)}, against {rf.fmt(one)} for {tvm}'s one jump (seed 0); FM first "
+            "matches that one jump with "
+            + (_sampler(match) if match else "none of its samplers") + ". ")
+
+
+def _seed_rows(runs: dict[str, dict]) -> list[list]:
+    """[run, seeds, GPU s all stages, steps, "k: FD (+- sd), ..."] per method and its seeds."""
+    return [[r["run"], r["seeds"], r["total_s"], round(r["steps"]),
+             ", ".join(f"{k}: {rf.pm(m, sd, r['seeds'])}" for k, (m, sd) in r["fd"].items())]
+            for r in equal_time_summary(runs)]
+
+
+def _target_rows(runs: dict[str, dict]) -> list[list]:
+    """[target, value, bound, runs, hit/miss] of issue 14's targets, means +- sd over seeds."""
+    return [[t["target"], "never" if t["value"] is None else
+             rf.pm(t["value"], t["value_sd"], t["seeds"][0]),
+             rf.pm(t["bound"], t["bound_sd"], t["seeds"][1]), " vs ".join(t["runs"]),
+             "hit" if t["hit"] else "miss"] for t in equal_time_targets(runs)]
+
+
+def _not_made(config: str, runs: dict) -> str:
+    """The runs of ``configs/experiments/<config>.yaml`` that ``runs`` has no record of."""
+    path = repo_root() / "configs" / "experiments" / f"{config}.yaml"
+    return ", ".join(r.name for r in load_experiment(path)[1] if r.name not in runs) or "none"
+
+
+def table_mnist() -> str:
+    name = "06_mnist_equal_time.json"
+    d = rf.need(name, "run `python -m tvmlib.apps.experiment "
+                    "configs/experiments/mnist_equal_time.yaml`")
+    runs, floor = d["results"]["runs"], d["results"]["reference_fd"]["by_n"]
+    fm = best_sweep(runs["fm"])
+    return (f"Class-conditional {runs['fm']['config']['model']['preset']} on MNIST 32x32 from "
+            "scratch, the Fashion-MNIST protocol at 300 GPU s per method "
+            "(`configs/experiments/mnist_equal_time.yaml`; not made yet: "
+            f"{_not_made('mnist_equal_time', runs)}). Final classifier FD "
+            f"of 10000 EMA samples (real training images: {rf.fmt(floor['10000'])}):\n\n"
+            + rf.table(["run", "seeds", "GPU s, all stages", "steps", "FD by steps"],
+                     _seed_rows(runs))
+            + f"\n\nFM's best sampler with seed 0 (2000 samples): {_sampler(fm)}. "
+            + _few_steps(runs)
+            + f"Targets at 2000 samples (floor {rf.fmt(floor['2000'])}), means over the "
+            "training seeds where a run has several:\n\n"
+            + rf.table(["target", "value", "bound", "runs", ""], _target_rows(runs))
+            + "\n\n" + rf.source(name, d["provenance"]))
+
+
+def _ablations(runs: dict, source: str, d: dict) -> str:
+    """The paper's TVM ablations on Fashion-MNIST (one seed each, base with its training seeds),
+    as far as they were run, each read against base's seed spread."""
+    verdict = {v["run"]: v["verdict"] for v in ablation_verdicts(runs)}
+    rows = [row[:4] + [runs[row[0]]["steps_per_s"]] + row[4:] + [verdict.get(row[0], "")]
+            for row in _seed_rows(runs)]
+    return ("\n\n**TVM ablations** (`configs/experiments/fashion_tvm_ablations.yaml`: the "
+            "`tvm_w15` recipe with one change per run, the same GPU seconds; one seed per change "
+            f"and {len(seed_groups(runs)['base'])} training seeds of `base`; "
+            f"{len(runs)} of its {len(d['results']['config']['runs'])} runs made). "
+            "Final FD of 10000 EMA samples; a change is called better or worse at 1 jump only "
+            "when it lies more than two of base's seed standard deviations from base's mean:\n\n"
+            + rf.table(["run", "seeds", "GPU s", "steps", "steps / s", "FD by jumps",
+                      "1 jump vs base"], rows)
+            + "\n\n" + source)
+
+
+GLANCE = (("06_fashion_equal_time.json", "Fashion-MNIST, 100 GPU s"),
+          ("06_fashion_equal_time_300s.json", "Fashion-MNIST, 300 GPU s"),
+          ("06_mnist_equal_time.json", "MNIST, 300 GPU s"))
+
+
+def table_glance() -> str:
+    """One row per image comparison: TVM's jumps against FM at any NFE and at most 4 NFE, and
+    MeanFlow (2000 samples, as the targets), with the count of targets hit."""
+    rows, beats_few, beats_best, mf_beats_4 = [], [], [], []
+    for name, label in GLANCE:
+        d = rf.load(name)
+        if d is None:
+            continue
+        runs = d["results"]["runs"]
+        t = equal_time_targets(runs)
+        few = best_sweep_within(_fm_runs(runs), 4)
+        mf4_text, mf4 = _meanflow_4(runs)
+        mf_beats_4.append(mf4 < t[1]["value"])
+        rows.append([label, f"{rf.pm(t[0]['value'], t[0]['value_sd'], t[0]['seeds'][0])} "
+                     f"({t[0]['runs'][0]}, {_seeds(t[0]['seeds'][0])})",
+                     rf.pm(t[1]["value"], t[1]["value_sd"], t[1]["seeds"][0])
+                     + (f" ({t[1]['runs'][0]})" if t[1]["runs"][0] != t[0]["runs"][0] else ""),
+                     f"{rf.pm(t[1]['bound'], t[1]['bound_sd'], t[1]['seeds'][1])} "
+                     f"({_seeds(t[1]['seeds'][1])})",
+                     "not measured" if few is None
+                     else f"{rf.fmt(few['fd'])} ({few['nfe']} NFE, seed 0)",
+                     f"{rf.pm(t[2]['bound'], t[2]['bound_sd'], t[2]['seeds'][1])} "
+                     f"({t[2]['runs'][1]}, {_seeds(t[2]['seeds'][1])})", mf4_text,
+                     f"{sum(x['hit'] for x in t)} of {len(t)}"])
+        beats_best.append(t[0]["value"] <= t[1]["bound"])
+        if few is not None:
+            beats_few.append(t[0]["value"] < few["fd"])
+    if not rows:
+        return "No image comparison is recorded yet."
+    verdict = (f"TVM's one jump beats FM's best sampler with at most 4 NFE in "
+               f"{sum(beats_few)} of the {len(beats_few)} comparisons that measured FM there, "
+               f"and reaches FM's best at any NFE in {sum(beats_best)} of {len(beats_best)}; "
+               f"MeanFlow's four jumps are below TVM's in {sum(mf_beats_4)} of "
+               f"{len(mf_beats_4)}.")
+    return ("Classifier FD at 2000 samples (lower is better), mean ± std over training seeds "
+            "where there are several; each flow map at its better variant among those run (at "
+            "each column's number of jumps); the "
+            "sections below give every run, the 10000-sample finals and each target. "
+            + verdict + "\n\n"
+            + rf.table(["comparison", "TVM 1 jump", "TVM 4 jumps", "FM best, any NFE",
+                      "FM best, <= 4 NFE", "MeanFlow 1 jump", "MeanFlow 4 jumps", "targets hit"],
+                     rows))
+
+
+def _meanflow_4(runs: dict[str, dict]) -> tuple[str, float]:
+    """MeanFlow's 4-jump FD at its better variant there (2000 samples, mean +- sd over seeds),
+    as a cell and as the mean."""
+    g = seed_groups(runs)
+    mf = best_variant(g, ("meanflow", "meanflow_w15"), "fd_4")
+    m, sd = mean_sd([last_eval(r, "fd_4") for r in g[mf]])
+    return f"{rf.pm(m, sd, len(g[mf]))} ({mf})", m
