@@ -32,7 +32,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 def table_2d() -> str:
     name = "02_equal_compute.json"
     d = rf.need(name, "run the experiment in the header of "
-                    "`configs/experiments/toy2d_equal_compute.yaml`")
+                      "`configs/experiments/toy2d_equal_compute.yaml`")
     groups = toy_groups(d["results"]["runs"])
     out = [toy_table(dataset, m) for dataset, m in groups.items()]
     out.append("Targets (issue 15): " + "; ".join(
@@ -44,7 +44,7 @@ def table_2d() -> str:
 def table_lipschitz() -> str:
     name = "03_lipschitz_ablation.json"
     d = rf.need(name, "run `python -m tvmlib.apps.experiment "
-                    "configs/experiments/lipschitz_ablation.yaml`")
+                      "configs/experiments/lipschitz_ablation.yaml`")
     res = d["results"]
     rows = []
     for setting, variants in by_group(res["runs"]).items():
@@ -103,8 +103,8 @@ def _kernel_rows(bench_rows: list[dict], h200: bool) -> str:
     notes.append("torch.func within 10% of ours: "
                  + (f"miss at {', '.join(slow)}." if slow else "hit."))
     return (rf.table(["B x H x N x d", "ours ms", "via torch.func ms", "torch.func / ours",
-                    "math ms", "SDPA flash ms*", "speed-up vs math", "ours TFLOP/s", "ours MB",
-                    "math MB"], rows) + "\n\n" + " ".join(notes))
+                      "math ms", "SDPA flash ms*", "speed-up vs math", "ours TFLOP/s", "ours MB",
+                      "math MB"], rows) + "\n\n" + " ".join(notes))
 
 
 def _first_call() -> str:
@@ -125,7 +125,7 @@ def _first_call() -> str:
                                     else "before") + " a call's kernels compiled in parallel "
                    "(`tvmlib.kernels.ahead`).\n\n"
                    + rf.table(["path", "B x H x N x d", "dtype", "causal", "first call s",
-                             "cached s", "warm ms", "<= 10 s"], rows)
+                               "cached s", "warm ms", "<= 10 s"], rows)
                    + "\n\n" + rf.source(path.name, d["provenance"]))
     return "\n\n".join(out)
 
@@ -148,7 +148,7 @@ def table_train_step() -> str:
                  r["batch"], r["ms_per_step"], r["images_per_s"], r["peak_mem_gb"], r["status"]]
                 for r in d["results"]["rows"]]
         out.append(rf.table(["model", "loss", "attention", "CUDA graph", "dF/ds", "batch",
-                           "ms / step", "images / s", "peak GB", "status"], rows)
+                             "ms / step", "images / s", "peak GB", "status"], rows)
                    + "\n\n" + rf.source(path.name, d["provenance"]))
         summary = step_summary(d["results"]["rows"])
         if summary:
@@ -181,7 +181,7 @@ def _loss_curves(runs: dict, source: str, d: dict) -> str:
             "noise reference: the same torch.func step with the attention written out (math) "
             "instead of the Triton kernel, i.e. the same function rounded differently:\n\n"
             + rf.table(["runs", "first step with a loss gap > 0.01", "largest gap",
-                      "at step", "gap at the end"], rows) + "\n\n" + source)
+                        "at step", "gap at the end"], rows) + "\n\n" + source)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -197,7 +197,7 @@ def table_sampling() -> str:
                    f"{d['results']['amp']} with {d['results']['attention']} attention, "
                    "VAE decoding not included:\n\n"
                    + rf.table(["model", "batch", "jumps = NFE", "ms / batch", "images / s",
-                             "peak GB"], rows) + "\n\n" + rf.source(path.name, d["provenance"]))
+                               "peak GB"], rows) + "\n\n" + rf.source(path.name, d["provenance"]))
     return "\n\n".join(out)
 
 
@@ -224,8 +224,8 @@ def table_cmt() -> str:
                f"starts; teacher: {rf.fmt(t['total_s'])} GPU s, FD {rf.fmt(fd_t[1])} at {fd_t[0]} "
                f"NFE; CMT mid-training: {rf.fmt(m['train_s'])} GPU s)\n\n"
                + rf.table(["start", "FD 1 step at step 0", "steps", "FD 1 step", "FD 2 steps",
-                         "steps to scratch's final FD 1", "post GPU s", "GPU s, all stages"],
-                        rows)
+                           "steps to scratch's final FD 1", "post GPU s", "GPU s, all stages"],
+                          rows)
                + "\n\n" + rf.source("05_cmt.json", gpu["provenance"]))
     return "\n\n".join(out)
 

@@ -23,7 +23,7 @@ from tvmlib.utils.paths import repo_root
 def table_equal_time() -> str:
     name = "06_fashion_equal_time.json"
     d = rf.need(name, "run `python -m tvmlib.apps.experiment "
-                    "configs/experiments/fashion_equal_time.yaml`")
+                      "configs/experiments/fashion_equal_time.yaml`")
     runs, floor = d["results"]["runs"], d["results"]["reference_fd"]["by_n"]
     rows, targets = _seed_rows(runs), _target_rows(runs)
     return (f"Class-conditional {runs['fm']['config']['model']['preset']} from scratch, the same "
@@ -55,7 +55,7 @@ def _equal_time_longer(runs: dict, source: str, d: dict) -> str:
             f"{_not_made('fashion_equal_time_300s', runs)}). Final FD of 10000 EMA samples, "
             "mean ± std over the training seeds where a run has more than one:\n\n"
             + rf.table(["run", "seeds", "GPU s, all stages", "steps", "FD by steps"],
-                     _seed_rows(runs))
+                       _seed_rows(runs))
             + f"\n\nFM's best sampler with seed 0 (2000 samples): {fm['solver']}, {fm['steps']} "
             f"steps, guidance {fm['cfg_scale']}, FD {rf.fmt(fm['fd'])}. " + _few_steps(runs)
             + "Targets at 2000 samples, "
@@ -124,7 +124,7 @@ def _not_made(config: str, runs: dict) -> str:
 def table_mnist() -> str:
     name = "06_mnist_equal_time.json"
     d = rf.need(name, "run `python -m tvmlib.apps.experiment "
-                    "configs/experiments/mnist_equal_time.yaml`")
+                      "configs/experiments/mnist_equal_time.yaml`")
     runs, floor = d["results"]["runs"], d["results"]["reference_fd"]["by_n"]
     fm = best_sweep(runs["fm"])
     return (f"Class-conditional {runs['fm']['config']['model']['preset']} on MNIST 32x32 from "
@@ -133,7 +133,7 @@ def table_mnist() -> str:
             f"{_not_made('mnist_equal_time', runs)}). Final classifier FD "
             f"of 10000 EMA samples (real training images: {rf.fmt(floor['10000'])}):\n\n"
             + rf.table(["run", "seeds", "GPU s, all stages", "steps", "FD by steps"],
-                     _seed_rows(runs))
+                       _seed_rows(runs))
             + f"\n\nFM's best sampler with seed 0 (2000 samples): {_sampler(fm)}. "
             + _few_steps(runs)
             + f"Targets at 2000 samples (floor {rf.fmt(floor['2000'])}), means over the "
@@ -155,7 +155,7 @@ def _ablations(runs: dict, source: str, d: dict) -> str:
             "Final FD of 10000 EMA samples; a change is called better or worse at 1 jump only "
             "when it lies more than two of base's seed standard deviations from base's mean:\n\n"
             + rf.table(["run", "seeds", "GPU s", "steps", "steps / s", "FD by jumps",
-                      "1 jump vs base"], rows)
+                        "1 jump vs base"], rows)
             + "\n\n" + source)
 
 
@@ -204,8 +204,8 @@ def table_glance() -> str:
             "sections below give every run, the 10000-sample finals and each target. "
             + verdict + "\n\n"
             + rf.table(["comparison", "TVM 1 jump", "TVM 4 jumps", "FM best, any NFE",
-                      "FM best, <= 4 NFE", "MeanFlow 1 jump", "MeanFlow 4 jumps", "targets hit"],
-                     rows))
+                        "FM best, <= 4 NFE", "MeanFlow 1 jump", "MeanFlow 4 jumps", "targets hit"],
+                       rows))
 
 
 def _meanflow_4(runs: dict[str, dict]) -> tuple[str, float]:
