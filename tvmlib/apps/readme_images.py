@@ -51,7 +51,7 @@ def _equal_time_longer(runs: dict, source: str, d: dict) -> str:
             "CMT chain inside the same seconds: an FM `teacher`, CMT mid-training (`mid`), then "
             "TVM post-training from the mid-trained weights (`cmt_w15`) or from the teacher's "
             "(`teacher_init_w15`); last, `fm_few_steps`, FM trained again with fm's settings and "
-            "seed and scored at 1, 2 and 4 steps (in the config, not made yet: "
+            "seed and scored at 1, 2 and 4 steps ("
             f"{_not_made('fashion_equal_time_300s', runs)}). Final FD of 10000 EMA samples, "
             "mean ± std over the training seeds where a run has more than one:\n\n"
             + rf.table(["run", "seeds", "GPU s, all stages", "steps", "FD by steps"],
@@ -116,9 +116,11 @@ def _target_rows(runs: dict[str, dict]) -> list[list]:
 
 
 def _not_made(config: str, runs: dict) -> str:
-    """The runs of ``configs/experiments/<config>.yaml`` that ``runs`` has no record of."""
+    """A clause naming the runs of ``configs/experiments/<config>.yaml`` that ``runs`` has no
+    record of."""
     path = repo_root() / "configs" / "experiments" / f"{config}.yaml"
-    return ", ".join(r.name for r in load_experiment(path)[1] if r.name not in runs) or "none"
+    missing = [r.name for r in load_experiment(path)[1] if r.name not in runs]
+    return ("not made yet: " + ", ".join(missing)) if missing else "every run of the config made"
 
 
 def table_mnist() -> str:
@@ -129,7 +131,7 @@ def table_mnist() -> str:
     fm = best_sweep(runs["fm"])
     return (f"Class-conditional {runs['fm']['config']['model']['preset']} on MNIST 32x32 from "
             "scratch, the Fashion-MNIST protocol at 300 GPU s per method "
-            "(`configs/experiments/mnist_equal_time.yaml`; not made yet: "
+            "(`configs/experiments/mnist_equal_time.yaml`; "
             f"{_not_made('mnist_equal_time', runs)}). Final classifier FD "
             f"of 10000 EMA samples (real training images: {rf.fmt(floor['10000'])}):\n\n"
             + rf.table(["run", "seeds", "GPU s, all stages", "steps", "FD by steps"],
