@@ -290,7 +290,7 @@ def test_fused_path_is_used_and_never_falls_back(monkeypatch):
     with pytest.raises(AttributeError, match="forward_and_dfds"):
         displacement_and_dfds(mlp, torch.randn(2, 2), torch.ones(2), torch.zeros(2))
     net.jvp = "fuse"
-    with pytest.raises(ValueError, match="'fused' or 'func'"):
+    with pytest.raises(ValueError, match="'fused', 'compiled' or 'func'"):
         displacement_and_dfds(net, x, t, s, y, w)
     with pytest.raises(ValueError, match="unknown jvp mode 'fuse'"):
         tiny_dit(jvp="fuse")
@@ -329,7 +329,8 @@ def test_triton_attention_in_the_dit_matches_the_math_path():
 
 def test_training_runs_agree_with_fused_and_func(tmp_path):
     """Four optimizer steps of the Fashion-MNIST TVM smoke run (two micro-batches each, EMA
-    target, AdamW) give the same losses and weights on both paths, up to fp32 rounding."""
+    target, AdamW) give the same losses and weights on all three paths (fused, torch.func.jvp,
+    fused through torch.compile), up to fp32 rounding."""
     from pathlib import Path
 
     from tvmlib.training.build import build
@@ -338,7 +339,7 @@ def test_training_runs_agree_with_fused_and_func(tmp_path):
 
     config = Path(__file__).resolve().parents[1] / "configs" / "fashion_tvm_smoke.yaml"
     runs = {}
-    for jvp in ("fused", "func"):
+    for jvp in ("fused", "func", "compiled"):
         cfg = load_config(config, [f"out_dir={tmp_path / jvp}", "train.steps=4", 'train.amp="off"',
                                    "train.global_batch=4", "train.per_gpu_batch=2",
                                    f"model.jvp={jvp}"])
@@ -347,6 +348,30 @@ def test_training_runs_agree_with_fused_and_func(tmp_path):
         runs[jvp] = train(built.net, built.loss, built.source, built.loop)
     losses = {k: torch.tensor([row["loss"] for row in r.history]) for k, r in runs.items()}
     assert len(losses["fused"]) == 4
-    torch.testing.assert_close(losses["fused"], losses["func"], rtol=1e-4, atol=0)
-    for a, b in zip(runs["fused"].net.parameters(), runs["func"].net.parameters()):
-        assert rel_err(a.detach(), b.detach()) < 1e-4
+    for other in ("func", "compiled"):
+        torch.testing.assert_close(losses["fused"], losses[other], rtol=1e-4, atol=0)
+        for a, b in zip(runs["fused"].net.parameters(), runs[other].net.parameters()):
+            assert rel_err(a.detach(), b.detach()) < 1e-4
+
+
+def test_compiled_blocks_match_the_math_in_float64_and_compile_once_for_all_blocks():
+    """``jvp="compiled"`` (each block's non-attention work through torch.compile, inductor on
+    the CPU here) gives torch.func.jvp's F, dF/ds and parameter gradients in float64, and the
+    three blocks of the net share each compiled graph (no compilation per block)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    net = tiny_dit(VARIANTS["on"], depth=3, jvp="compiled")
+    ref = func_reference(net)
+    x, t, s, y, w = inputs()
+    F_ref, dF_ref = func_jvp(ref, x, t, s, y, w)
+    F_, dF = net.forward_and_dfds(x, t, s, y, w)
+    assert rel_err(F_, F_ref) < 1e-12 and rel_err(dF, dF_ref) < 1e-12
+    names = [n for n, _ in net.named_parameters()]
+    assert_same_grads(grads_of_both(net, F_, dF), grads_of_both(ref, F_ref, dF_ref), names, 1e-11)
+    # before and after the attention, each once for the first block (no incoming tangent)
+    # and once for the other two
+    assert counters["stats"]["unique_graphs"] == 4, dict(counters["stats"])
+    F2, dF2 = net.forward_and_dfds(x, t, s, y, w)  # a second call: no new graph
+    assert counters["stats"]["unique_graphs"] == 4 and torch.equal(F2, F_)

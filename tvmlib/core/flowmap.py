@@ -107,9 +107,9 @@ def displacement_and_dfds(net: nn.Module, x: Tensor, t: Tensor, s: Tensor,
     """(f_theta(x, t, s), d/ds f_theta(x, t, s)) (Eq. 17), in one of two ways, chosen by the
     network's ``jvp`` attribute (the same numbers up to rounding):
 
-    - "fused" (the DiT's default): the network's own ``forward_and_dfds`` returns F and dF/ds
-      from one pass that carries the tangent (:mod:`tvmlib.nn.dit_jvp`), and
-      d/ds f = [w] (F + (s - t) dF/ds).
+    - "fused" (the DiT's default) or "compiled" (the same through torch.compile): the
+      network's own ``forward_and_dfds`` returns F and dF/ds from one pass that carries the
+      tangent (:mod:`tvmlib.nn.dit_jvp`), and d/ds f = [w] (F + (s - t) dF/ds).
     - "func" (any network without a ``jvp`` attribute, e.g. ``MLP2D``): one ``torch.func.jvp``
       of f in s, with tangent 1 on s and 0 on x and t, so it differentiates only through the
       network's gap input t - s and the (s - t) prefactor.
@@ -122,14 +122,14 @@ def displacement_and_dfds(net: nn.Module, x: Tensor, t: Tensor, s: Tensor,
     check_times(t, s)
     check_guidance(w)
     mode = getattr(net, "jvp", "func")
-    if mode == "fused":
+    if mode in ("fused", "compiled"):
         F, dFds = net.forward_and_dfds(x, t, s, y, w)
         gap, scale = _bcast(s - t, x), _out_scale(w, scale_param, x)
         F = scale * F  # [w] F
         tangent = gap * scale * dFds  # (s - t) [w] dF/ds
         return gap * F, F + (tangent.detach() if detach_tangent else tangent)
     if mode != "func":
-        raise ValueError(f"net.jvp must be 'fused' or 'func', got {mode!r}")
+        raise ValueError(f"net.jvp must be 'fused', 'compiled' or 'func', got {mode!r}")
 
     def f_of_s(s_: Tensor) -> tuple[Tensor, Tensor]:
         F = _out_scale(w, scale_param, x) * net(x, t, s_, y, w)  # [w] F

@@ -204,7 +204,9 @@ class DiT(nn.Module):
             :mod:`tvmlib.nn.attention` ("math" unless changed). Settable later:
             ``net.attn_backend = "sdpa"``.
         jvp: how :func:`tvmlib.core.flowmap.displacement_and_dfds` gets dF/ds: "fused" (this
-            net's :meth:`forward_and_dfds`, the default) or "func" (``torch.func.jvp``).
+            net's :meth:`forward_and_dfds`, the default), "compiled" (the same with each
+            block's work around its attention through ``torch.compile``) or "func"
+            (``torch.func.jvp``).
             Settable later: ``net.jvp = "func"``.
         freq_dim: number of sinusoidal features per time embedder.
         time_scale: t, t - s and 1/w are multiplied by this before the sinusoidal features.
@@ -313,8 +315,9 @@ class DiT(nn.Module):
                          y: Tensor | None = None, w: Tensor | float | None = None
                          ) -> tuple[Tensor, Tensor]:
         """(F, dF/ds), each (B, C, H, W), from one pass carrying the tangent ds = 1
-        (:mod:`tvmlib.nn.dit_jvp`); what ``displacement_and_dfds`` uses when ``jvp="fused"``."""
-        return forward_and_dfds(self, x, t, s, y, w, EPS)
+        (:mod:`tvmlib.nn.dit_jvp`); what ``displacement_and_dfds`` uses when ``jvp`` is
+        "fused" or "compiled" (then through torch.compile)."""
+        return forward_and_dfds(self, x, t, s, y, w, EPS, compiled=self.jvp == "compiled")
 
     def conditioning(self, x: Tensor, t: Tensor | float, s: Tensor | float | None = None,
                      y: Tensor | None = None, w: Tensor | float | None = None) -> Tensor:

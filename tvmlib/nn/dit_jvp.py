@@ -19,12 +19,18 @@ Where it saves work over ``torch.func.jvp``:
 - Attention: :func:`tvmlib.nn.attention.attention_jvp`, the Triton kernel's fused (O, Ȯ) or the
   explicit softmax JVP with four matmuls.
 
+With ``compiled=True`` (``net.jvp = "compiled"``) each block's work before and after its
+attention goes through ``torch.compile``, which fuses these elementwise ops into few kernels;
+the attention kernel stays outside the compiled graphs.
+
 Reverse mode runs through both outputs (TVM backpropagates through dF/ds), and gradient
 accumulation and CUDA-graph capture work as for the plain forward. Forward hooks on the DiT's
 submodules do not fire here: the layers' weights are used directly.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +40,12 @@ from tvmlib.nn.attention import attention_jvp
 from tvmlib.nn.embedding import per_sample, sinusoidal_embedding_jvp
 
 Pair = tuple[Tensor, Tensor | None]  # (primal, tangent); tangent None = 0
-JVP_MODES = ("fused", "func")  # how tvmlib.core.flowmap.displacement_and_dfds gets dF/ds
+JVP_MODES = ("fused", "compiled", "func")  # how flowmap.displacement_and_dfds gets dF/ds
 
 
 def check_jvp_mode(mode: str) -> str:
-    """Return ``mode`` if it is "fused" (the network's own ``forward_and_dfds``) or "func"
+    """Return ``mode`` if it is "fused" (the network's own ``forward_and_dfds``), "compiled"
+    (the same with each block's non-attention work through torch.compile) or "func"
     (``torch.func.jvp``), else raise ValueError."""
     if mode not in JVP_MODES:
         raise ValueError(f"unknown jvp mode {mode!r}; valid: {', '.join(JVP_MODES)}")
@@ -176,30 +183,59 @@ def qk_norm_jvp(attn: nn.Module, qk: Tensor, tqk: Tensor) -> Pair:
     return norm_jvp(qk, tqk, q_norm.eps, weight=weight)
 
 
-def self_attention_jvp(attn: nn.Module, x: Tensor, tx: Tensor, backend: str | None) -> Pair:
-    """``SelfAttention``: qkv Linear -> heads -> QK-norm -> attention -> proj.  x, ẋ: (B, N, D)."""
-    B, N, D = x.shape
+def qkv_jvp(attn: nn.Module, x: Tensor, tx: Tensor) -> tuple[Tensor, ...]:
+    """``SelfAttention`` up to the attention: qkv Linear -> heads -> QK-norm.
+    x, ẋ: (B, N, D) -> q, k, v, q̇, k̇, v̇, each (B, H, N, d)."""
     qkv, tqkv = (z.unflatten(-1, (3, attn.num_heads, attn.head_dim))  # (B, N, 3, H, d)
                  for z in linear_jvp(attn.qkv, x, tx))
     qk, tqk = qk_norm_jvp(attn, qkv[:, :, :2], tqkv[:, :, :2])  # (B, N, 2, H, d)
     (q, k), (tq, tk) = qk.permute(2, 0, 3, 1, 4), tqk.permute(2, 0, 3, 1, 4)  # (B, H, N, d)
-    v, tv = qkv[:, :, 2].transpose(1, 2), tqkv[:, :, 2].transpose(1, 2)
-    o, to = attention_jvp(q, k, v, tq, tk, tv, backend)  # (B, H, N, d)
-    return linear_jvp(attn.proj, o.transpose(1, 2).reshape(B, N, D),
-                      to.transpose(1, 2).reshape(B, N, D))
+    return q, k, qkv[:, :, 2].transpose(1, 2), tq, tk, tqkv[:, :, 2].transpose(1, 2)
+
+
+def block_before_attention(block: nn.Module, x: Tensor, tx: Tensor | None, silu_c: Pair,
+                           eps: float) -> tuple[list[Pair], tuple[Tensor, ...]]:
+    """``DiTBlock`` up to its attention: the six adaLN pairs and (q, k, v, q̇, k̇, v̇)."""
+    mods = modulation_jvp(block.adaln, silu_c, 6, block.mod_norm, eps)
+    h, th = modulate_jvp(*norm_module_jvp(block.norm1, x, tx), mods[0], mods[1])
+    return mods, qkv_jvp(block.attn, h, th)
+
+
+def block_after_attention(block: nn.Module, x: Tensor, tx: Tensor | None, mods: list[Pair],
+                          o: Tensor, to: Tensor) -> Pair:
+    """``DiTBlock`` from its attention output o, ȯ (B, H, N, d): proj, the gated residual, then
+    x + g_mlp mlp(mod(norm2 x)).  x, ẋ: (B, N, D)."""
+    B, N, D = x.shape
+    h, th = linear_jvp(block.attn.proj, o.transpose(1, 2).reshape(B, N, D),
+                       to.transpose(1, 2).reshape(B, N, D))
+    x, tx = gated_residual_jvp(x, tx, mods[2], h, th)
+    h, th = modulate_jvp(*norm_module_jvp(block.norm2, x, tx), mods[3], mods[4])
+    h, th = linear_jvp(block.mlp[0], h, th)  # (B, N, mlp_hidden)
+    h, th = gelu_jvp(h, th, block.mlp[1].approximate)
+    return gated_residual_jvp(x, tx, mods[5], *linear_jvp(block.mlp[2], h, th))
+
+
+@functools.cache
+def _compiled(fn):
+    """``fn`` compiled by torch.compile (inductor), made once per process. The blocks of a DiT
+    share each graph: their weights are graph inputs, not constants (PyTorch inlines built-in
+    modules by default), so the depth does not multiply compilations."""
+    return torch.compile(fn, dynamic=False)
 
 
 def block_jvp(block: nn.Module, x: Tensor, tx: Tensor | None, silu_c: Pair,
-              backend: str | None, eps: float) -> Pair:
-    """``DiTBlock``: x + g_msa attn(mod(norm1 x)), then + g_mlp mlp(mod(norm2 x)).  (B, N, D)."""
-    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = \
-        modulation_jvp(block.adaln, silu_c, 6, block.mod_norm, eps)
-    h, th = modulate_jvp(*norm_module_jvp(block.norm1, x, tx), shift_msa, scale_msa)
-    x, tx = gated_residual_jvp(x, tx, gate_msa, *self_attention_jvp(block.attn, h, th, backend))
-    h, th = modulate_jvp(*norm_module_jvp(block.norm2, x, tx), shift_mlp, scale_mlp)
-    h, th = linear_jvp(block.mlp[0], h, th)  # (B, N, mlp_hidden)
-    h, th = gelu_jvp(h, th, block.mlp[1].approximate)
-    return gated_residual_jvp(x, tx, gate_mlp, *linear_jvp(block.mlp[2], h, th))
+              backend: str | None, eps: float, compiled: bool = False) -> Pair:
+    """``DiTBlock``: x + g_msa attn(mod(norm1 x)), then + g_mlp mlp(mod(norm2 x)).  (B, N, D).
+
+    ``compiled``: the work before and after the attention runs through torch.compile, which
+    fuses the elementwise tangent work (norms, modulation, GELU, residuals) into few kernels
+    and chooses what to recompute in the backward; the attention stays the kernel of
+    ``backend``, outside the compiled graphs."""
+    before, after = ((_compiled(block_before_attention), _compiled(block_after_attention))
+                     if compiled else (block_before_attention, block_after_attention))
+    mods, (q, k, v, tq, tk, tv) = before(block, x, tx, silu_c, eps)
+    o, to = attention_jvp(q, k, v, tq, tk, tv, backend)  # (B, H, N, d)
+    return after(block, x, tx, mods, o, to)
 
 
 def final_layer_jvp(final: nn.Module, x: Tensor, tx: Tensor, silu_c: Pair, eps: float) -> Pair:
@@ -211,15 +247,16 @@ def final_layer_jvp(final: nn.Module, x: Tensor, tx: Tensor, silu_c: Pair, eps: 
 
 def forward_and_dfds(net: nn.Module, x: Tensor, t: Tensor | float, s: Tensor | float,
                      y: Tensor | None = None, w: Tensor | float | None = None,
-                     eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+                     eps: float = 1e-6, compiled: bool = False) -> tuple[Tensor, Tensor]:
     """(F, dF/ds) of a :class:`tvmlib.nn.dit.DiT` at (x, t, s, y, w), each (B, C, H, W) in x's
     dtype; ``eps`` is the modulation norm's (``tvmlib.nn.dit.EPS``). The same numbers as
-    ``torch.func.jvp(lambda s_: net(x, t, s_, y, w), (s,), (ones,))`` up to rounding."""
+    ``torch.func.jvp(lambda s_: net(x, t, s_, y, w), (s,), (ones,))`` up to rounding.
+    ``compiled``: each block's work around its attention through torch.compile (``block_jvp``)."""
     net._check_x(x)
     silu_c = silu_jvp(*conditioning_jvp(net, x, t, s, y, w))  # (B, D) pair, every adaLN's input
     h = net.x_embedder(x).flatten(2).transpose(1, 2) + net.pos_embed  # (B, N, D); ḣ = 0
     th = None
     for block in net.blocks:
-        h, th = block_jvp(block, h, th, silu_c, net.attn_backend, eps)
+        h, th = block_jvp(block, h, th, silu_c, net.attn_backend, eps, compiled)
     out, tout = final_layer_jvp(net.final_layer, h, th, silu_c, eps)  # (B, N, p p C)
     return net.unpatchify(out).to(x.dtype), net.unpatchify(tout).to(x.dtype)

@@ -17,7 +17,7 @@ from tvmlib.utils.checks import choice, fail, integer, number, plain_name
 CHOICES = {  # string values from a fixed list
     "data.latent_norm": ("auto", "paper", "shards", "none"),
     "model.attn_backend": ("math", "sdpa", "triton"),
-    "model.jvp": ("fused", "func"),
+    "model.jvp": ("fused", "compiled", "func"),
     "loss.name": ("fm", "tvm", "meanflow", "cmt"),
     "loss.time_sampler": ("uniform", "logit_normal"),
     "loss.solver": ("euler", "heun", "dpm++2m"),

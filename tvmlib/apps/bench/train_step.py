@@ -2,7 +2,7 @@
 backend: time per step, images per second and peak GPU memory.
 
     python -m tvmlib.apps.bench.train_step [--models DiT-B/2 DiT-XL/2-18h] [--batch 32]
-        [--backends math triton] [--graph off on] [--jvp fused func] [--losses tvm fm]
+        [--backends math triton] [--graph off on] [--jvp fused compiled func] [--losses tvm fm]
         [--steps 10] [--warmup 3] [--out figures/train_step_<gpu>.json]
     python -m tvmlib.apps.bench.train_step --device cpu --models DiT-T/2 --batch 2 --input-size 8 \\
         --steps 2 --warmup 1 --out /tmp/train_step_cpu.json          (a seconds-long CPU check)
@@ -12,11 +12,14 @@ constant w = 2 (``cfg_scale``), the scaled parameterization, label dropout 0.1 a
 target, forward + JVP + backward under bf16 autocast, an AdamW step (lr 1e-4, betas (0.9, 0.95))
 and the target update, on random latents (B, 4, 32, 32) = 256 tokens at patch 2 and random
 labels of 1000 classes. ``--jvp`` picks how the step gets dF/ds (``model.jvp``): "fused", the
-DiT's own tangent-carrying forward (``tvmlib.nn.dit_jvp``), or "func", ``torch.func.jvp``.
+DiT's own tangent-carrying forward (``tvmlib.nn.dit_jvp``), "compiled", the same with each
+block's work around its attention through ``torch.compile``, or "func", ``torch.func.jvp``.
 ``--losses tvm fm`` adds the flow-matching step of the same network as the reference
 (``FMLoss``, logit-normal times, label dropout 0.1, no guidance input): it needs no JVP, so it
 runs once per graph mode with PyTorch's fused SDPA attention (flash on a GPU), whatever
-``--backends`` says; its ``jvp`` is None. The time is the median over ``--steps`` steps (CUDA
+``--backends`` says; its ``jvp`` is None, and when "compiled" is among ``--jvp`` it runs a
+second time with the whole network through ``torch.compile`` (``jvp`` "compiled"), so that the
+TVM-to-FM ratio meets FM at its best as well. The time is the median over ``--steps`` steps (CUDA
 events) after ``--warmup`` steps; peak memory is ``torch.cuda.max_memory_allocated``. Each
 (model, loss, backend, graph, jvp) row records its status: ``ok``, ``oom`` (out of memory),
 ``unavailable: ...`` (e.g. the Triton kernel cannot be imported) or ``error: ...``; one failing
@@ -40,6 +43,7 @@ from pathlib import Path
 import torch
 
 from tvmlib.apps import cli
+from tvmlib.nn.dit_jvp import JVP_MODES
 from tvmlib.training.build import build_loss, build_model
 from tvmlib.training.config import RunConfig, config_from_dict
 from tvmlib.training.graphs import GraphedLossBackward
@@ -101,6 +105,8 @@ def make_step(model: str, backend: str, batch: int, device: torch.device,
     with torch.device(build_on or device):
         net = build_model(cfg)
     net = net.to(device)
+    if loss == "fm" and jvp == "compiled":  # FM at its best too: its forward through inductor
+        net.compile(dynamic=False)
     _sync(device)
     info["build_seconds"] = time.perf_counter() - t0
     info["params"] = sum(p.numel() for p in net.parameters())
@@ -164,7 +170,8 @@ def bench_one(model: str, backend: str, batch: int, device: torch.device, steps:
     """Time ``steps`` training steps of one (model, loss, attention backend, graph mode, jvp);
     never raises for OOM or a missing/failed backend, which go into the row's ``status``."""
     row = {"model": model, "loss_name": loss, "backend": backend, "batch": batch,
-           "cuda_graph": cuda_graph, "jvp": jvp if loss == "tvm" else None, "ms_per_step": None,
+           "cuda_graph": cuda_graph, "jvp": jvp if loss == "tvm" or jvp == "compiled" else None,
+           "ms_per_step": None,
            "images_per_s": None, "peak_mem_gb": None, "status": "ok"}
     for needs_cuda, what in ((backend == "triton", "the triton backend"),
                              (cuda_graph, "a CUDA graph")):
@@ -204,7 +211,7 @@ def bench_one(model: str, backend: str, batch: int, device: torch.device, steps:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = (f"{'model':<14} {'loss':<4} {'backend':<8} {'graph':<5} {'jvp':<5} {'batch':>5} "
+    head = (f"{'model':<14} {'loss':<4} {'backend':<8} {'graph':<5} {'jvp':<8} {'batch':>5} "
             f"{'ms/step':>9} {'img/s':>8} {'peak GB':>8}  status")
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -212,7 +219,7 @@ def format_table(rows: list[dict]) -> str:
             ("ms_per_step", "9.1f"), ("images_per_s", "8.1f"), ("peak_mem_gb", "8.2f")))
         graph = "on" if r.get("cuda_graph") else "off"
         lines.append(f"{r['model']:<14} {r.get('loss_name') or 'tvm':<4} {r['backend']:<8} "
-                     f"{graph:<5} {r.get('jvp') or '-':<5} "
+                     f"{graph:<5} {r.get('jvp') or '-':<8} "
                      f"{r['batch']:>5} {ms:>9} {ips:>8} {mem:>8}  {r['status']}")
     return "\n".join(lines)
 
@@ -233,9 +240,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--graph", nargs="+", default=["off"], choices=["off", "on"],
                     help="eager steps, CUDA-graph replay of loss + backward "
                          "(tvmlib.training.graphs), or both")
-    ap.add_argument("--jvp", nargs="+", default=["fused"], choices=["fused", "func"],
+    ap.add_argument("--jvp", nargs="+", default=["fused"], choices=list(JVP_MODES),
                     help="how dF/ds is computed (model.jvp): the DiT's fused tangent forward, "
-                         "torch.func.jvp, or both")
+                         "the same through torch.compile, torch.func.jvp; one or several")
     ap.add_argument("--losses", nargs="+", default=["tvm"], choices=["tvm", "fm"],
                     help="tvm, and fm for the flow-matching step of the same network "
                          "(SDPA attention, no JVP) as the reference")
@@ -247,8 +254,9 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for model, loss in itertools.product(args.models, args.losses):
         tvm = loss == "tvm"
+        fm_jvps = [None] + ["compiled"] * ("compiled" in args.jvp)  # FM: eager, compiled
         for backend, graph, jvp in itertools.product(args.backends if tvm else ["sdpa"],
-                                                     args.graph, args.jvp if tvm else [None]):
+                                                     args.graph, args.jvp if tvm else fm_jvps):
             row = bench_one(model, backend, args.batch, device, args.steps, args.warmup,
                             args.input_size, args.build_on, not args.no_amp,
                             cuda_graph=graph == "on", jvp=jvp, loss=loss)
