@@ -374,6 +374,15 @@ def test_experiment_smoke_runs_every_stage_and_counts_upstream_seconds(tmp_path,
     assert runs["scratch"]["upstream_s"] == 0 and runs["teacher_init"]["upstream_s"] == t
     assert runs["cmt"]["upstream_s"] == m  # teacher and mid-training both counted
     assert (tmp_path / "runs" / "cmt" / "samples_1step.png").exists()
+    # the notebook-07 models are exported from such a run folder, with the steps each run made
+    from tvmlib.apps.checkpoints_fashion import RUN_OF, export
+    from tvmlib.evaluation.pretrained import FASHION_MODELS
+    export(tmp_path / "runs", out, tmp_path / "ckpt", "a command")
+    for name, info in FASHION_MODELS.items():
+        ckpt = torch.load(tmp_path / "ckpt" / info.file, map_location="cpu", weights_only=True)
+        run = runs[RUN_OF[name]]
+        assert ckpt["steps"] == run["steps_done"] and ckpt["kind"] == info.kind
+        assert set(ckpt["fd"].values()) == set(run["final"]["ema"].values())
     # a typo is an error before any work starts, naming the run and the key
     with pytest.raises(ConfigError, match=r"runs\[0\] \(teacher\): loss.pool_bach: unknown "):
         load_experiment(config, ["loss.pool_bach=4"])

@@ -23,6 +23,7 @@ import torch
 
 from tvmlib.apps import cli
 from tvmlib.evaluation.pretrained import (
+    FASHION_EXPORT_COMMAND,
     FASHION_GPU_COMMAND,
     FASHION_MANIFEST_COMMAND,
     FASHION_MODELS,
@@ -65,7 +66,9 @@ def export(run_root: Path, results_path: Path, folder: Path, command: str) -> No
         model = {"preset": cfg.model.preset, **{k: getattr(cfg.model, k) for k in DIT_SIZE_KEYS
                                                 if getattr(cfg.model, k) is not None}}
         atomic_save({"state_dict": sd, "model": model, "num_classes": cfg.model.num_classes,
-                     "kind": info.kind, "steps": cfg.train.steps, "init": RUN_OF[name],
+                     "kind": info.kind, "init": RUN_OF[name],
+                     # steps made (a time-budgeted run stops before cfg.train.steps)
+                     "steps": runs[RUN_OF[name]].get("steps_done", cfg.train.steps),
                      "fd": _fd_of(runs[RUN_OF[name]], name), "command": command,
                      "sampler": {**FASHION_SAMPLERS[info.kind], "steps": cfg.eval.steps}},
                     folder / info.file)
@@ -123,7 +126,8 @@ def write_readme_fashion(folder: Path) -> None:
         f"Produced by {made}.",
         f"FD, measured on the GPU: {'; '.join(sorted({m for *_, m in runs}))}; not comparable "
         "with Inception FID.",
-        f"Regenerate on a GPU with `{FASHION_GPU_COMMAND}`, then `--export` and `--manifest`.",
+        f"Regenerate on a GPU with `{FASHION_GPU_COMMAND}`, then `{FASHION_EXPORT_COMMAND}` "
+        "and `--manifest`.",
         "",
         "| file | bytes | sha256 | model | train steps | metrics | command |",
         "|---|---:|---|---|---:|---|---|",

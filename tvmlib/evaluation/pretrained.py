@@ -115,7 +115,9 @@ FASHION_CLASSES_K = 10  # the null class (label dropout) is 10
 MANIFEST_FASHION = "manifest_fashion.json"
 FASHION_RESULTS = "figures/05_cmt.json"  # the GPU run that made the files (FDs, provenance)
 FASHION_GPU_COMMAND = ("python -m tvmlib.apps.experiment configs/experiments/cmt_fashion.yaml "
-                       "--out runs/cmt_out/05_cmt.json --export data/checkpoints")
+                       "--out runs/cmt_out/05_cmt.json")
+FASHION_EXPORT_COMMAND = ("python -m tvmlib.apps.checkpoints_fashion --export runs/cmt_fashion "
+                          "--results runs/cmt_out/05_cmt.json")
 FASHION_MANIFEST_COMMAND = "python -m tvmlib.apps.checkpoints_fashion --manifest"
 
 
@@ -141,7 +143,8 @@ FASHION_SAMPLERS = {"fm": {"solver": "dpm++2m", "grid": "logsnr"}, "tvm": {"solv
 
 def regenerate_advice() -> str:
     return (f"Regenerate the Fashion-MNIST checkpoints on a GPU (about 7 min) with:\n"
-            f"  {FASHION_GPU_COMMAND}\nthen refresh the manifest with:\n"
+            f"  {FASHION_GPU_COMMAND}\nthen export the runs' EMA weights with:\n"
+            f"  {FASHION_EXPORT_COMMAND}\nthen refresh the manifest with:\n"
             f"  {FASHION_MANIFEST_COMMAND} --results runs/cmt_out/05_cmt.json")
 
 
