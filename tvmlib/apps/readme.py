@@ -171,7 +171,9 @@ def _loss_curves(runs: dict, source: str, d: dict) -> str:
     """Issue 17's "same loss curve within bf16 noise": |loss difference| of fused vs torch.func
     against the noise reference (torch.func with math attention vs with Triton attention)."""
     rows = []
-    for a, b in (("fused", "func"), ("func_math", "func")):
+    pairs = [("fused", "func"), ("func_math", "func")]
+    pairs += [("compiled", "func")] * ("compiled" in runs)  # a row once it is made
+    for a, b in pairs:
         ca, cb = runs[a]["curves"], runs[b]["curves"]
         gap = [abs(x - y) for x, y in zip(ca["loss"], cb["loss"])]
         first = next((s for s, g in zip(ca["step"], gap) if g > 0.01), None)
