@@ -363,3 +363,20 @@ def test_op_count_per_variant(tmp_path):
     assert fused["kernels"] < 0.85 * func["kernels"]
     with pytest.raises(ValueError, match="unknown variant"):
         op_count.count_step_ops("DiT-T/8", "of")
+    assert all(r["saved_mb"] > 0 for r in res["rows"])
+
+
+def test_saved_mb_counts_each_saved_activation_once_and_no_parameter():
+    from tvmlib.apps.bench import op_count
+
+    w = torch.nn.Parameter(torch.randn(1000))  # float32: 4000 bytes
+    x = torch.randn(1000)
+
+    def step():
+        h = x * w  # saves x (for w's gradient); not w, since x needs no gradient
+        (torch.sin(h) + torch.cos(h)).sum().backward()  # sin and cos both save h: one storage
+
+    step.params = {w.untyped_storage().data_ptr()}
+    assert op_count.saved_mb(step) == pytest.approx(8000 / 1e6)
+    step.params = set()  # then w would count too if it were saved: it is not
+    assert op_count.saved_mb(step) == pytest.approx(8000 / 1e6)

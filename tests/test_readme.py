@@ -92,3 +92,15 @@ def test_glance_row_takes_the_better_tvm_and_fm_best_of_the_mnist_json():
     # MeanFlow's 4 jumps: the better of its variants there, one seed each on MNIST
     mf4 = min(("meanflow", "meanflow_w15"), key=lambda n: runs[n]["evals"]["fd_4"][-1])
     assert cells[6] == f"{readme_format.fmt(runs[mf4]['evals']['fd_4'][-1])} ({mf4})"
+
+
+def test_saved_memory_table_reads_the_op_count_file():
+    from tvmlib.apps import readme
+
+    rows = json.loads((ROOT / "figures" / "jvp_saved_DiT-S-2.json").read_text())["results"]["rows"]
+    text = readme._saved_memory("jvp_saved_DiT-S-2.json")
+    fused = next(r["saved_mb"] for r in rows if r["jvp"] == "fused")
+    for r in rows:
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"| {r['jvp']} |"))
+        assert readme_format.fmt(r["saved_mb"] / fused) in line
+    assert readme._saved_memory("no_such_file.json") == ""

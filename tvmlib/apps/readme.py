@@ -164,7 +164,27 @@ def table_train_step() -> str:
                                _ratio(r["by_jvp"].get("func"), r["by_jvp"].get("fused")),
                                r["ratio"], "hit" if r["ratio"] <= 4.2 else "miss"]
                             for r in summary]))
-    return "\n\n".join(out) + rf.optional("jvp_fused_loss_curve_fashion.json", _loss_curves)
+    return ("\n\n".join(out) + rf.optional("jvp_fused_loss_curve_fashion.json", _loss_curves)
+            + _saved_memory("jvp_saved_DiT-S-2.json"))
+
+
+def _saved_memory(name: str) -> str:
+    """Activation memory per way of computing dF/ds (``bench.op_count``'s saved_mb, CPU)."""
+    d = rf.load(name)
+    if d is None:
+        return ""
+    res = d["results"]
+    fused = next(r["saved_mb"] for r in res["rows"] if r["jvp"] == "fused")
+    rows = [[r["jvp"], r["saved_mb"], r["saved_mb"] / fused,
+             "not seen (inside compiled code)" if r["kernels"] is None else r["kernels"]]
+            for r in res["rows"]]
+    return (f"\n\nWhere a step's memory goes: what autograd saves for the backward in one TVM "
+            f"step of {res['preset']} (TVM's DiT) at batch {res['batch']}, measured on the CPU in "
+            f"fp32 with {res['attn_backend']} attention (parameters excluded; it scales with the "
+            "batch), per way of computing dF/ds, and the operators that reach the device:\n\n"
+            + rf.table(["dF/ds", "MB saved for the backward", "vs fused",
+                        "operators (dispatch level)"], rows) + "\n\n"
+            + rf.source(name, d["provenance"]))
 
 
 def _loss_curves(runs: dict, source: str, d: dict) -> str:

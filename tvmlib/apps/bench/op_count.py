@@ -17,19 +17,25 @@ variant of the ablation (``configs/experiments/lipschitz_ablation.yaml``) and pe
 - ``top_level`` and ``all``: the ``aten::`` operators the PyTorch profiler records, those not
   called by another aten op and all of them. Under ``torch.func.jvp`` the tangent ops run nested
   in their primal op, so ``top_level`` undercounts that path; ``kernels`` does not.
+- ``saved_mb``: the megabytes autograd saves for the backward in one step (the distinct
+  storages its saved-tensor hooks see, parameters excluded): the step's activation memory, which
+  sets most of a GPU step's peak memory beyond weights and optimizer state. It depends on the
+  batch (``--batch``) and, unlike the counts, is measured for ``--jvp compiled`` too (the fused
+  path with torch.compile, whose kernels run inside compiled code where the counts cannot see
+  them: its counts are left empty).
 - with ``--time N``: ``ms_median`` and ``cpu_ms_median`` (and every value, ``ms_all``,
   ``cpu_ms_all``), the wall-clock and the CPU time of N steps after a warm-up, with
   ``threads`` CPU threads (``--threads``), the rows' steps interleaved.
 
     python -m tvmlib.apps.bench.op_count [--preset DiT-S/2] [--variants off on ...]
-        [--jvp fused func] [--batch 2] [--time 5] [--threads 1]
+        [--jvp fused compiled func] [--batch 2] [--time 5] [--threads 1]
         [--out figures/op_count_DiT-S-2.json]
 
 Attention runs on the ``math`` backend (the Triton kernel needs a GPU); on a GPU the ``triton``
 backend replaces each attention's softmax, JVP and backward ops by a few kernels, so the absolute
 counts there are lower, while the differences between variants (the norms) stay.
 Results: ``{"provenance", "results": {"preset", "batch", "threads", "rows": [{"variant",
-"jvp", "kernels", "top_level", "all"[, "ms_median", "cpu_ms_median", ...]}]}}``.
+"jvp", "kernels", "top_level", "all", "saved_mb"[, "ms_median", "cpu_ms_median", ...]}]}}``.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from tvmlib.apps import cli
 from tvmlib.experiments.results import VARIANTS, lipschitz_flags
+from tvmlib.nn.dit_jvp import JVP_MODES
 from tvmlib.training.build import build_loss, build_model
 from tvmlib.training.config import config_from_dict
 from tvmlib.utils.atomic import atomic_write_json
@@ -105,11 +112,36 @@ def make_step(preset: str, variant: str, jvp: str = "fused", batch: int = 2,
         loss.backward()
 
     step()  # the first step does any lazy initialisation
+    step.params = {p.untyped_storage().data_ptr() for p in net.parameters()}
     return step
 
 
-def count_ops(step: Callable[[], None]) -> dict:
-    """{"kernels", "top_level", "all"} of one call of ``step`` (see the module docstring)."""
+def saved_mb(step: Callable[[], None]) -> float:
+    """Megabytes of the distinct storages autograd saves for the backward in one call of
+    ``step``, without the parameters' (``step.params``: their storages' addresses)."""
+    sizes = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        inner = t
+        while torch._C._functorch.is_functorch_wrapped_tensor(inner):  # under torch.func.jvp
+            inner = torch._C._functorch.get_unwrapped(inner)
+        if inner._is_zerotensor():  # forward AD's zero tangents hold no memory
+            return t
+        storage = inner.untyped_storage()
+        if storage.data_ptr() not in step.params:
+            sizes[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(sizes.values()) / 1e6
+
+
+def count_ops(step: Callable[[], None], counts: bool = True) -> dict:
+    """{"kernels", "top_level", "all", "saved_mb"} of one call of ``step`` (see the module
+    docstring); without ``counts`` the three counts are None."""
+    if not counts:
+        return {"kernels": None, "top_level": None, "all": None, "saved_mb": saved_mb(step)}
     mode = KernelCount()
     with mode:
         step()
@@ -117,7 +149,7 @@ def count_ops(step: Callable[[], None]) -> dict:
         step()
     aten = [e for e in prof.events() if e.name.startswith("aten::")]
     return {"kernels": mode.count, "top_level": sum(not _nested(e) for e in aten),
-            "all": len(aten)}
+            "all": len(aten), "saved_mb": saved_mb(step)}
 
 
 def time_steps(steps: list[Callable[[], None]], n: int) -> list[dict]:
@@ -148,10 +180,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--preset", default="DiT-S/2", help="DiT preset (default: DiT-S/2)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS),
                     help=f"LipschitzConfig variants (default: all of {', '.join(VARIANTS)})")
-    ap.add_argument("--jvp", nargs="+", default=["fused", "func"], choices=["fused", "func"],
-                    help="how dF/ds is computed (model.jvp; default: both)")
-    ap.add_argument("--batch", type=int, default=2, help="batch size (the count does not "
-                    "depend on it)")
+    ap.add_argument("--jvp", nargs="+", default=["fused", "func"], choices=list(JVP_MODES),
+                    help="how dF/ds is computed (model.jvp; default: fused and func)")
+    ap.add_argument("--batch", type=int, default=2, help="batch size (the counts do not "
+                    "depend on it, saved_mb does)")
     ap.add_argument("--time", type=int, default=0, metavar="N",
                     help="also time N steps on the CPU (median; default 0: no timing)")
     ap.add_argument("--threads", type=int, default=None,
@@ -164,14 +196,16 @@ def main(argv: list[str] | None = None) -> dict:
     rows, steps = [], []
     for variant, jvp in itertools.product(args.variants, args.jvp):
         step = make_step(args.preset, variant, jvp, args.batch)
-        rows.append({"variant": variant, "jvp": jvp, **count_ops(step)})
+        rows.append({"variant": variant, "jvp": jvp, **count_ops(step, jvp != "compiled")})
         steps += [step] if args.time else []  # (keep the models only to time them)
-        print(f"{variant:14s} {jvp:6s} kernels {rows[-1]['kernels']:6d}  top-level "
-              f"{rows[-1]['top_level']:6d}  all aten {rows[-1]['all']:6d}", flush=True)
+        r = rows[-1]
+        print(f"{variant:14s} {jvp:8s} kernels {r['kernels'] or '-':>6}  top-level "
+              f"{r['top_level'] or '-':>6}  all aten {r['all'] or '-':>6}  saved "
+              f"{r['saved_mb']:8.1f} MB", flush=True)
     if args.time:
         for row, timing in zip(rows, time_steps(steps, args.time)):
             row.update(timing)
-            print(f"{row['variant']:14s} {row['jvp']:6s} {row['ms_median']:9.1f} ms / step, "
+            print(f"{row['variant']:14s} {row['jvp']:8s} {row['ms_median']:9.1f} ms / step, "
                   f"{row['cpu_ms_median']:9.1f} CPU ms (medians of {args.time})", flush=True)
     prov = provenance(command="python -m tvmlib.apps.bench.op_count " + " ".join(
         sys.argv[1:] if argv is None else argv), seed=0)
