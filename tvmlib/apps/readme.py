@@ -180,11 +180,29 @@ def _saved_memory(name: str) -> str:
             for r in res["rows"]]
     return (f"\n\nWhere a step's memory goes: what autograd saves for the backward in one TVM "
             f"step of {res['preset']} (TVM's DiT) at batch {res['batch']}, measured on the CPU in "
-            f"fp32 with {res['attn_backend']} attention (parameters excluded; it scales with the "
+            f"{'bf16 autocast' if res.get('amp') == 'bf16' else 'fp32'} with "
+            f"{res['attn_backend']} attention (parameters excluded; it scales with the "
             "batch), per way of computing dF/ds, and the operators that reach the device:\n\n"
             + rf.table(["dF/ds", "MB saved for the backward", "vs fused",
                         "operators (dispatch level)"], rows) + "\n\n"
-            + rf.source(name, d["provenance"]))
+            + rf.source(name, d["provenance"]) + _peak_order())
+
+
+def _peak_order() -> str:
+    """Whether the H200's peak memory orders the fused and torch.func steps as saved bytes do."""
+    d = rf.load("train_step_nvidia-h200.json")
+    if d is None:
+        return ""
+    peaks = {}  # (model, jvp) -> the lowest peak GB of its TVM rows
+    for r in d["results"]["rows"]:
+        if r.get("loss_name", "tvm") == "tvm" and r["status"] == "ok" and r.get("jvp"):
+            key = (r["model"], r["jvp"])
+            peaks[key] = min(peaks.get(key, float("inf")), r["peak_mem_gb"])
+    models = sorted({m for m, _ in peaks if (m, "fused") in peaks and (m, "func") in peaks})
+    higher = [m for m in models if peaks[(m, "fused")] > peaks[(m, "func")]]
+    return (f"\n\nThese are saved activations, not a GPU's peak: on the H200 (the training-step "
+            f"table above) the fused step's peak memory is above torch.func's for {len(higher)} "
+            f"of {len(models)} DiT sizes, with the Triton attention there.")
 
 
 def _loss_curves(runs: dict, source: str, d: dict) -> str:

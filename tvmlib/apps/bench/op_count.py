@@ -28,7 +28,7 @@ variant of the ablation (``configs/experiments/lipschitz_ablation.yaml``) and pe
   ``threads`` CPU threads (``--threads``), the rows' steps interleaved.
 
     python -m tvmlib.apps.bench.op_count [--preset DiT-S/2] [--variants off on ...]
-        [--jvp fused compiled func] [--batch 2] [--time 5] [--threads 1]
+        [--jvp fused compiled func] [--batch 2] [--amp] [--time 5] [--threads 1]
         [--out figures/op_count_DiT-S-2.json]
 
 Attention runs on the ``math`` backend (the Triton kernel needs a GPU); on a GPU the ``triton``
@@ -93,10 +93,11 @@ def _nested(event) -> bool:
 
 
 def make_step(preset: str, variant: str, jvp: str = "fused", batch: int = 2,
-              seed: int = 0) -> Callable[[], None]:
+              seed: int = 0, amp: bool = False) -> Callable[[], None]:
     """One TVM loss + backward of the Lipschitz ablation's model and loss (through
     ``tvmlib.training.build``) with a ``preset`` DiT, the ``variant``'s changes and ``model.jvp``
-    = ``jvp``, on 32x32x1 images of 10 classes."""
+    = ``jvp``, on 32x32x1 images of 10 classes; in fp32, or with ``amp`` under bf16 autocast
+    (the GPU runs' precision)."""
     cfg = config_from_dict({  # the Lipschitz ablation's model and loss
         "model": {"preset": preset, "guidance": True, "attn_backend": "math", "jvp": jvp,
                   "lipschitz": lipschitz_flags(variant)},
@@ -108,7 +109,8 @@ def make_step(preset: str, variant: str, jvp: str = "fused", batch: int = 2,
     def step() -> None:
         net.zero_grad(set_to_none=True)
         torch.manual_seed(seed + 1)
-        loss, _ = loss_fn(net, data)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss, _ = loss_fn(net, data)
         loss.backward()
 
     step()  # the first step does any lazy initialisation
@@ -184,6 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="how dF/ds is computed (model.jvp; default: fused and func)")
     ap.add_argument("--batch", type=int, default=2, help="batch size (the counts do not "
                     "depend on it, saved_mb does)")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast (default: fp32)")
     ap.add_argument("--time", type=int, default=0, metavar="N",
                     help="also time N steps on the CPU (median; default 0: no timing)")
     ap.add_argument("--threads", type=int, default=None,
@@ -195,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     rows, steps = [], []
     for variant, jvp in itertools.product(args.variants, args.jvp):
-        step = make_step(args.preset, variant, jvp, args.batch)
+        step = make_step(args.preset, variant, jvp, args.batch, amp=args.amp)
         rows.append({"variant": variant, "jvp": jvp, **count_ops(step, jvp != "compiled")})
         steps += [step] if args.time else []  # (keep the models only to time them)
         r = rows[-1]
@@ -210,6 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     prov = provenance(command="python -m tvmlib.apps.bench.op_count " + " ".join(
         sys.argv[1:] if argv is None else argv), seed=0)
     results = {"preset": args.preset, "batch": args.batch, "attn_backend": "math",
+               "amp": "bf16" if args.amp else "off",
                "threads": torch.get_num_threads(), "rows": rows}
     path = Path(args.out) if args.out else \
         figures_dir() / f"op_count_{args.preset.replace('/', '-')}.json"
