@@ -51,8 +51,9 @@ def test_unsafe_loss_and_micro_batches_are_refused():
         check_graph_support(net, FMLoss(), micro_batches=0)
 
 
-def _train(loss_name, cuda_graph, steps=6, amp="off", micro_batches=1):
+def _train(loss_name, cuda_graph, steps=6, amp="off", micro_batches=1, jvp="fused"):
     net = _dit("cuda")
+    net.jvp = jvp  # how the TVM loss gets dF/ds
     loss = {"fm": lambda: FMLoss(label_dropout=0.1, num_classes=10),
             "meanflow": lambda: MeanFlowLoss(num_classes=10, label_dropout=0.1),
             "tvm": lambda: TVMLoss(net, num_classes=10, cfg_scale=2.0)}[loss_name]()
@@ -64,12 +65,14 @@ def _train(loss_name, cuda_graph, steps=6, amp="off", micro_batches=1):
 
 
 @cuda
-@pytest.mark.parametrize("loss_name,micro", [("fm", 1), ("tvm", 1), ("tvm", 2),
-                                             ("meanflow", 1)])
-def test_graphed_training_matches_eager(loss_name, micro):
+@pytest.mark.parametrize("loss_name,micro,jvp", [("fm", 1, "fused"), ("tvm", 1, "fused"),
+                                                 ("tvm", 2, "fused"), ("meanflow", 1, "fused"),
+                                                 ("tvm", 1, "compiled")])
+def test_graphed_training_matches_eager(loss_name, micro, jvp):
     """fp32: same batches, same seeds per micro-batch, so the same losses and weights as eager
-    mode, also when each step accumulates two micro-batches."""
-    eager, graphed = (_train(loss_name, g, micro_batches=micro) for g in (False, True))
+    mode, also when each step accumulates two micro-batches, and with the compiled dF/ds
+    (torch.compile's kernels captured in the graph)."""
+    eager, graphed = (_train(loss_name, g, micro_batches=micro, jvp=jvp) for g in (False, True))
     le = [r["loss"] for r in eager.history]
     lg = [r["loss"] for r in graphed.history]
     assert len(le) == len(lg) == 6
