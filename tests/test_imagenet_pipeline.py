@@ -484,6 +484,7 @@ def test_train_step_benchmark_rows_on_cpu(tmp_path, monkeypatch):
     assert rows["math"]["status"] == "ok" and rows["math"]["ms_per_step"] > 0
     assert rows["math"]["images_per_s"] == pytest.approx(2e3 / rows["math"]["ms_per_step"])
     assert np.isfinite(rows["math"]["loss"]) and len(rows["math"]["ms_all"]) == 2
+    assert rows["math"]["warmup_s"] > 0
     assert rows["sdpa"]["status"].startswith("error: AttentionJVPError")  # no JVP through SDPA
     assert rows["triton"]["status"].startswith("unavailable")
     assert saved["provenance"]["device"].startswith("cpu")
@@ -494,6 +495,21 @@ def test_train_step_benchmark_rows_on_cpu(tmp_path, monkeypatch):
     monkeypatch.setattr(B, "make_step", oom)
     row = B.bench_one("DiT-XL/2-18h", "math", 1024, torch.device("cpu"))
     assert row["status"] == "oom" and row["ms_per_step"] is None
+
+
+def test_train_step_benchmark_runs_fm_compiled_beside_eager(tmp_path):
+    """With --jvp compiled the FM reference runs twice, eagerly and through torch.compile (FM at
+    its best for the TVM/FM ratio): the same first step, both rows ok."""
+    from tvmlib.apps.bench import train_step as B
+
+    out = tmp_path / "bench.json"
+    B.main(["--device", "cpu", "--models", "DiT-T/8", "--batch", "2", "--input-size", "8",
+            "--steps", "1", "--warmup", "1", "--no-amp", "--losses", "fm", "--jvp", "compiled",
+            "--out", str(out)])
+    rows = json.loads(out.read_text())["results"]["rows"]
+    assert [(r["loss_name"], r["jvp"], r["status"]) for r in rows] == [
+        ("fm", None, "ok"), ("fm", "compiled", "ok")]
+    assert rows[0]["loss"] == pytest.approx(rows[1]["loss"], rel=1e-4)
 
 
 def test_inception_features_use_the_local_weights_file(tmp_path, monkeypatch):

@@ -142,10 +142,16 @@ def make_step(model: str, backend: str, batch: int, device: torch.device,
 
 
 def time_steps(step: Callable[[], torch.Tensor], device: torch.device, steps: int,
-               warmup: int) -> tuple[list[float], float]:
-    """(milliseconds of each timed step, last loss); CUDA events on a GPU."""
+               warmup: int, info: dict | None = None) -> tuple[list[float], float]:
+    """(milliseconds of each timed step, last loss); CUDA events on a GPU. ``info["warmup_s"]``
+    gets the seconds of the warm-up steps (torch.compile's and Triton's compilation, a CUDA
+    graph's capture)."""
+    t0 = time.perf_counter()
     for _ in range(warmup):
         loss = step()
+    _sync(device)
+    if info is not None:
+        info["warmup_s"] = time.perf_counter() - t0
     times = []
     for _ in range(steps):
         if device.type == "cuda":
@@ -186,7 +192,7 @@ def bench_one(model: str, backend: str, batch: int, device: torch.device, steps:
             torch.cuda.reset_peak_memory_stats(device)
         step = make_step(model, backend, batch, device, input_size, build_on, amp, cfg_scale,
                          row, cuda_graph, jvp, loss)
-        times, row["loss"] = time_steps(step, device, steps, warmup)
+        times, row["loss"] = time_steps(step, device, steps, warmup, row)
         if not math.isfinite(row["loss"]):
             row["status"] = f"error: non-finite loss {row['loss']}"
         row["ms_per_step"] = statistics.median(times)
