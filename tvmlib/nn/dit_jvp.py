@@ -197,7 +197,8 @@ def block_before_attention(block: nn.Module, x: Tensor, tx: Tensor | None, silu_
                            eps: float) -> tuple[list[Pair], tuple[Tensor, ...]]:
     """``DiTBlock`` up to its attention: the six adaLN pairs and (q, k, v, q̇, k̇, v̇)."""
     mods = modulation_jvp(block.adaln, silu_c, 6, block.mod_norm, eps)
-    h, th = modulate_jvp(*norm_module_jvp(block.norm1, x, tx), mods[0], mods[1])
+    shift_msa, scale_msa = mods[:2]
+    h, th = modulate_jvp(*norm_module_jvp(block.norm1, x, tx), shift_msa, scale_msa)
     return mods, qkv_jvp(block.attn, h, th)
 
 
@@ -206,13 +207,14 @@ def block_after_attention(block: nn.Module, x: Tensor, tx: Tensor | None, mods: 
     """``DiTBlock`` from its attention output o, ȯ (B, H, N, d): proj, the gated residual, then
     x + g_mlp mlp(mod(norm2 x)).  x, ẋ: (B, N, D)."""
     B, N, D = x.shape
+    gate_msa, shift_mlp, scale_mlp, gate_mlp = mods[2:]
     h, th = linear_jvp(block.attn.proj, o.transpose(1, 2).reshape(B, N, D),
                        to.transpose(1, 2).reshape(B, N, D))
-    x, tx = gated_residual_jvp(x, tx, mods[2], h, th)
-    h, th = modulate_jvp(*norm_module_jvp(block.norm2, x, tx), mods[3], mods[4])
+    x, tx = gated_residual_jvp(x, tx, gate_msa, h, th)
+    h, th = modulate_jvp(*norm_module_jvp(block.norm2, x, tx), shift_mlp, scale_mlp)
     h, th = linear_jvp(block.mlp[0], h, th)  # (B, N, mlp_hidden)
     h, th = gelu_jvp(h, th, block.mlp[1].approximate)
-    return gated_residual_jvp(x, tx, mods[5], *linear_jvp(block.mlp[2], h, th))
+    return gated_residual_jvp(x, tx, gate_mlp, *linear_jvp(block.mlp[2], h, th))
 
 
 @functools.cache
