@@ -1,4 +1,4 @@
-"""W2 and sliced W2 against closed forms; evaluation sets and the W2 floor."""
+"""W2 against closed forms; evaluation sets and the W2 floor."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tvmlib.data import sample_toy2d
-from tvmlib.evaluation.metrics import sliced_w2, w2
+from tvmlib.evaluation.metrics import w2
 from tvmlib.evaluation.toy import eval_sets, score, sets_floor, summary
 
 
@@ -23,13 +23,6 @@ def test_w2_in_1d_is_sorted_matching():
     a, b = rng.normal(size=(200, 1)), rng.exponential(size=(200, 1))
     expected = math.sqrt(np.mean((np.sort(a[:, 0]) - np.sort(b[:, 0])) ** 2))
     assert w2(a, b) == pytest.approx(expected, rel=1e-9)
-
-
-def test_sliced_w2_of_a_translation():
-    """Sliced W2^2 of a shift c in d dims is E[(theta . c)^2] = |c|^2 / d."""
-    x = torch.randn(500, 2, generator=torch.Generator().manual_seed(1))
-    c = torch.tensor([0.6, 0.8])
-    assert sliced_w2(x, x + c, n_projections=4000) == pytest.approx(1 / math.sqrt(2), rel=0.03)
 
 
 def test_bad_inputs():

@@ -19,6 +19,25 @@ import math
 import torch
 from torch import Tensor, nn
 
+from tvmlib.core.path import per_sample
+
+
+def _gaussian_velocity(x: Tensor, t: Tensor, m: Tensor, sigma: float) -> Tensor:
+    """u(x, t) = -m + sd'(t) / sd(t) (x - (1 - t) m) of data N(m, sigma^2 I), t broadcasting."""
+    sd = torch.sqrt((1 - t) ** 2 * sigma**2 + t**2)
+    dsd = (t - (1 - t) * sigma**2) / sd
+    return -m + dsd / sd * (x - (1 - t) * m)
+
+
+def _times(t: Tensor | float, x: Tensor) -> Tensor:
+    """t (a scalar or (B,)) as a (B,) tensor in x's dtype and device."""
+    return torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+
+
+def _velocity_only(name: str, t: Tensor, s: Tensor | None) -> None:
+    if s is not None and not bool((torch.as_tensor(s) == torch.as_tensor(t)).all()):
+        raise ValueError(f"{name} has no closed-form flow map: call it with s = t (a velocity)")
+
 
 class GaussianFlow(nn.Module):
     """The exact flow of the linear path between N(m, sigma^2 I) and N(0, I).
@@ -36,18 +55,13 @@ class GaussianFlow(nn.Module):
     def sd(self, t: Tensor) -> Tensor:
         return torch.sqrt((1 - t) ** 2 * self.sigma**2 + t**2)
 
-    def _col(self, t: Tensor, x: Tensor) -> Tensor:
-        return t.view(-1, 1).to(x.dtype)
-
     def velocity(self, x: Tensor, t: Tensor) -> Tensor:
         """u(x, t) = -m + sd'(t) / sd(t) (x - (1 - t) m)."""
-        t = self._col(t, x)
-        dsd = (t - (1 - t) * self.sigma**2) / self.sd(t)
-        return -self.m + dsd / self.sd(t) * (x - (1 - t) * self.m)
+        return _gaussian_velocity(x, per_sample(t, x), self.m, self.sigma)
 
     def flow_map(self, x: Tensor, t: Tensor, s: Tensor) -> Tensor:
         """psi(x, t, s): where the ODE started at x at time t is at time s."""
-        t, s = self._col(t, x), self._col(s, x)
+        t, s = per_sample(t, x), per_sample(s, x)
         return (1 - s) * self.m + self.sd(s) / self.sd(t) * (x - (1 - t) * self.m)
 
     def sample_data(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -57,8 +71,8 @@ class GaussianFlow(nn.Module):
     def forward(self, x: Tensor, t: Tensor, s: Tensor | None = None, y=None, w=None) -> Tensor:
         if s is None or bool((s == t).all()):
             return self.velocity(x, t)
-        same = self._col(s == t, x).bool()  # rows with s = t get the velocity (the limit)
-        gap = torch.where(same, torch.ones_like(self._col(s, x)), self._col(s - t, x))
+        same = per_sample(s == t, x).bool()  # rows with s = t get the velocity (the limit)
+        gap = torch.where(same, torch.ones_like(per_sample(s, x)), per_sample(s - t, x))
         return torch.where(same, self.velocity(x, t), (self.flow_map(x, t, s) - x) / gap)
 
 
@@ -88,28 +102,17 @@ class GaussianMixtureFlow(nn.Module):
         self.register_buffer("log_pi", (pi / pi.sum()).log())
         self.sigma, self.num_classes, self.dim = float(sigma), K, m.shape[1]
 
-    def _col(self, t: Tensor, x: Tensor) -> Tensor:
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        return t.expand(x.shape[0]).reshape(-1, 1, 1) if t.dim() == 0 else t.view(-1, 1, 1)
-
-    def component_velocities(self, x: Tensor, t: Tensor) -> Tensor:
-        """u(x, t | k) for every k: (B, K, d)."""
-        t = self._col(t, x)
-        sd = torch.sqrt((1 - t) ** 2 * self.sigma**2 + t**2)
-        dsd = (t - (1 - t) * self.sigma**2) / sd
-        m = self.m.to(x.dtype)[None]  # (1, K, d)
-        return -m + dsd / sd * (x[:, None] - (1 - t) * m)
-
     def posterior(self, x: Tensor, t: Tensor) -> Tensor:
         """P(k | x_t = x): (B, K). The components share sd(t), so only the means differ."""
-        t = self._col(t, x)
+        t = _times(t, x)[:, None, None]
         sd2 = (1 - t) ** 2 * self.sigma**2 + t**2
         d2 = (x[:, None] - (1 - t) * self.m.to(x.dtype)[None]).square().sum(-1, keepdim=True)
         return torch.softmax(self.log_pi.to(x.dtype) - (d2 / (2 * sd2)).squeeze(-1), dim=1)
 
     def velocity(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """u(x, t | y) for rows with y < K, the marginal u(x, t) for y None or y = K. (B, d)"""
-        u_k = self.component_velocities(x, t)  # (B, K, d)
+        u_k = _gaussian_velocity(x[:, None], _times(t, x)[:, None, None],
+                                 self.m.to(x.dtype)[None], self.sigma)  # u(x, t | k): (B, K, d)
         marginal = (self.posterior(x, t)[..., None] * u_k).sum(1)
         if y is None:
             return marginal
@@ -125,9 +128,7 @@ class GaussianMixtureFlow(nn.Module):
         return self.m[y] + self.sigma * noise, y
 
     def forward(self, x: Tensor, t: Tensor, s: Tensor | None = None, y=None, w=None) -> Tensor:
-        if s is not None and not bool((torch.as_tensor(s) == torch.as_tensor(t)).all()):
-            raise ValueError("GaussianMixtureFlow has no closed-form flow map: call it with "
-                             "s = t (a velocity)")
+        _velocity_only("GaussianMixtureFlow", t, s)
         return self.velocity(x, t, y)
 
 
@@ -163,28 +164,21 @@ class BoxMixtureFlow(nn.Module):
         self.register_buffer("hi", hi)
         self.num_classes, self.dim = 0, lo.shape[1]
 
-    def _posterior(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """(log mass of each box under the Gaussian (B, K), truncated means (B, K, d))."""
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])[:, None, None]
+    def posterior_mean(self, x: Tensor, t: Tensor) -> Tensor:
+        """E[x0 | x_t = x]: (B, d), the truncated means of the boxes weighted by their mass."""
+        t = _times(t, x)[:, None, None]
         mu, r = x[:, None] / (1 - t), t / (1 - t)  # (B, 1, d), (B, 1, 1)
         alpha, beta = (self.lo[None] - mu) / r, (self.hi[None] - mu) / r  # (B, K, d)
-        log_p = _log_mass(alpha, beta)
+        log_p = _log_mass(alpha, beta)  # per box and coordinate
         log_phi = -0.5 * torch.stack([alpha, beta]).square() - 0.5 * math.log(2 * math.pi)
         mean = mu + r * (torch.exp(log_phi[0] - log_p) - torch.exp(log_phi[1] - log_p))
-        return log_p.sum(-1), mean
-
-    def posterior_mean(self, x: Tensor, t: Tensor) -> Tensor:
-        """E[x0 | x_t = x]: (B, d)."""
-        log_p, mean = self._posterior(x, t)
-        w = torch.softmax(log_p, dim=1)  # a uniform density: box k weighs its Gaussian mass
+        w = torch.softmax(log_p.sum(-1), dim=1)  # a uniform density: box k weighs its mass
         return (w[..., None] * mean).sum(1)
 
     def velocity(self, x: Tensor, t: Tensor) -> Tensor:
         """u(x, t) = E[eps - x0 | x_t = x] = (x - E[x0 | x_t = x]) / t: (B, d)."""
-        tt = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])[:, None]
-        return (x - self.posterior_mean(x, t)) / tt
+        return (x - self.posterior_mean(x, t)) / _times(t, x)[:, None]
 
     def forward(self, x: Tensor, t: Tensor, s: Tensor | None = None, y=None, w=None) -> Tensor:
-        if s is not None and not bool((torch.as_tensor(s) == torch.as_tensor(t)).all()):
-            raise ValueError("BoxMixtureFlow has no closed-form flow map: call it with s = t")
+        _velocity_only("BoxMixtureFlow", t, s)
         return self.velocity(x, t)

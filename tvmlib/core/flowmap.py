@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from tvmlib.core.path import per_sample
 from tvmlib.utils.cuda import capturing
 
 
@@ -37,11 +38,11 @@ def check_finite(**times: Tensor) -> None:
     if capturing():
         return
     for name, v in times.items():
-        bad = ~torch.isfinite(torch.as_tensor(v))
+        v = torch.as_tensor(v).flatten()
+        bad = ~torch.isfinite(v)
         if bool(bad.any()):
-            i = int(bad.flatten().nonzero()[0, 0])
-            raise ValueError(f"times must be finite; {name} is "
-                             f"{float(torch.as_tensor(v).flatten()[i])} at sample {i}")
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(f"times must be finite; {name} is {float(v[i])} at sample {i}")
 
 
 def check_guidance(w: Tensor | float | None) -> None:
@@ -53,21 +54,13 @@ def check_guidance(w: Tensor | float | None) -> None:
         raise ValueError(f"guidance scale w must be finite and > 0, got min {float(w_t.min())}")
 
 
-def _out_scale(w: Tensor | float | None, scale_param: bool, x: Tensor) -> Tensor | float:
+def output_scale(w: Tensor | float | None, scale_param: bool, x: Tensor) -> Tensor | float:
+    """The factor [w] of the scaled parameterization (Sec. 4), shaped to broadcast against x;
+    1 without ``scale_param`` or w."""
     if not scale_param or w is None:
         return 1.0
     w = torch.as_tensor(w, dtype=x.dtype, device=x.device)
-    return w.view(-1, *([1] * (x.dim() - 1))) if w.dim() == 1 else w
-
-
-def _bcast(t: Tensor, x: Tensor) -> Tensor:
-    return t.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
-
-
-def _displacement(net: nn.Module, x: Tensor, t: Tensor, s: Tensor, y: Tensor | None,
-                  w: Tensor | float | None, scale_param: bool) -> Tensor:
-    F = net(x, t, s, y, w)
-    return _bcast(s - t, x) * _out_scale(w, scale_param, x) * F
+    return per_sample(w, x) if w.dim() == 1 else w
 
 
 def displacement(net: nn.Module, x: Tensor, t: Tensor, s: Tensor, y: Tensor | None = None,
@@ -77,7 +70,8 @@ def displacement(net: nn.Module, x: Tensor, t: Tensor, s: Tensor, y: Tensor | No
     allowed (finite differences in s step past s = 0), :func:`flow_map` wants s <= t."""
     check_finite(t=t, s=s)
     check_guidance(w)
-    return _displacement(net, x, t, s, y, w, scale_param)
+    F = net(x, t, s, y, w)
+    return per_sample(s - t, x) * output_scale(w, scale_param, x) * F
 
 
 def flow_map(net: nn.Module, x: Tensor, t: Tensor, s: Tensor, y: Tensor | None = None,
@@ -97,7 +91,7 @@ def velocity(net: nn.Module, x: Tensor, t: Tensor, y: Tensor | None = None,
     if check:
         check_finite(t=t)
         check_guidance(w)
-    return _out_scale(w, scale_param, x) * net(x, t, t, y, w)
+    return output_scale(w, scale_param, x) * net(x, t, t, y, w)
 
 
 def displacement_and_dfds(net: nn.Module, x: Tensor, t: Tensor, s: Tensor,
@@ -124,7 +118,7 @@ def displacement_and_dfds(net: nn.Module, x: Tensor, t: Tensor, s: Tensor,
     mode = getattr(net, "jvp", "func")
     if mode in ("fused", "compiled"):
         F, dFds = net.forward_and_dfds(x, t, s, y, w)
-        gap, scale = _bcast(s - t, x), _out_scale(w, scale_param, x)
+        gap, scale = per_sample(s - t, x), output_scale(w, scale_param, x)
         F = scale * F  # [w] F
         tangent = gap * scale * dFds  # (s - t) [w] dF/ds
         return gap * F, F + (tangent.detach() if detach_tangent else tangent)
@@ -132,8 +126,8 @@ def displacement_and_dfds(net: nn.Module, x: Tensor, t: Tensor, s: Tensor,
         raise ValueError(f"net.jvp must be 'fused', 'compiled' or 'func', got {mode!r}")
 
     def f_of_s(s_: Tensor) -> tuple[Tensor, Tensor]:
-        F = _out_scale(w, scale_param, x) * net(x, t, s_, y, w)  # [w] F
-        return _bcast(s_ - t, x) * F, F
+        F = output_scale(w, scale_param, x) * net(x, t, s_, y, w)  # [w] F
+        return per_sample(s_ - t, x) * F, F
 
     f, dfds, F = torch.func.jvp(f_of_s, (s,), (torch.ones_like(s),), has_aux=True)
     if detach_tangent:

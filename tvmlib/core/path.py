@@ -10,11 +10,16 @@ import torch
 from torch import Tensor
 
 
+def per_sample(v: Tensor, x: Tensor) -> Tensor:
+    """Per-sample values ``v`` (B,) as (B, 1, ..., 1) in x's dtype, to broadcast against x."""
+    return v.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+
+
 def expand_time(t: Tensor, x: Tensor) -> Tensor:
-    """Reshape per-sample times ``t`` (B,) so they broadcast against ``x`` (B, ...)."""
+    """:func:`per_sample` for times ``t`` that must have shape (B,) for x (B, ...)."""
     if t.dim() != 1 or t.shape[0] != x.shape[0]:
         raise ValueError(f"times must have shape (B,) = ({x.shape[0]},), got {tuple(t.shape)}")
-    return t.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+    return per_sample(t, x)
 
 
 def interpolate(x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
@@ -30,15 +35,8 @@ def velocity_target(x0: Tensor, eps: Tensor) -> Tensor:
     return eps - x0
 
 
-def sample_uniform(n: int, device=None, generator: torch.Generator | None = None) -> Tensor:
-    """t ~ U(0, 1), shape (n,)."""
-    return torch.rand(n, device=device, generator=generator)
-
-
-def sample_logit_normal(
-    n: int, mean: float = 0.0, std: float = 1.0, device=None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
+def sample_logit_normal(n: int, mean: float = 0.0, std: float = 1.0, device=None,
+                        generator: torch.Generator | None = None) -> Tensor:
     """t = sigmoid(z) with z ~ N(mean, std^2), shape (n,)."""
     z = torch.randn(n, device=device, generator=generator) * std + mean
     return torch.sigmoid(z)
@@ -46,24 +44,17 @@ def sample_logit_normal(
 
 def sample_time(n: int, name: str = "uniform", mean: float = 0.0, std: float = 1.0,
                 device=None, generator: torch.Generator | None = None) -> Tensor:
-    """Dispatch by name: ``"uniform"`` or ``"logit_normal"``."""
+    """t ~ U(0, 1) (``"uniform"``) or logit-normal(mean, std) (``"logit_normal"``), shape (n,)."""
     if name == "uniform":
-        return sample_uniform(n, device, generator)
+        return torch.rand(n, device=device, generator=generator)
     if name == "logit_normal":
         return sample_logit_normal(n, mean, std, device, generator)
     raise ValueError(f"unknown time sampler {name!r}; valid: 'uniform', 'logit_normal'")
 
 
-def sample_gap_times(
-    n: int,
-    gap_mean: float = -0.8,
-    gap_std: float = 1.0,
-    s_mean: float = -0.4,
-    s_std: float = 1.0,
-    frac_equal: float = 0.0,
-    device=None,
-    generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor]:
+def sample_gap_times(n: int, gap_mean: float = -0.8, gap_std: float = 1.0, s_mean: float = -0.4,
+                     s_std: float = 1.0, frac_equal: float = 0.0, device=None,
+                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """TVM's "gap" (t, s) sampler (TVM paper Sec. 7.3). Returns (t, s), each (n,), s <= t <= 1.
 
     gap = sigmoid(N(gap_mean, gap_std^2)); s ~ logit-normal(s_mean, s_std) truncated to
@@ -80,8 +71,7 @@ def sample_gap_times(
     # Truncated normal by inverse CDF: z <= logit(1 - gap)  <=>  u <= Phi((z_max - mean) / std).
     z_max = torch.logit(1 - gap)  # +inf where gap == 0
     u_max = torch.special.ndtr((z_max - s_mean) / s_std)
-    tiny = 1e-12
-    u = (torch.rand(n, generator=generator, **f64) * u_max).clamp(tiny, 1 - tiny)
+    u = (torch.rand(n, generator=generator, **f64) * u_max).clamp(1e-12, 1 - 1e-12)
     s = torch.sigmoid(s_mean + s_std * torch.special.ndtri(u))
     s = torch.minimum(s, 1 - gap)  # guards the last ulp of the inverse CDF
     t = torch.clamp(s + gap, max=1.0)

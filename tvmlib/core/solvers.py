@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from tvmlib.core.flowmap import check_guidance
+from tvmlib.core.flowmap import check_guidance, output_scale
 
 Velocity = Callable[[Tensor, Tensor], Tensor]  # u(x (B, ...), t (B,)) -> (B, ...)
 FlowMap = Callable[[Tensor, Tensor, Tensor], Tensor]  # F(x, t (B,), s (B,)) -> (B, ...)
@@ -99,14 +99,17 @@ def _tvec(t: float, x: Tensor) -> Tensor:
     return torch.full((x.shape[0],), float(t), device=x.device, dtype=dtype)
 
 
-def _run(step, x: Tensor, times: Tensor, return_trajectory: bool) -> tuple[Tensor, Tensor | None]:
-    """x after ``step(x, t, s)`` over consecutive (t, s) of ``times``, and the states if asked."""
+def _solve(step, x: Tensor, times: Tensor, return_trajectory: bool, nfe_per_step: int) -> Samples:
+    """``step(x, t, s)`` over consecutive (t, s) of the grid ``times`` (checked), keeping the
+    states if asked; each step costs ``nfe_per_step`` NFE."""
+    times = check_grid(times)
     traj = [x] if return_trajectory else None
     for t, s in zip(times[:-1].tolist(), times[1:].tolist()):
         x = step(x, t, s)
         if traj is not None:
             traj.append(x)
-    return x, (torch.stack(traj) if traj is not None else None)
+    return Samples(x, (len(times) - 1) * nfe_per_step, times,
+                   torch.stack(traj) if traj is not None else None)
 
 
 # ---- the solvers -----------------------------------------------------------------------------
@@ -114,24 +117,20 @@ def _run(step, x: Tensor, times: Tensor, return_trajectory: bool) -> tuple[Tenso
 def euler(velocity: Velocity, x: Tensor, times: Tensor, return_trajectory: bool = False,
           nfe_per_call: int = 1) -> Samples:
     """Explicit Euler: x_{k+1} = x_k + (t_{k+1} - t_k) u(x_k, t_k). NFE = steps."""
-    times = check_grid(times)
-    x, traj = _run(lambda x, t, s: x + (s - t) * velocity(x, _tvec(t, x)), x, times,
-                   return_trajectory)
-    return Samples(x, (len(times) - 1) * nfe_per_call, times, traj)
+    return _solve(lambda x, t, s: x + (s - t) * velocity(x, _tvec(t, x)), x, times,
+                  return_trajectory, nfe_per_call)
 
 
 def heun(velocity: Velocity, x: Tensor, times: Tensor, return_trajectory: bool = False,
          nfe_per_call: int = 1) -> Samples:
     """Heun (explicit trapezoid): an Euler predictor, then the average of the two slopes.
     NFE = 2 * steps; the global error is O(h^2) against Euler's O(h)."""
-    times = check_grid(times)
 
     def step(x: Tensor, t: float, s: float) -> Tensor:
         u0 = velocity(x, _tvec(t, x))
         return x + 0.5 * (s - t) * (u0 + velocity(x + (s - t) * u0, _tvec(s, x)))
 
-    x, traj = _run(step, x, times, return_trajectory)
-    return Samples(x, 2 * (len(times) - 1) * nfe_per_call, times, traj)
+    return _solve(step, x, times, return_trajectory, 2 * nfe_per_call)
 
 
 def half_logsnr(t: float) -> float:
@@ -155,7 +154,6 @@ def dpm_solver_2m(velocity: Velocity, x: Tensor, times: Tensor, return_trajector
     r = h_{k-1} / h_k. A step from t = 1 or onto t = 0 has an infinite h: it is taken first
     order, and the step onto s = 0 returns x_0 = D.
     """
-    times = check_grid(times)
     memory = {"x0": None, "h": math.inf}  # the previous data prediction and step in lambda
 
     def step(x: Tensor, t: float, s: float) -> Tensor:
@@ -168,8 +166,7 @@ def dpm_solver_2m(velocity: Velocity, x: Tensor, times: Tensor, return_trajector
         memory.update(x0=x0_hat, h=h)
         return D if s == 0.0 else (s / t) * x + (1.0 - s / t) * D
 
-    x, traj = _run(step, x, times, return_trajectory)
-    return Samples(x, (len(times) - 1) * nfe_per_call, times, traj)
+    return _solve(step, x, times, return_trajectory, nfe_per_call)
 
 
 def flowmap(F: FlowMap, x: Tensor, times: Tensor, return_trajectory: bool = False,
@@ -177,10 +174,8 @@ def flowmap(F: FlowMap, x: Tensor, times: Tensor, return_trajectory: bool = Fals
     """k flow-map jumps x <- x + (s - t) F(x, t, s) over consecutive (t, s) (TVM Fig. 3). For
     an exact flow map (``tvmlib.core.analytic.GaussianFlow``) this is the exact trajectory.
     NFE = number of jumps."""
-    times = check_grid(times)
-    x, traj = _run(lambda x, t, s: x + (s - t) * F(x, _tvec(t, x), _tvec(s, x)), x, times,
-                   return_trajectory)
-    return Samples(x, (len(times) - 1) * nfe_per_call, times, traj)
+    return _solve(lambda x, t, s: x + (s - t) * F(x, _tvec(t, x), _tvec(s, x)), x, times,
+                  return_trajectory, nfe_per_call)
 
 
 SOLVERS = {"euler": euler, "heun": heun, "dpm++2m": dpm_solver_2m, "flowmap": flowmap}
@@ -207,10 +202,7 @@ def network_output(net: nn.Module, y: Tensor | None = None, w: Tensor | float | 
     """
     def F(x: Tensor, t: Tensor, s: Tensor) -> Tensor:
         out = net(x, t, s, y, w)
-        if scale_param and w is not None:
-            wt = torch.as_tensor(w, dtype=out.dtype, device=out.device)
-            out = (wt.view(-1, *[1] * (out.dim() - 1)) if wt.dim() == 1 else wt) * out
-        return out
+        return output_scale(w, scale_param, out) * out
 
     if cfg_scale is None:
         return F, 1

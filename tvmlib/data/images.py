@@ -94,14 +94,6 @@ def _parse_cached(images: str, labels: str, stamp: tuple) -> tuple[Tensor, Tenso
     return x, torch.from_numpy(y.astype(np.int64))
 
 
-def _download(name: str, split: str) -> None:
-    """Fetch the files with torchvision into ``data/`` (needs internet)."""
-    import torchvision
-
-    cls = getattr(torchvision.datasets, MNIST_LIKE[name])
-    cls(str(repo_root() / "data"), train=(split == "train"), download=True)
-
-
 def load_mnist(name: str = "mnist", split: str = "train",
                download: bool = False) -> tuple[Tensor, Tensor]:
     """Load MNIST or Fashion-MNIST: (x (N, 1, 32, 32) float32 in [-1, 1], y (N,) int64).
@@ -114,7 +106,10 @@ def load_mnist(name: str = "mnist", split: str = "train",
     """
     found = find_idx(name, split)
     if found is None and download:
-        _download(name, split)
+        import torchvision
+
+        dataset = getattr(torchvision.datasets, MNIST_LIKE[name])  # fetched into data/
+        dataset(str(repo_root() / "data"), train=(split == "train"), download=True)
         found = find_idx(name, split)
     if found is None:
         searched = "\n  ".join(str(d) for d in candidate_dirs(name))

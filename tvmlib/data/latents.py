@@ -172,9 +172,6 @@ class LatentSource:
         self.latent_shape = tuple(self._shard(0)["mean"].shape[1:])  # (C, h, w)
         self.stream = TensorSource(torch.arange(self.n), None, batch_size, seed, labels=False)
 
-    def __len__(self) -> int:
-        return self.n
-
     def _shard(self, i: int) -> dict:
         if i not in self._shards:
             self._shards[i] = torch.load(self.path / shard_name(i), mmap=True, weights_only=True)

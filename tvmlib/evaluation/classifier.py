@@ -57,20 +57,12 @@ def num_params(net: nn.Module) -> int:
 
 
 @torch.no_grad()
-def predict(net: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
-    """Predicted labels (N,) for images x (N, 1, 32, 32), in eval mode, on x's device."""
-    net.eval()
-    return torch.cat([net(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-
-
 def accuracy(net: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> float:
-    """Fraction of correctly classified images (exact: correct count / N)."""
-    return int((predict(net, x, batch_size) == y.to(x.device)).sum()) / len(y)
-
-
-def regenerate_command(name: str) -> str:
-    return (f"python -m tvmlib.apps.classifier --dataset {name} --epochs "
-            f"{DEFAULT_EPOCHS.get(name, 3)} --out data/checkpoints/classifier_{name}.pt")
+    """Fraction of images x (N, 1, 32, 32) classified as y (exact: correct count / N), in eval
+    mode, on x's device."""
+    net.eval()
+    pred = torch.cat([net(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+    return int((pred == y.to(x.device)).sum()) / len(y)
 
 
 def read_manifest(folder: Path) -> dict:
@@ -88,7 +80,8 @@ def load_classifier(name: str, folder: str | Path | None = None,
         raise ValueError(f"no classifier for {name!r}; valid names: {', '.join(MNIST_LIKE)}")
     folder = Path(folder) if folder is not None else checkpoints_dir()
     path = folder / f"classifier_{name}.pt"
-    fix = f"Regenerate it with:\n  {regenerate_command(name)}"
+    fix = (f"Regenerate it with:\n  python -m tvmlib.apps.classifier --dataset {name} --epochs "
+           f"{DEFAULT_EPOCHS.get(name, 3)} --out data/checkpoints/classifier_{name}.pt")
 
     def build(ckpt: dict) -> SmallCNN:
         net = SmallCNN(**ckpt["config"])
@@ -98,7 +91,6 @@ def load_classifier(name: str, folder: str | Path | None = None,
     net = load_verified(path, read_manifest(folder), "manifest.json", "classifier weights",
                         fix, build)
     return net.to(device).eval().requires_grad_(False)
-
 
 
 # ---- Frechet distance on the classifier's features ------------------------------------------

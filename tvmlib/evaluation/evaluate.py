@@ -170,15 +170,13 @@ def _sample_saver(folder: Path, steps: list[int]):
 
 
 def evaluate_run(run_dir: str | Path, overrides: dict | None = None,
-                 feature_fn: FeatureFn | None = None, device: str | torch.device | None = None,
-                 figures: str | None = None, save_samples: bool = False,
-                 grid_size: int = 64) -> dict:
+                 device: str | torch.device | None = None, figures: str | None = None,
+                 save_samples: bool = False, grid_size: int = 64) -> dict:
     """Sample and score a run folder with its config's ``eval`` section; returns the results.
 
-    ``overrides`` sets eval keys, e.g. {"num_samples": 1000, "steps": [1, 2]}; ``feature_fn``
-    (metric features_fd) maps images in [-1, 1] to features. Writes ``eval.json`` and
-    ``samples_<k>step.png`` into the run folder; ``figures`` is a file-name prefix for copies
-    (and the training log) under ``figures/``; ``save_samples`` also writes
+    ``overrides`` sets eval keys, e.g. {"num_samples": 1000, "steps": [1, 2]}. Writes
+    ``eval.json`` and ``samples_<k>step.png`` into the run folder; ``figures`` is a file-name
+    prefix for copies (and the training log) under ``figures/``; ``save_samples`` also writes
     ``samples_<k>step.npz`` (uint8 images, labels and each sample's index; under torchrun
     ``samples_<k>step_rank<r>.npz``, this process's share).
     """
@@ -188,7 +186,7 @@ def evaluate_run(run_dir: str | Path, overrides: dict | None = None,
     device = resolve_device(device or "auto")
     cfg = run_config(run_dir, overrides)
     e = cfg.eval
-    features, ref, ref_name = metric_setup(cfg, device, feature_fn)  # fails before sampling
+    features, ref, ref_name = metric_setup(cfg, device)  # fails before sampling
     _, net = load_run(run_dir, e.weights[0], device)
     decode = LatentDecoder(cfg, e.vae, device) if cfg.data.dataset == "latents" else None
     on_batch, write = _sample_saver(run_dir, e.steps) if save_samples else (None, None)
@@ -262,19 +260,18 @@ def format_results(results: dict) -> str:
 
 @torch.no_grad()
 def make_ref_stats(folder: str | Path, resolution: int, feature_fn: FeatureFn, out: str | Path,
-                   batch_size: int = 250, num_images: int | None = None, seed: int = 0,
-                   workers: int = 0, device=None) -> dict:
+                   batch_size: int = 250, num_images: int | None = None, device=None) -> dict:
     """Feature mean and covariance of an ImageFolder (a random subset of ``num_images`` if
-    given), saved as ``out`` (.npz with mu, sigma, n)."""
+    given, seed 0), saved as ``out`` (.npz with mu, sigma, n)."""
     from tvmlib.data.images import image_folder
 
     data = image_folder(folder, resolution)
     index = torch.arange(len(data))
     if num_images is not None and num_images < len(data):
-        index = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+        index = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
         index = index[:num_images].sort().values
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, index.tolist()),
-                                         batch_size=batch_size, num_workers=workers)
+                                         batch_size=batch_size)
     moments = Moments()
     for x, _ in loader:
         moments.add(feature_fn(x.to(device) if device is not None else x))

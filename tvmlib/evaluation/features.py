@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tvmlib.data.images import MNIST_LIKE
 from tvmlib.training.config import RunConfig
 
 FeatureFn = Callable[[Tensor], Tensor]  # images (B, C, H, W) in [-1, 1] -> features (B, d)
-MNIST_LIKE = ("mnist", "fashion-mnist")
 FLAG_OF = {"inception_weights": "--inception PATH", "reference_stats": "--ref-stats PATH",
            "features": "--features MODULE:FUNCTION", "vae": "--vae PATH"}
 
@@ -81,13 +81,10 @@ def load_ref_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         return f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
 
 
-def metric_setup(cfg: RunConfig, device, feature_fn: FeatureFn | None = None
-                 ) -> tuple[FeatureFn | None, tuple | None, str]:
+def metric_setup(cfg: RunConfig, device) -> tuple[FeatureFn | None, tuple | None, str]:
     """(feature function, reference (mu, sigma), description of the reference) for
     ``cfg.eval.metric``; raises naming the flag when a file it needs is missing."""
     e, metric = cfg.eval, cfg.eval.metric
-    if feature_fn is not None and metric != "features_fd":
-        raise ValueError("a feature function was given: set eval.metric to 'features_fd'")
 
     def need(key: str) -> str:
         value = getattr(e, key)
@@ -98,19 +95,17 @@ def metric_setup(cfg: RunConfig, device, feature_fn: FeatureFn | None = None
     if metric == "none":
         return None, None, "none"
     if metric == "classifier_fd":
-        if cfg.data.dataset not in MNIST_LIKE:
-            raise ValueError(f"classifier_fd exists for {MNIST_LIKE}, not {cfg.data.dataset!r}; "
-                             "use --inception and --ref-stats (inception_fid) or --metric none")
+        ds = cfg.data.dataset
+        if ds not in MNIST_LIKE:
+            raise ValueError(f"classifier_fd exists for {', '.join(MNIST_LIKE)}, not {ds!r}; use "
+                             "--inception and --ref-stats (inception_fid) or --metric none")
         from tvmlib.evaluation.classifier import classifier_features, real_stats
 
-        ds = cfg.data.dataset
         ref = load_ref_stats(e.reference_stats) if e.reference_stats else real_stats(ds, "test")
         return (lambda x: classifier_features(x.float(), ds)), ref, \
             e.reference_stats or f"{ds} test split"
-    if metric == "inception_fid":
-        fn = inception_features(need("inception_weights"), device)
-        return fn, load_ref_stats(need("reference_stats")), e.reference_stats
-    fn = feature_fn if feature_fn is not None else load_feature_fn(need("features"))
+    fn = inception_features(need("inception_weights"), device) if metric == "inception_fid" \
+        else load_feature_fn(need("features"))
     return fn, load_ref_stats(need("reference_stats")), e.reference_stats
 
 

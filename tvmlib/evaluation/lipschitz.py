@@ -5,17 +5,16 @@ TVM's W2 bound (Theorem 1) holds when the learned velocity u_theta(., s) is L(s)
 and the bound carries the Gronwall factor exp(int_0^s L(r) dr). These helpers estimate such
 constants empirically, locally around given inputs:
 
-* :func:`jacobian_spectral_norm`: the largest singular value of the Jacobian d fn / d x at x by
-  power iteration on J^T J, with J v from ``torch.func.jvp`` and J^T u from ``torch.func.vjp``.
-  Each iterate ||J v|| (v a unit vector) is a lower bound of ||J||_2 that rises to it.
-* :func:`perturbation_ratio`: max over random directions d of ||fn(x + d) - fn(x)|| / ||d||, a
-  lower bound of the Lipschitz constant of fn on the ball around x (mean-value inequality). In
-  high dimension random directions see the *typical* singular value, far below the largest.
+* :func:`jacobian_spectral_norm`: ||J||_2 of J = d fn / d x at x by power iteration on J^T J,
+  each iterate a lower bound that rises to it;
+* :func:`perturbation_ratio`: max over random d of ||fn(x + d) - fn(x)|| / ||d||, also a lower
+  bound; in high dimension random directions see the *typical* singular value, far below the
+  largest.
 * :func:`block_lipschitz`, :func:`velocity_lipschitz`: these applied to DiT blocks (or their
   attention / MLP branches) and to x -> u_theta(x, t).
 * :func:`dfds_rms`: the size of TVM's JVP term d/ds f_theta (Eq. 17).
-* :func:`modulation_rms`, :func:`block_output_rms`: activation sizes ([P] Fig. 4 plots the
-  adaLN modulation of the last time-embedding-driven layer).
+* :func:`modulation_rms`: adaLN modulation sizes ([P] Fig. 4 plots the modulation of the last
+  time-embedding-driven layer).
 * :func:`first_spike`: first point of a curve exceeding k x its running median.
 
 "Per sample" estimates need a function that treats the samples of a batch independently (its
@@ -26,6 +25,7 @@ B independent ones and returns (B,) values.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -108,12 +108,9 @@ def perturbation_ratio(fn: Fn, x: Tensor, radius: float = 1e-3, n_dirs: int = 8,
         _randn_like(x, generator) for _ in range(n_dirs)]
     if not dirs:
         raise ValueError("need at least one direction (n_dirs >= 1)")
-    best = None
-    for d in dirs:
-        d = radius * _unit(d.to(x), per_sample)
-        ratio = _norms(fn(x + d) - fx, per_sample) / _norms(d, per_sample)
-        best = ratio if best is None else torch.maximum(best, ratio)
-    return best
+    dirs = [radius * _unit(d.to(x), per_sample) for d in dirs]
+    return torch.stack([_norms(fn(x + d) - fx, per_sample) / _norms(d, per_sample)
+                        for d in dirs]).amax(0)
 
 
 # ---------------------------------------------------------------------------- DiT measurements
@@ -128,24 +125,17 @@ def rms(v: Tensor) -> Tensor:
     return v.to(torch.promote_types(v.dtype, torch.float32)).flatten(1).square().mean(1).sqrt()
 
 
-def _run_with_block_hooks(net: DiT, register, x: Tensor, t, s, y, w) -> list[Tensor]:
-    """One forward pass with ``register(block, store)`` hooks on every block; returns store."""
-    store: list[Tensor] = []
-    hooks = [register(b, store) for b in net.blocks]
+@torch.no_grad()
+def block_inputs(net: DiT, x: Tensor, t, s=None, y=None, w=None) -> tuple[list[Tensor], Tensor]:
+    """The token states h_i (B, N, D) entering each block in one forward pass, and c (B, D)."""
+    net, store = _as_dit(net), []
+    hooks = [b.register_forward_pre_hook(lambda m, args: store.append(args[0].detach()))
+             for b in net.blocks]
     try:
         net(x, t, s, y, w)
     finally:
         for h in hooks:
             h.remove()
-    return store
-
-
-@torch.no_grad()
-def block_inputs(net: DiT, x: Tensor, t, s=None, y=None, w=None) -> tuple[list[Tensor], Tensor]:
-    """The token states h_i (B, N, D) entering each block in one forward pass, and c (B, D)."""
-    net = _as_dit(net)
-    store = _run_with_block_hooks(net, lambda blk, st: blk.register_forward_pre_hook(
-        lambda m, args: st.append(args[0].detach())), x, t, s, y, w)
     return store, net.conditioning(x, t, s, y, w).detach()
 
 
@@ -175,7 +165,6 @@ def block_lipschitz(net: DiT, x: Tensor, t, s=None, y=None, w=None, part: str = 
                     iters: int = 10, generator: torch.Generator | None = None) -> Tensor:
     """Jacobian spectral norm of each block (or branch, see :func:`block_part`) w.r.t. its token
     input, at the states of a forward pass on (x, t, s, y, w): (depth, B)."""
-    net = _as_dit(net)
     hs, c = block_inputs(net, x, t, s, y, w)
     return torch.stack([
         jacobian_spectral_norm(block_part(b, c, part, net.attn_backend), h, iters,
@@ -218,20 +207,11 @@ def modulation_rms(net: DiT, x: Tensor, t, s=None, y=None, w=None,
     return {name: rms(torch.cat(list(m.values()), dim=-1)) for name, m in zip(names, mods)}
 
 
-@torch.no_grad()
-def block_output_rms(net: DiT, x: Tensor, t, s=None, y=None, w=None) -> Tensor:
-    """RMS per sample of the token states leaving each block (the residual stream): (depth, B)."""
-    net = _as_dit(net)
-    return torch.stack(_run_with_block_hooks(net, lambda blk, st: blk.register_forward_hook(
-        lambda m, args, out: st.append(rms(out))), x, t, s, y, w))
-
-
 # ------------------------------------------------------------------------------ the probes
 @dataclass
 class Probe:
-    """A fixed batch for the probes of :func:`measure`: images, noise, (t, s), labels and w."""
+    """A fixed batch for the probes of :func:`measure`: noised images x_t, (t, s), labels, w."""
 
-    x0: Tensor
     xt: Tensor
     t: Tensor
     s: Tensor
@@ -249,7 +229,7 @@ def make_probe(x_test: Tensor, y_test: Tensor, n: int, w: float, seed: int,
     t, s = sample_gap_times(n, generator=g)
     t, s = t.float(), s.float()
     xt = interpolate(x0, eps, t)
-    return Probe(*(v.to(device) for v in (x0, xt, t, s, y, torch.full((n,), w))))
+    return Probe(*(v.to(device) for v in (xt, t, s, y, torch.full((n,), w))))
 
 
 def measure(net: DiT, probe: Probe, lipschitz_batch: int = 8, power_iters: int = 8,
@@ -291,31 +271,7 @@ def first_spike(values: Sequence[float], k: float = 4.0, window: int = 50,
         if not math.isfinite(vals[i]):
             return i
         past = [v for v in vals[max(0, i - window):i] if math.isfinite(v)]
-        if past and vals[i] > k * _median(past):
+        if past and vals[i] > k * statistics.median(past):
             return i
     return None
 
-
-def _median(v: list[float]) -> float:
-    s = sorted(v)
-    n = len(s)
-    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-
-
-__all__ = [
-    "PARTS",
-    "Probe",
-    "block_inputs",
-    "block_lipschitz",
-    "block_output_rms",
-    "block_part",
-    "dfds_rms",
-    "first_spike",
-    "jacobian_spectral_norm",
-    "modulation_rms",
-    "make_probe",
-    "measure",
-    "perturbation_ratio",
-    "rms",
-    "velocity_lipschitz",
-]

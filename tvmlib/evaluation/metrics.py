@@ -1,7 +1,9 @@
-"""Distances between sample sets: exact W2 (POT's network simplex) and sliced W2 for the 2D toys,
-and the Frechet distance between Gaussian fits of features (with streaming moments)."""
+"""Distances between sample sets: exact W2 (POT's network simplex) for the 2D toys, and the
+Frechet distance between Gaussian fits of features (with streaming moments)."""
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -31,16 +33,6 @@ def w2(x: Tensor | np.ndarray, y: Tensor | np.ndarray) -> float:
     cost = ot.dist(a, b, metric="sqeuclidean")
     wa, wb = np.full(len(a), 1 / len(a)), np.full(len(b), 1 / len(b))
     return float(np.sqrt(max(ot.emd2(wa, wb, cost, numItermax=10_000_000), 0.0)))
-
-
-def sliced_w2(x: Tensor | np.ndarray, y: Tensor | np.ndarray, n_projections: int = 256,
-              seed: int = 0) -> float:
-    """Sliced W2: sqrt of the mean over random unit directions of the 1D W2^2 (POT)."""
-    a, b = _as_2d_numpy(x, "x"), _as_2d_numpy(y, "y")
-    import ot
-
-    return float(ot.sliced_wasserstein_distance(a, b, n_projections=n_projections, p=2,
-                                                seed=seed))
 
 
 # ---- Frechet distance between Gaussian fits of features --------------------------------------
@@ -125,26 +117,18 @@ class Moments:
         self.parts = {g: [int(row[0]), row[1:1 + d], row[1 + d:].view(d, d)]
                       for g, row in enumerate(flat) if row[0] > 0}
 
-    def totals(self) -> tuple[int, Tensor, Tensor]:
-        """(n, sum of features (d,), sum of outer products (d, d)), groups added in order."""
-        if not self.parts:
-            return 0, None, None
-        parts = [self.parts[g] for g in sorted(self.parts)]
-        s1, s2 = parts[0][1].clone(), parts[0][2].clone()
-        for _, a, b in parts[1:]:
-            s1 += a
-            s2 += b
-        return sum(p[0] for p in parts), s1, s2
-
     @property
     def n(self) -> int:
         return sum(p[0] for p in self.parts.values())
 
     def stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """(mu (d,), sigma (d, d)) as numpy float64; sigma = (S2 - n mu mu^T) / (n - 1)."""
-        n, s1, s2 = self.totals()
+        """(mu (d,), sigma (d, d)) as numpy float64; sigma = (S2 - n mu mu^T) / (n - 1), the sums
+        S1, S2 of features and their outer products adding the groups in order."""
+        n = self.n
         if n < 2:
             raise ValueError(f"need at least 2 feature vectors, got {n}")
+        parts = [self.parts[g] for g in sorted(self.parts)]
+        s1, s2 = (functools.reduce(torch.add, [p[i] for p in parts]) for i in (1, 2))
         mu = s1 / n
         sigma = (s2 - n * torch.outer(mu, mu)) / (n - 1)
         return mu.numpy(), sigma.numpy()

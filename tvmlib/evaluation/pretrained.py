@@ -89,12 +89,16 @@ def load_2d(method: str, dataset: str, folder: str | Path | None = None):
 def eval_set(dataset: str, n: int, seed: int = 0) -> tuple[Tensor, Tensor | None, Tensor]:
     """(noise (n, 2), labels (n,) or None, reference data (n, 2)) for W2 evaluation; with
     labels the reference is class-matched (row i of the reference has class y[i])."""
-    g = torch.Generator().manual_seed(seed + 10)
+    g, K = torch.Generator().manual_seed(seed + 10), num_classes(dataset)
     noise = torch.randn(n, 2, generator=g)
-    if not num_classes(dataset):
-        return noise, None, sample_toy2d(dataset, n, g)[0]
-    y = torch.randint(0, num_classes(dataset), (n,), generator=g)
-    return noise, y, class_matched_data(dataset, y, g)
+    y = torch.randint(0, K, (n,), generator=g) if K else None
+    return noise, y, toy_data(dataset, n, y, g)
+
+
+def toy_data(dataset: str, n: int, y: Tensor | None, generator: torch.Generator) -> Tensor:
+    """n data points (n, 2); with labels y (n,), class-matched (row i has class y[i])."""
+    return sample_toy2d(dataset, n, generator)[0] if y is None else \
+        class_matched_data(dataset, y, generator)
 
 
 def class_matched_data(dataset: str, y: Tensor, generator: torch.Generator) -> Tensor:

@@ -56,33 +56,25 @@ def lipschitz_profile(net: nn.Module, s: Tensor, points: Callable[[float], Tenso
     return torch.stack(out).double()
 
 
-@torch.no_grad()
-def _velocity_terms(net: nn.Module, s_i: float, x0: Tensor, eps: Tensor,
-                    exact: Velocity) -> tuple[Tensor, Tensor, Tensor]:
-    """(FM(s), V(s), E(s)) at one s from pairs (x0, eps) (n, d)."""
-    s_vec = torch.full((len(x0),), s_i, dtype=x0.dtype)
-    xs, v = (1 - s_i) * x0 + s_i * eps, eps - x0
-    u_net, u = velocity(net, xs, s_vec), exact(xs, s_vec)
-    return tuple(float(a.square().sum(1).mean()) for a in (u_net - v, u - v, u_net - u))
-
-
 def bound_terms(net: nn.Module, s: Tensor, x1: Tensor, x0: Tensor, eps: Tensor,
                 exact: Velocity) -> dict[str, Tensor]:
     """The integrands on the grid s (S,), each (S,) float64: "terminal" T(s) from the jumps of
     ``x1`` (n, d) noise, and "fm" FM(s), "variance" V(s), "velocity_error" E(s) from data
     ``x0`` paired with noise ``eps`` (n, d); ``exact`` is the true velocity u(x, s)."""
     rows = {"terminal": [], "fm": [], "variance": [], "velocity_error": []}
-    ones = torch.ones(len(x1), dtype=x1.dtype)
+    ones, v = torch.ones(len(x1), dtype=x1.dtype), eps - x0
     for s_i in s.tolist():
-        s_vec = torch.full((len(x1),), s_i, dtype=x1.dtype)
+        s_vec, s_data = (torch.full((len(a),), s_i, dtype=a.dtype) for a in (x1, x0))
         f, dfds = displacement_and_dfds(net, x1, ones, s_vec)
         with torch.no_grad():
             u_end = velocity(net, x1 + f, s_vec)
-        rows["terminal"].append(float((dfds - u_end).square().sum(1).mean()))
-        for key, val in zip(("fm", "variance", "velocity_error"),
-                            _velocity_terms(net, s_i, x0, eps, exact)):
-            rows[key].append(val)
-    return {k: torch.tensor(v, dtype=torch.float64) for k, v in rows.items()}
+            xs = (1 - s_i) * x0 + s_i * eps  # x ~ p_s
+            u_net, u = velocity(net, xs, s_data), exact(xs, s_data)
+            diffs = {"terminal": dfds - u_end, "fm": u_net - v, "variance": u - v,
+                     "velocity_error": u_net - u}
+        for key, d in diffs.items():
+            rows[key].append(float(d.square().sum(1).mean()))
+    return {k: torch.tensor(vals, dtype=torch.float64) for k, vals in rows.items()}
 
 
 def theorem1_bound(s: Tensor, L: Tensor, terms: dict[str, Tensor]) -> dict[str, float]:

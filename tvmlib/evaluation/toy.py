@@ -32,9 +32,9 @@ from torch import Tensor, nn
 
 from tvmlib.core.analytic import GaussianMixtureFlow
 from tvmlib.core.solvers import sample
-from tvmlib.data.toy2d import gaussian_mixture, num_classes, sample_toy2d
+from tvmlib.data.toy2d import gaussian_mixture, num_classes
 from tvmlib.evaluation.metrics import w2
-from tvmlib.evaluation.pretrained import class_matched_data
+from tvmlib.evaluation.pretrained import toy_data
 from tvmlib.training.build import sampler
 from tvmlib.training.config import RunConfig
 
@@ -56,7 +56,7 @@ def _reference(dataset: str, n: int, seed: int, guidance: float, index: int) -> 
     g = torch.Generator().manual_seed(seed * 1_000_003 + 100 + index)
     _, y = eval_inputs(dataset, n, seed)
     if guidance == 1.0:
-        return sample_toy2d(dataset, n, g)[0] if y is None else class_matched_data(dataset, y, g)
+        return toy_data(dataset, n, y, g)
     mixture = gaussian_mixture(dataset)
     if mixture is None or y is None:
         raise ValueError(f"a guided reference needs a labelled mixture toy (8gaussians), not "
@@ -180,13 +180,8 @@ def eval_sets(dataset: str, n: int, pairs: int, seed: int = 0, labels: bool = Fa
     for i in range(pairs):
         g = torch.Generator().manual_seed(1_000 * seed + 7_919 * (i + 1))
         noise = torch.randn(n, 2, generator=g)
-        if not K:
-            ref, other = sample_toy2d(dataset, n, g)[0], sample_toy2d(dataset, n, g)[0]
-            sets.append(EvalSet(noise, None, ref, other))
-            continue
-        y = torch.randint(0, K, (n,), generator=g)
-        sets.append(EvalSet(noise, y, class_matched_data(dataset, y, g),
-                            class_matched_data(dataset, y, g)))
+        y = torch.randint(0, K, (n,), generator=g) if K else None
+        sets.append(EvalSet(noise, y, toy_data(dataset, n, y, g), toy_data(dataset, n, y, g)))
     return sets
 
 

@@ -78,8 +78,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, backend: str | None = None) -> Te
     ``backend``: "math", "sdpa" or "triton"; None uses the current default
     (:func:`get_attention_backend`). No mask, no causal, no dropout.
     """
-    backend = check_backend(_default_backend if backend is None else backend)
-    _check_shapes(q, k, v)
+    backend = _backend_for(backend, q, k, v)
     if backend == "math":
         return math_attention(q, k, v)
     if backend == "sdpa":
@@ -108,8 +107,7 @@ def attention_jvp(q: Tensor, k: Tensor, v: Tensor, tq: Tensor, tk: Tensor, tv: T
     ``attention_with_jvp``) or None for the default; "sdpa" has no JVP and raises
     :class:`AttentionJVPError`.
     """
-    backend = check_backend(_default_backend if backend is None else backend)
-    _check_shapes(q, k, v)
+    backend = _backend_for(backend, q, k, v)
     if backend == "math":
         return math_attention_jvp(q, k, v, tq, tk, tv)
     if backend == "sdpa":
@@ -142,13 +140,15 @@ def math_attention_jvp(q: Tensor, k: Tensor, v: Tensor, tq: Tensor, tk: Tensor, 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """PyTorch's fused SDPA, refusing forward-mode AD with a message that says what to use."""
-    if any(_has_tangent(x) for x in (q, k, v)):
+    # torch.func.jvp makes its inputs dual tensors at the current forward-AD level too, so this
+    # one check covers it and torch.autograd.forward_ad (outside a dual level: no tangent).
+    if any(forward_ad.unpack_dual(x).tangent is not None for x in (q, k, v)):
         raise AttentionJVPError(_JVP_MESSAGE)
     try:
         return F.scaled_dot_product_attention(q, k, v)
     except NotImplementedError as err:
         # Tangents hidden under another functorch level (e.g. torch.func.grad inside
-        # torch.func.jvp) are invisible to _has_tangent; the fused kernel then fails here.
+        # torch.func.jvp) are invisible to the check above; the fused kernel then fails here.
         if "forward AD" in str(err):
             raise AttentionJVPError(_JVP_MESSAGE) from err
         raise
@@ -160,15 +160,6 @@ _JVP_MESSAGE = (
     "through it. Use backend 'math' (explicit softmax, any device) or 'triton' (fused JVP "
     "kernel, CUDA), e.g. net.attn_backend = 'math' or `with use_attention('math'):`."
 )
-
-
-def _has_tangent(x: Tensor) -> bool:
-    """True if x carries a tangent at the current forward-AD level.
-
-    ``torch.func.jvp`` makes its inputs dual tensors at that level too, so this one check covers
-    both it and ``torch.autograd.forward_ad``; outside any dual level it is always False.
-    """
-    return forward_ad.unpack_dual(x).tangent is not None
 
 
 def _triton_attention(name: str):
@@ -184,28 +175,12 @@ def _triton_attention(name: str):
     return getattr(kernels, name)
 
 
-def _check_shapes(q: Tensor, k: Tensor, v: Tensor) -> None:
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(
-            "attention expects q, k, v of shape (B, H, N, d), got "
-            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(
-            "attention needs q (B, H, Nq, d) and k, v (B, H, Nk, d) with equal B, H, d; got "
-            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
-        )
-
-
-__all__ = [
-    "BACKENDS",
-    "AttentionJVPError",
-    "attention",
-    "attention_jvp",
-    "check_backend",
-    "get_attention_backend",
-    "math_attention",
-    "math_attention_jvp",
-    "set_attention_backend",
-    "use_attention",
-]
+def _backend_for(backend: str | None, q: Tensor, k: Tensor, v: Tensor) -> str:
+    """The checked backend of a call (None: the default); checks q, k, v's shapes too."""
+    backend = check_backend(_default_backend if backend is None else backend)
+    if not (q.dim() == k.dim() == 4 and k.shape == v.shape and q.shape[:2] == k.shape[:2]
+            and q.shape[-1] == k.shape[-1]):
+        raise ValueError("attention needs q, k, v of shape (B, H, N, d) with equal B, H, d and "
+                         f"k, v of one shape; got q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}")
+    return backend

@@ -264,9 +264,8 @@ class DiT(nn.Module):
 
     def zero_init_linears(self) -> list[nn.Linear]:
         """Layers that start at zero in both inits: adaLN outputs and the final linear."""
-        return [b.adaln[1] for b in self.blocks] + [
-            self.final_layer.adaln[1], self.final_layer.linear,
-        ]
+        final = self.final_layer
+        return [b.adaln[1] for b in self.blocks] + [final.adaln[1], final.linear]
 
     @torch.no_grad()
     def initialize_weights(self) -> None:

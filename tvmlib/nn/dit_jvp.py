@@ -44,9 +44,7 @@ JVP_MODES = ("fused", "compiled", "func")  # how flowmap.displacement_and_dfds g
 
 
 def check_jvp_mode(mode: str) -> str:
-    """Return ``mode`` if it is "fused" (the network's own ``forward_and_dfds``), "compiled"
-    (the same with each block's non-attention work through torch.compile) or "func"
-    (``torch.func.jvp``), else raise ValueError."""
+    """Return ``mode`` if it is one of :data:`JVP_MODES` (see ``DiT``'s ``jvp``), else raise."""
     if mode not in JVP_MODES:
         raise ValueError(f"unknown jvp mode {mode!r}; valid: {', '.join(JVP_MODES)}")
     return mode
@@ -229,10 +227,9 @@ def block_jvp(block: nn.Module, x: Tensor, tx: Tensor | None, silu_c: Pair,
               backend: str | None, eps: float, compiled: bool = False) -> Pair:
     """``DiTBlock``: x + g_msa attn(mod(norm1 x)), then + g_mlp mlp(mod(norm2 x)).  (B, N, D).
 
-    ``compiled``: the work before and after the attention runs through torch.compile, which
-    fuses the elementwise tangent work (norms, modulation, GELU, residuals) into few kernels
-    and chooses what to recompute in the backward; the attention stays the kernel of
-    ``backend``, outside the compiled graphs."""
+    ``compiled``: the work before and after the attention through torch.compile, which also
+    chooses what to recompute in the backward; the attention stays outside (module docstring).
+    """
     before, after = ((_compiled(block_before_attention), _compiled(block_after_attention))
                      if compiled else (block_before_attention, block_after_attention))
     mods, (q, k, v, tq, tk, tv) = before(block, x, tx, silu_c, eps)

@@ -10,40 +10,37 @@ from torch import Tensor
 from tvmlib.utils.cuda import capturing
 
 
-def sinusoidal_embedding(
-    t: Tensor, dim: int, scale: float = 1000.0, max_period: float = 10000.0
-) -> Tensor:
+def sinusoidal_embedding(t: Tensor, dim: int, scale: float = 1000.0) -> Tensor:
     """Embed scalars t (B,) as (B, dim): [cos(scale t f_k), sin(scale t f_k)].
 
-    Frequencies f_k = max_period^(-k / (dim/2)), k = 0..dim/2 - 1 (the transformer / DiT
+    Frequencies f_k = 10000^(-k / (dim/2)), k = 0..dim/2 - 1 (the transformer / DiT
     embedding). ``scale`` stretches t in [0, 1] so the high frequencies resolve small gaps.
     """
-    t, freqs = _time_and_frequencies(t, dim, max_period)
-    args = scale * t[:, None] * freqs[None]  # (B, half)
+    args, _ = _phases(t, dim, scale)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-def sinusoidal_embedding_jvp(t: Tensor, dt: Tensor, dim: int, scale: float = 1000.0,
-                             max_period: float = 10000.0) -> tuple[Tensor, Tensor]:
+def sinusoidal_embedding_jvp(t: Tensor, dt: Tensor, dim: int, scale: float = 1000.0
+                             ) -> tuple[Tensor, Tensor]:
     """The embedding e(t) (B, dim) of :func:`sinusoidal_embedding` and its tangent along dt (B,):
 
         a_k = scale t f_k,  e = [cos a, sin a],  de = [-sin a, cos a] * scale f_k dt
     """
-    t, freqs = _time_and_frequencies(t, dim, max_period)
-    args = scale * t[:, None] * freqs[None]  # (B, half)
+    args, freqs = _phases(t, dim, scale)
     cos, sin = torch.cos(args), torch.sin(args)
-    dargs = scale * dt.to(t.dtype)[:, None] * freqs[None]  # (B, half)
+    dargs = scale * dt.to(freqs.dtype)[:, None] * freqs[None]  # (B, half)
     return torch.cat([cos, sin], dim=-1), torch.cat([-sin * dargs, cos * dargs], dim=-1)
 
 
-def _time_and_frequencies(t: Tensor, dim: int, max_period: float) -> tuple[Tensor, Tensor]:
-    """t in at least fp32 (fp64 stays fp64) and the dim/2 frequencies f_k in its dtype."""
+def _phases(t: Tensor, dim: int, scale: float) -> tuple[Tensor, Tensor]:
+    """a_k = scale t f_k (B, dim/2) and f_k (dim/2,), in t's dtype but at least fp32."""
     if dim % 2:
         raise ValueError(f"embedding dim must be even, got {dim}")
     half = dim // 2
     t = t.to(torch.promote_types(t.dtype, torch.float32))
     k = torch.arange(half, device=t.device, dtype=t.dtype)
-    return t, torch.exp(-math.log(max_period) * k / half)
+    freqs = torch.exp(-math.log(10000.0) * k / half)
+    return scale * t[:, None] * freqs[None], freqs
 
 
 def per_sample(v: Tensor | float, B: int, x: Tensor, name: str) -> Tensor:
@@ -66,8 +63,7 @@ def check_labels(y: Tensor, num_classes: int, B: int) -> None:
                          f"{tuple(y.shape)}")
     if capturing() or y.numel() == 0:  # a CUDA graph cannot read values back to the host
         return
-    lo, hi = torch.aminmax(y)
-    lo, hi = int(lo), int(hi)
+    lo, hi = map(int, torch.aminmax(y))
     if lo < 0 or hi > num_classes:
         raise ValueError(f"labels y must lie in [0, {num_classes}] ({num_classes} = null class), "
                          f"got values from {lo} to {hi}")
@@ -83,11 +79,8 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> Tensor:
         raise ValueError(f"2D sin-cos position embedding needs dim divisible by 4, got {dim}")
     quarter = dim // 4
     freqs = 10000.0 ** (-torch.arange(quarter, dtype=torch.float64) / quarter)  # (dim/4,)
-    rows, cols = torch.meshgrid(
-        torch.arange(grid_h, dtype=torch.float64),
-        torch.arange(grid_w, dtype=torch.float64),
-        indexing="ij",
-    )
+    rows, cols = torch.meshgrid(torch.arange(grid_h, dtype=torch.float64),
+                                torch.arange(grid_w, dtype=torch.float64), indexing="ij")
 
     def one_axis(pos: Tensor) -> Tensor:  # (N,) -> (N, dim/2)
         args = pos.reshape(-1, 1) * freqs[None]

@@ -33,14 +33,11 @@ class MLP2D(nn.Module):
         super().__init__()
         self.dim, self.emb_dim, self.time_scale = dim, emb_dim, time_scale
         self.num_classes, self.guidance = num_classes, guidance
-        n_emb = 2 + int(guidance)
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
-        in_dim = dim + emb_dim * (n_emb + int(num_classes > 0))
-        layers: list[nn.Module] = [nn.Linear(in_dim, hidden), nn.SiLU()]
-        for _ in range(depth - 1):
-            layers += [nn.Linear(hidden, hidden), nn.SiLU()]
-        layers.append(nn.Linear(hidden, dim))
-        self.body = nn.Sequential(*layers)
+        in_dim = dim + emb_dim * (2 + int(guidance) + int(num_classes > 0))  # x, t, t-s, 1/w, y
+        layers = [nn.Linear(in_dim, hidden), nn.SiLU()]
+        layers += [m for _ in range(depth - 1) for m in (nn.Linear(hidden, hidden), nn.SiLU())]
+        self.body = nn.Sequential(*layers, nn.Linear(hidden, dim))
 
     def forward(self, x: Tensor, t: Tensor, s: Tensor | None = None,
                 y: Tensor | None = None, w: Tensor | None = None) -> Tensor:

@@ -129,7 +129,7 @@ def load_checkpoint(path, state, loss_fn, source, settings: dict | None = None) 
     state.net.load_state_dict(ckpt["net"])
     state.ema.load_state_dict(ckpt["ema"])
     state.opt.load_state_dict(ckpt["opt"])
-    if ckpt["loss"] is not None and hasattr(loss_fn, "load_state_dict"):
+    if ckpt["loss"] is not None:
         loss_fn.load_state_dict(ckpt["loss"])
     if ckpt["source"] is not None and hasattr(source, "load_state_dict"):
         source.load_state_dict(ckpt["source"])

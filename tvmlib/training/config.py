@@ -189,14 +189,9 @@ class ExperimentConfig:
 
 
 def _valid_keys(root: type, dotted: str) -> list[str]:
-    """Field names of the dataclass that holds the last part of ``dotted``."""
-    cls = root
-    for part in dotted.split(".")[:-1]:
-        hints = typing.get_type_hints(cls)
-        if part not in hints or not dataclasses.is_dataclass(hints[part]):
-            return []
-        cls = hints[part]
-    return sorted(f.name for f in dataclasses.fields(cls))
+    """Field names of the section of ``root`` that holds the last part of ``dotted``."""
+    node = OmegaConf.select(OmegaConf.structured(root), dotted.rpartition(".")[0])
+    return sorted(node) if OmegaConf.is_dict(node) else []
 
 
 def _check_shape(schema: type, values, prefix: str = "") -> None:

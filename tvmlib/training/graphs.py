@@ -47,10 +47,11 @@ def check_graph_support(net: nn.Module, loss_fn, micro_batches: int = 1) -> None
                          "Python-side state or synchronise with the host); set cuda_graph: false")
 
 
-def _clone(batch):
+def map_batch(fn: Callable[[Tensor], Tensor], batch):
+    """``fn`` applied to every tensor of a batch: x0, or a tuple such as (x0, y), None kept."""
     if torch.is_tensor(batch):
-        return batch.clone()
-    return type(batch)(None if b is None else b.clone() for b in batch)
+        return fn(batch)
+    return type(batch)(None if b is None else map_batch(fn, b) for b in batch)
 
 
 def _copy_into(static, batch) -> None:
@@ -102,7 +103,7 @@ class GraphedLossBackward:
             torch._foreach_zero_(grads)
 
     def _capture(self, batch, seed: int) -> None:
-        self.static = _clone(batch)
+        self.static = map_batch(torch.clone, batch)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):

@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from tvmlib.core.ema import EMA
 from tvmlib.training.checkpoint import load_checkpoint, run_lock, save_checkpoint
 from tvmlib.training.distributed import average_gradients, collective, world
-from tvmlib.training.graphs import GraphedLossBackward, check_graph_support
+from tvmlib.training.graphs import GraphedLossBackward, check_graph_support, map_batch
+from tvmlib.training.rules import positive_or_none
 from tvmlib.utils.atomic import atomic_write_json, atomic_write_text
 from tvmlib.utils.checks import choice, fail, flag, integer, number
 from tvmlib.utils.cuda import GpuClock
@@ -82,27 +83,23 @@ RESUME_SETTINGS = ("lr", "warmup", "betas", "weight_decay", "grad_clip", "ema_de
 def check_train_config(cfg: TrainConfig) -> TrainConfig:
     """Raise ConfigError naming the field (``TrainConfig.lr must be > 0, got 0``) for a value the
     loop cannot train with; 0 for ``log_every`` / ``ckpt_every`` means only at the end."""
-    def key(name: str) -> str:
-        return f"TrainConfig.{name}"
-
+    prefix = "TrainConfig."
     for name, low in (("steps", 1), ("micro_batches", 1), ("warmup", 0), ("log_every", 0),
                       ("ckpt_every", 0), ("seed", 0)):
-        integer(key(name), getattr(cfg, name), low)
-    number(key("lr"), cfg.lr, positive=True)
-    number(key("weight_decay"), cfg.weight_decay, low=0)
-    number(key("ema_decay"), cfg.ema_decay, low=0, high=1, below_high=True)
+        integer(prefix + name, getattr(cfg, name), low)
+    number(prefix + "lr", cfg.lr, positive=True)
+    number(prefix + "weight_decay", cfg.weight_decay, low=0)
+    number(prefix + "ema_decay", cfg.ema_decay, low=0, high=1, below_high=True)
     if len(cfg.betas) != 2:
-        fail(key("betas"), "must be two numbers in [0, 1)", cfg.betas)
+        fail(prefix + "betas", "must be two numbers in [0, 1)", cfg.betas)
     for b in cfg.betas:
-        number(key("betas"), b, low=0, high=1, below_high=True)
-    clip = cfg.grad_clip
-    if clip is not None and not (isinstance(clip, (int, float)) and 0 < clip < math.inf):
-        fail(key("grad_clip"), "must be > 0 or None (no clipping)", clip)
+        number(prefix + "betas", b, low=0, high=1, below_high=True)
+    positive_or_none(prefix + "grad_clip", cfg.grad_clip, "None (no clipping)")
     if cfg.time_budget_s is not None:
-        number(key("time_budget_s"), cfg.time_budget_s, low=0)  # 0: spent, no step
-    choice(key("amp"), cfg.amp, ("auto", "bf16", "off"))
-    flag(key("ema_warmup"), cfg.ema_warmup)
-    flag(key("cuda_graph"), cfg.cuda_graph)
+        number(prefix + "time_budget_s", cfg.time_budget_s, low=0)  # 0: spent, no step
+    choice(prefix + "amp", cfg.amp, ("auto", "bf16", "off"))
+    flag(prefix + "ema_warmup", cfg.ema_warmup)
+    flag(prefix + "cuda_graph", cfg.cuda_graph)
     return cfg
 
 
@@ -113,9 +110,9 @@ def quiet() -> bool:
 
 def autocast(amp: str, device: torch.device, cuda_graph: bool = False):
     """The precision policy of every run: bf16 autocast on CUDA (``amp`` "auto") or anywhere
-    (``"bf16"``), else full precision. A CUDA graph must not hold autocast's weight cache."""
-    if amp not in ("auto", "bf16", "off"):
-        raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {amp!r}")
+    (``"bf16"``), else full precision (``"off"``). A CUDA graph must not hold autocast's weight
+    cache."""
+    choice("amp", amp, ("auto", "bf16", "off"))
     if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
         return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not cuda_graph)
     return contextlib.nullcontext()
@@ -137,18 +134,12 @@ def _micro_seed(seed: int, step: int, index: int) -> int:
 
 def _chunk(batch, i: int, n: int):
     """Micro-batch i of n from a global batch (x0 or (x0, y))."""
-    if torch.is_tensor(batch):
-        if batch.shape[0] % n:
-            raise ValueError(f"global batch {batch.shape[0]} is not divisible into {n} "
-                             "micro-batches")
-        return batch.chunk(n)[i]
-    return type(batch)(None if b is None else _chunk(b, i, n) for b in batch)
+    def part(b: torch.Tensor) -> torch.Tensor:
+        if b.shape[0] % n:
+            raise ValueError(f"global batch {b.shape[0]} is not divisible into {n} micro-batches")
+        return b.chunk(n)[i]
 
-
-def _to_device(batch, device):
-    if torch.is_tensor(batch):
-        return batch.to(device, non_blocking=True)
-    return type(batch)(None if b is None else b.to(device, non_blocking=True) for b in batch)
+    return map_batch(part, batch)
 
 
 class _StopFlag:
@@ -206,7 +197,8 @@ class _Step:
         for k in range(n_micro):
             index = self.rank * n_micro + k
             seed = _micro_seed(self.cfg.seed, step, index)
-            micro = _to_device(_chunk(batch, index, self.world * n_micro), self.device)
+            micro = map_batch(lambda b: b.to(self.device, non_blocking=True),
+                              _chunk(batch, index, self.world * n_micro))
             if self.graphed is not None:  # the replay adds loss / n_micro's gradients
                 loss, logs = self.graphed(micro, seed)
             else:
@@ -244,33 +236,6 @@ class _Step:
         state.step += 1
         return {**{k: float(v) for k, v in logs.items()}, "loss": loss, "grad_norm": grad_norm,
                 "lr": lr}
-
-
-class _Logger:
-    """Averages step logs over ``log_every`` steps into history rows (and the log files); the
-    window in progress lives in ``state.log_window``, so it survives a resume."""
-
-    def __init__(self, state: TrainState, cfg: TrainConfig, rank: int):
-        self.state, self.cfg, self.rank = state, cfg, rank
-
-    def add(self, logs: dict[str, float], extra: dict | None, force: bool = False) -> dict:
-        sums, window = self.state.log_window["sums"], self.state.log_window
-        for k, v in logs.items():
-            sums[k] = sums.get(k, 0.0) + v
-        window["n"] += 1
-        step, every = self.state.step, self.cfg.log_every
-        row = {}
-        if (every and step % every == 0) or step == self.cfg.steps or force:
-            row = {"step": step, **{k: v / window["n"] for k, v in sums.items()},
-                   "seconds": self.state.train_seconds}
-            self.state.log_window = {"sums": {}, "n": 0}
-        if extra:
-            row = {"step": step, **row, **extra}
-        if row:
-            self.state.history.append(row)
-            if self.cfg.log_path and self.rank == 0:
-                write_log(self.state.history, self.cfg.log_path)
-        return row
 
 
 def _new_state(net: nn.Module, cfg: TrainConfig) -> TrainState:
@@ -322,7 +287,7 @@ class _Loop:
         self.state, self.source, self.cfg = state, source, cfg
         self.eval_fn, self.eval_every, self.callback = eval_fn, eval_every, callback
         self.step, self.rank = _Step(state, loss_fn, cfg), world()[0]
-        self.logger, self.clock = _Logger(state, cfg, self.rank), GpuClock(self.step.device)
+        self.clock = GpuClock(self.step.device)
         self.save = (lambda: save_checkpoint(cfg.ckpt_path, state, loss_fn, source, settings)) \
             if cfg.ckpt_path and self.rank == 0 else (lambda: None)
         self.bar = tqdm(total=cfg.steps, initial=state.step, mininterval=1.0,
@@ -376,7 +341,7 @@ class _Loop:
                 state.step % self.eval_every == 0 or state.step == cfg.steps or state.stopped):
             with self.clock.pause():
                 extra = self.eval_fn(state)
-        row = self.logger.add(logs, extra, force=state.stopped is not None)
+        row = self.log(logs, extra, force=state.stopped is not None)
         self.bar.update(1)
         if row:
             self.bar.set_postfix(loss=f"{row.get('loss', logs['loss']):.4g}")
@@ -385,3 +350,24 @@ class _Loop:
         if self.callback is not None:
             with self.clock.pause():
                 self.callback(state, logs)
+
+    def log(self, logs: dict[str, float], extra: dict | None, force: bool = False) -> dict:
+        """Average step logs over ``log_every`` steps into a history row (and the log files);
+        the window in progress lives in ``state.log_window``, so it survives a resume."""
+        sums, window = self.state.log_window["sums"], self.state.log_window
+        for k, v in logs.items():
+            sums[k] = sums.get(k, 0.0) + v
+        window["n"] += 1
+        step, every = self.state.step, self.cfg.log_every
+        row = {}
+        if (every and step % every == 0) or step == self.cfg.steps or force:
+            row = {"step": step, **{k: v / window["n"] for k, v in sums.items()},
+                   "seconds": self.state.train_seconds}
+            self.state.log_window = {"sums": {}, "n": 0}
+        if extra:
+            row = {"step": step, **row, **extra}
+        if row:
+            self.state.history.append(row)
+            if self.cfg.log_path and self.rank == 0:
+                write_log(self.state.history, self.cfg.log_path)
+        return row

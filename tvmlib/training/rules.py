@@ -11,6 +11,7 @@ import math
 import re
 import types
 import typing
+from operator import attrgetter
 
 from tvmlib.utils.checks import choice, fail, integer, number, plain_name
 
@@ -55,12 +56,6 @@ DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 FEATURES = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*|.+\.py:[A-Za-z_]\w*")
 
 
-def get(cfg, dotted: str):
-    for part in dotted.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
-
-
 def check_type(key: str, value, tp) -> None:
     """``value`` (from YAML) has the schema's type ``tp`` (bool, int, float, str, a list of one
     of them, each maybe Optional); OmegaConf would read 3 or "maybe" as a flag, or fail without
@@ -85,29 +80,33 @@ def check_type(key: str, value, tp) -> None:
         fail(key, "must be a string", value)
 
 
-def check_numbers(cfg) -> None:
-    """Every key of :data:`CHOICES`, :data:`AT_LEAST` and :data:`NUMBERS`."""
+def positive_or_none(key: str, value, none: str) -> None:
+    """``value`` is None or a finite number > 0; ``none`` says what None means."""
+    if value is not None and not (isinstance(value, (int, float)) and 0 < value < math.inf):
+        fail(key, f"must be > 0 or {none}", value)
+
+
+def check_values(cfg):
+    """Raise ConfigError naming the key for values the types allow but a run does not: every key
+    of :data:`CHOICES`, :data:`AT_LEAST` and :data:`NUMBERS`, the lists, and names that become
+    paths (they stay in their folder) or that the build must know (data set, preset, device)."""
+    from tvmlib.data.toy2d import TOY2D
+    from tvmlib.nn.dit import DIT_PRESETS
+
     for key, allowed in CHOICES.items():
-        choice(key, get(cfg, key), allowed)
+        choice(key, attrgetter(key)(cfg), allowed)
     for key, low in AT_LEAST.items():
-        if get(cfg, key) is not None:
-            integer(key, get(cfg, key), low)
+        if (value := attrgetter(key)(cfg)) is not None:
+            integer(key, value, low)
     for key, kw in NUMBERS.items():
-        if get(cfg, key) is not None:
-            number(key, get(cfg, key), **kw)
-    clip = cfg.train.grad_clip
-    if clip is not None and not (isinstance(clip, (int, float)) and 0 < clip < math.inf):
-        fail("train.grad_clip", "must be > 0 or null (no clipping)", clip)
-    budget = cfg.train.flop_budget
-    if budget is not None and not (isinstance(budget, (int, float)) and 0 < budget < math.inf):
-        fail("train.flop_budget", "must be > 0 or null (train.steps decides)", budget)
-    if cfg.train.ckpt_every < 0:
-        fail("train.ckpt_every", "must be >= 1 (or 0: only at the end and on interruption)",
-             cfg.train.ckpt_every)
-
-
-def check_lists(cfg) -> None:
+        if (value := attrgetter(key)(cfg)) is not None:
+            number(key, value, **kw)
     t, e, lc = cfg.train, cfg.eval, cfg.loss
+    positive_or_none("train.grad_clip", t.grad_clip, "null (no clipping)")
+    positive_or_none("train.flop_budget", t.flop_budget, "null (train.steps decides)")
+    if t.ckpt_every < 0:
+        fail("train.ckpt_every", "must be >= 1 (or 0: only at the end and on interruption)",
+             t.ckpt_every)
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
         fail("train.betas", "must be two numbers in [0, 1)", t.betas)
     if lc.cfg_range is not None and not (len(lc.cfg_range) == 2 and
@@ -125,30 +124,14 @@ def check_lists(cfg) -> None:
              e.solvers)
     if not e.weights or any(w not in ("ema", "net", "target") for w in e.weights):
         fail("eval.weights", "must be a non-empty list of ema, net, target", e.weights)
-
-
-def check_names(cfg) -> None:
-    """Names that become paths stay in their folder; the data set, preset, device and feature
-    function are ones the build knows."""
-    from tvmlib.data.toy2d import TOY2D
-    from tvmlib.nn.dit import DIT_PRESETS
-
     plain_name("name", cfg.name)
-    d = cfg.data.dataset
-    datasets = ["mnist", "fashion-mnist", "latents", *(f"toy:{n}" for n in TOY2D)]
-    choice("data.dataset", d, datasets)
+    choice("data.dataset", cfg.data.dataset,
+           ["mnist", "fashion-mnist", "latents", *(f"toy:{n}" for n in TOY2D)])
     choice("model.preset", cfg.model.preset, ["MLP2D", "DiT", *DIT_PRESETS])
     if not DEVICE.fullmatch(cfg.device):
         fail("device", "must be auto, cpu, mps, cuda or cuda:N", cfg.device)
-    if cfg.eval.features is not None and not FEATURES.fullmatch(cfg.eval.features):
-        fail("eval.features", "must be module:function or file.py:function", cfg.eval.features)
-
-
-def check_values(cfg):
-    """Raise ConfigError naming the key for values the types allow but a run does not."""
-    check_numbers(cfg)
-    check_lists(cfg)
-    check_names(cfg)
+    if e.features is not None and not FEATURES.fullmatch(e.features):
+        fail("eval.features", "must be module:function or file.py:function", e.features)
     return cfg
 
 

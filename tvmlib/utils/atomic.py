@@ -12,14 +12,10 @@ from pathlib import Path
 import torch
 
 
-def _tmp(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
-
-
 def _write_then_rename(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
     path = Path(path)
-    tmp = _tmp(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)

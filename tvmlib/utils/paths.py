@@ -8,12 +8,10 @@ from pathlib import Path
 
 from tvmlib.utils.checks import plain_name
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]  # tvmlib/
-
 
 def repo_root() -> Path:
     """The repository holding this package (the folder with ``pyproject.toml``), else the cwd."""
-    root = PACKAGE_DIR.parent
+    root = Path(__file__).resolve().parents[2]  # tvmlib/utils/paths.py -> the repository
     return root if (root / "pyproject.toml").exists() else Path.cwd()
 
 
@@ -47,11 +45,8 @@ def use_scratch_figures(scale: str) -> Path:
 
 def data_dirs() -> list[Path]:
     """Folders searched for data sets, in order: ``$TVMLIB_DATA``, then ``data/``."""
-    dirs = []
-    if os.environ.get("TVMLIB_DATA"):
-        dirs.append(Path(os.environ["TVMLIB_DATA"]).expanduser())
-    dirs.append(repo_root() / "data")
-    return dirs
+    env = os.environ.get("TVMLIB_DATA")
+    return ([Path(env).expanduser()] if env else []) + [repo_root() / "data"]
 
 
 # The folders of an absolute path (not of a URL, a relative path or a home-relative one).

@@ -48,10 +48,8 @@ def say(template: str, /, **numbers) -> None:
     try:
         from IPython import get_ipython
         from IPython.display import Markdown, display
+        if get_ipython() is not None:
+            return display(Markdown(text))
     except ImportError:
-        print(text)
-        return
-    if get_ipython() is None:
-        print(text)
-    else:
-        display(Markdown(text))
+        pass
+    print(text)

@@ -56,12 +56,9 @@ class TrajectoryCache:
 
     def shards(self) -> list[tuple[Path, int]]:
         """Complete shards in write order: (path, number of trajectories)."""
-        found = []
-        for p in self.folder.iterdir():
-            m = self.SHARD.fullmatch(p.name)
-            if m:
-                found.append((int(m.group(1)), p, int(m.group(2))))
-        return [(p, n) for _, p, n in sorted(found)]
+        found = sorted((int(m[1]), p, int(m[2])) for p in self.folder.iterdir()
+                       if (m := self.SHARD.fullmatch(p.name)))
+        return [(p, n) for _, p, n in found]
 
     def __len__(self) -> int:
         """Number of stored trajectories."""

@@ -96,9 +96,7 @@ def save(fig: Figure, name: str, dpi: int = MIN_DPI) -> str:
 
 def grid(n_rows: int, n_cols: int, size: float = 2.6) -> tuple[Figure, np.ndarray]:
     """A figure of square panels, axes always a 2D array."""
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols, size * n_rows),
-                             squeeze=False)
-    return fig, axes
+    return plt.subplots(n_rows, n_cols, figsize=(size * n_cols, size * n_rows), squeeze=False)
 
 
 def _square(ax: Axes, title: str | None, lim: float) -> Axes:

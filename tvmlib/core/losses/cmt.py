@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from tvmlib.core.losses.common import at_least_fp32, unpack_batch
-from tvmlib.core.solvers import GRIDS, SOLVERS, T_MAX, T_MIN, sample, time_grid
+from tvmlib.core.losses.common import at_least_fp32, drop_labels, unpack_batch
+from tvmlib.core.path import per_sample
+from tvmlib.core.solvers import SOLVERS, T_MAX, T_MIN, sample, time_grid
 from tvmlib.utils.shards import TrajectoryCache, module_fingerprint
 
 LABEL_MODES = ("batch", "random")
@@ -38,15 +39,13 @@ def cmt_targets(x_start: Tensor, x_end: Tensor, t_start: Tensor, t_end: Tensor) 
     """Average velocity of a trajectory segment, (x_end - x_start) / (t_end - t_start): the
     flow-map output F(x_start, t_start, t_end) that jumps exactly onto x_end.
     x_*: (N, ...), t_*: (N,) with t_end < t_start."""
-    gap = (t_end - t_start).to(x_start.dtype).view(-1, *([1] * (x_start.dim() - 1)))
-    return (x_end - x_start) / gap
+    return (x_end - x_start) / per_sample(t_end - t_start, x_start)
 
 
 def all_pairs(M: int, device=None) -> tuple[Tensor, Tensor]:
     """All index pairs (k, l) with 0 <= k < l <= M of an (M+1)-state trajectory, as two
     (M (M+1) / 2,) tensors (t_k > t_l)."""
-    k, l = torch.triu_indices(M + 1, M + 1, offset=1, device=device)
-    return k, l
+    return torch.triu_indices(M + 1, M + 1, offset=1, device=device).unbind()
 
 
 class CMTLoss:
@@ -67,8 +66,6 @@ class CMTLoss:
         label_dropout: probability that a whole trajectory is made with the null class (teacher
             and student both see null), so the student also learns unconditional jumps.
         cfg_scale: teacher classifier-free guidance (None: none, as CMT's ImageNet-512 run).
-        student_w, scale_param: the guidance input w given to a guidance-conditioned student
-            and TVM's scaled parameterization (the student's output is then w F).
         cache: folder of a :class:`~tvmlib.utils.shards.TrajectoryCache`. With
             ``cache_trajectories`` = N > 0 the first N trajectories made step by step are
             stored there, and once N are stored (in this run or an earlier one with the same
@@ -89,12 +86,9 @@ class CMTLoss:
                  exact_ends: bool = True, points: int | None = None,
                  endpoint_only: bool = False, space: str = "velocity", labels: str = "batch",
                  label_dropout: float = 0.0, cfg_scale: float | None = None,
-                 student_w: float | None = None, scale_param: bool = False,
                  cache: str | Path | None = None, cache_trajectories: int = 0, seed: int = 0):
         if solver not in SOLVERS:
             raise ValueError(f"unknown teacher solver {solver!r}; valid: {', '.join(SOLVERS)}")
-        if grid not in GRIDS:
-            raise ValueError(f"unknown grid {grid!r}; valid: {', '.join(GRIDS)}")
         if labels not in LABEL_MODES:
             raise ValueError(f"labels must be one of {LABEL_MODES}, got {labels!r}")
         if space not in SPACES:
@@ -115,10 +109,9 @@ class CMTLoss:
         self.num_classes = int(getattr(teacher, "num_classes", 0) or 0)
         self.steps, self.solver, self.points = steps, solver, points
         self.grid_args = dict(grid=grid, t_max=t_max, t_min=t_min, exact_ends=exact_ends)
-        self.times = time_grid(steps, **self.grid_args)  # (M+1,) float64
+        self.times = time_grid(steps, **self.grid_args)  # (M+1,) float64; checks the grid
         self.endpoint_only, self.space = endpoint_only, space
         self.labels, self.label_dropout, self.cfg_scale = labels, label_dropout, cfg_scale
-        self.student_w, self.scale_param = student_w, scale_param
         self.cache_folder, self.cache_trajectories, self.seed = cache, cache_trajectories, seed
         self._cache: TrajectoryCache | None = None
         self._pool: tuple[Tensor, Tensor | None] | None = None  # (M+1, N, ...), (N,) on device
@@ -150,10 +143,7 @@ class CMTLoss:
             y = y_batch[:n].to(device)
         else:
             y = torch.randint(0, self.num_classes, (n,), device=device)
-        if self.label_dropout > 0:
-            drop = torch.rand(n, device=device) < self.label_dropout
-            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
-        return y
+        return drop_labels(y, self.label_dropout, self.num_classes)
 
     def make_trajectories(self, n: int, like: Tensor, y_batch: Tensor | None = None
                           ) -> tuple[Tensor, Tensor | None]:
@@ -175,8 +165,6 @@ class CMTLoss:
 
     def open_cache(self, like: Tensor) -> TrajectoryCache:
         """The cache for samples shaped like ``like`` (checks its metadata)."""
-        if self.cache_folder is None:
-            raise ValueError("this CMTLoss has no cache folder")
         if self._cache is None:
             self._cache = TrajectoryCache(self.cache_folder, self.cache_meta(like))
         return self._cache
@@ -215,22 +203,20 @@ class CMTLoss:
         self._pool = (traj.to(like.device), None if y_all is None else y_all.to(like.device))
 
     def _read_pool(self, n: int) -> tuple[Tensor, Tensor | None]:
+        """The pool's trajectories at stream positions cursor .. cursor + n - 1; pass e reads
+        ``randperm(N)`` seeded by (seed, e), so the order is reproducible and resumable from
+        the cursor alone."""
         traj, y = self._pool
-        idx = self._read_indices(n, traj.shape[1]).to(traj.device)
-        self.cursor += n
-        return traj[:, idx], (None if y is None else y[idx])
-
-    def _read_indices(self, n: int, N: int) -> Tensor:
-        """Pool positions cursor .. cursor + n - 1; pass e reads ``randperm(N)`` seeded by
-        (seed, e), so the order is reproducible and resumable from the cursor alone."""
-        parts, c = [], self.cursor
+        N, parts, c = traj.shape[1], [], self.cursor
         while c < self.cursor + n:
             epoch, start = divmod(c, N)
             take = min(self.cursor + n - c, N - start)
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             parts.append(torch.randperm(N, generator=g)[start:start + take])
             c += take
-        return torch.cat(parts)
+        idx = torch.cat(parts).to(traj.device)
+        self.cursor += n
+        return traj[:, idx], (None if y is None else y[idx])
 
     def trajectories(self, n: int, like: Tensor, y_batch: Tensor | None = None
                      ) -> tuple[Tensor, Tensor | None]:
@@ -268,15 +254,10 @@ class CMTLoss:
     def residual(self, net: nn.Module, x_start: Tensor, t_start: Tensor, x_end: Tensor,
                  t_end: Tensor, y: Tensor | None) -> Tensor:
         """Per-sample squared error (element mean) of the student's jump, (N,)."""
-        w = None
-        if self.student_w is not None:
-            w = torch.full_like(t_start, float(self.student_w))
-        F = net(x_start, t_start, t_end, y, w)
-        if self.scale_param and w is not None:
-            F = F * float(self.student_w)
+        F = net(x_start, t_start, t_end, y)
         err = at_least_fp32(F) - at_least_fp32(cmt_targets(x_start, x_end, t_start, t_end))
         if self.space == "sample":
-            err = err * (t_start - t_end).to(err.dtype).view(-1, *([1] * (err.dim() - 1)))
+            err = err * per_sample(t_start - t_end, err)
         return err.square().flatten(1).mean(1)
 
     def __call__(self, net: nn.Module, batch) -> tuple[Tensor, dict[str, Tensor]]:
@@ -290,8 +271,7 @@ class CMTLoss:
         times = self.times.to(device=x0.device, dtype=tdtype)
         t_start, t_end = times[k.flatten()], times[l.flatten()]
         y_rep = None if y is None else y.repeat_interleave(self.points)
-        per_sample = self.residual(net, x_start, t_start, x_end, t_end, y_rep)
-        loss = per_sample.mean()
+        loss = self.residual(net, x_start, t_start, x_end, t_end, y_rep).mean()
         return loss, {"loss": loss.detach()}
 
     # -- checkpoint hooks used by the training loop ---------------------------------------------

@@ -35,11 +35,8 @@ def meanflow_target(net: nn.Module, xt: Tensor, t: Tensor, r: Tensor, v: Tensor,
                     y: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(u, sg(u_tgt)): the prediction u = F(x_t, t, r) and MeanFlow's target
     v - (t - r)(v . d_x F + d_t F), from one JVP with tangents (v, 1, 0) on (x, t, r)."""
-
-    def F(x_: Tensor, t_: Tensor, r_: Tensor) -> Tensor:
-        return net(x_, t_, r_, y)
-
-    u, dudt = torch.func.jvp(F, (xt, t, r), (v, torch.ones_like(t), torch.zeros_like(r)))
+    u, dudt = torch.func.jvp(lambda x_, t_, r_: net(x_, t_, r_, y), (xt, t, r),
+                             (v, torch.ones_like(t), torch.zeros_like(r)))
     return u, (v - expand_time(t - r, v) * dudt).detach()
 
 
