@@ -380,3 +380,36 @@ def test_saved_mb_counts_each_saved_activation_once_and_no_parameter():
     assert op_count.saved_mb(step) == pytest.approx(8000 / 1e6)
     step.params = set()  # then w would count too if it were saved: it is not
     assert op_count.saved_mb(step) == pytest.approx(8000 / 1e6)
+
+
+# ---- where a step's peak memory goes (tvmlib.apps.bench.step_memory) -------------------------
+def test_live_storages_counts_new_storages_until_freed():
+    from tvmlib.apps.bench.step_memory import LiveStorages
+
+    with LiveStorages() as mode:
+        a = torch.empty(1000)  # 4000 bytes
+        b = torch.empty(2000)  # 8000: live 12000, the peak
+        del a  # freed: live 8000
+        b.add_(1)  # in place: nothing new
+        view = b[:10]  # a view: nothing new
+        c = torch.empty(500)  # 2000: live 10000
+    assert (mode.peak, mode.live) == (12000, 10000)
+    assert sorted(size for size, _ in mode.at_peak.values()) == [4000, 8000]
+    assert all("empty" in site for site in mode.by_site(5))
+    del b, c, view
+    assert mode.live == 0
+
+
+def test_step_memory_attributes_the_fused_steps_tensors_to_dit_jvp(tmp_path):
+    from tvmlib.apps.bench import step_memory
+
+    res = step_memory.main(["--device", "cpu", "--backend", "math", "--models", "DiT-T/8",
+                            "--batch", "2", "--warmup", "1", "--out", str(tmp_path / "m.json")])
+    rows = {r["jvp"]: r for r in res["rows"]}
+    assert set(rows) == {"fused", "func"} and (tmp_path / "m.json").exists()
+    for r in rows.values():
+        assert r["tracked_peak_mb"] >= r["tracked_after_mb"] > 0 and r["peak_alloc_mb"] is None
+        assert 0 < sum(r["at_peak"].values()) <= r["tracked_peak_mb"] + 1e-3
+        assert any(site.startswith("backward: ") for site in r["at_peak"])
+    assert any("nn/dit_jvp.py" in site for site in rows["fused"]["at_peak"])
+    assert not any("nn/dit_jvp.py" in site for site in rows["func"]["at_peak"])
