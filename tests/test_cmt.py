@@ -636,3 +636,13 @@ def test_grid_table_shows_each_committed_grid_with_its_fd_and_marks_the_missing(
     assert tvm[2] == "-" and tvm[3] == "-"  # no grid at 2 steps; no FD at 4 steps
     fm = [c.strip() for c in table[3].strip("|").split("|")]
     assert fm[1].endswith("8 NFE: FD 40.0") and fm[2].endswith("64 NFE: FD 3.0") and fm[3] == ""
+
+
+def test_mid_training_is_called_only_beyond_two_seed_stds():
+    from tvmlib.experiments.results import mid_training_verdict, ordered
+
+    assert ordered(10.0, 14.1, 2.0) and not ordered(10.0, 14.0, 2.0)  # gap > 2 x spread
+    assert "does not say" in mid_training_verdict(36.4, 31.4, 6.8)  # within two stds
+    assert "did not help" in mid_training_verdict(22.6, 18.0, 2.0)  # CMT behind, resolved
+    helped = mid_training_verdict(15.0, 20.0, 1.0)
+    assert helped.startswith("Mid-training helped") and "15.0 against 20.0" in helped

@@ -148,7 +148,9 @@ def _ablations(runs: dict, source: str, d: dict) -> str:
     """The paper's TVM ablations on Fashion-MNIST (one seed each, base with its training seeds),
     as far as they were run, each read against base's seed spread."""
     verdict = {v["run"]: v["verdict"] for v in ablation_verdicts(runs)}
-    rows = [row[:4] + [runs[row[0]]["steps_per_s"]] + row[4:] + [verdict.get(row[0], "")]
+    rate = {base: mean_sd([r["steps_per_s"] for r in recs])[0]  # a seed mean, as the steps
+            for base, recs in seed_groups(runs).items()}
+    rows = [row[:4] + [rate[row[0]]] + row[4:] + [verdict.get(row[0], "")]
             for row in _seed_rows(runs)]
     return ("\n\n**TVM ablations** (`configs/experiments/fashion_tvm_ablations.yaml`: the "
             "`tvm_w15` recipe with one change per run, the same GPU seconds; one seed per change "

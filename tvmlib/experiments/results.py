@@ -178,6 +178,27 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
+def ordered(fd_a: float, fd_b: float, spread: float, sigmas: float = 2.0) -> bool:
+    """Whether two final FDs are ordered beyond noise: their gap exceeds ``sigmas`` times a
+    training-seed standard deviation ``spread`` (one-seed runs borrow it from a run with seeds,
+    e.g. TVM from scratch)."""
+    return abs(fd_a - fd_b) > sigmas * spread
+
+
+def mid_training_verdict(cmt_fd: float, teacher_fd: float, spread: float) -> str:
+    """A sentence on whether CMT's chain (one seed) ends ahead of teacher init's (one seed) at
+    one jump, called only beyond two of scratch's training-seed stds ``spread``."""
+    where = "behind" if cmt_fd > teacher_fd else "ahead of"
+    gap = f"at one jump ({cmt_fd:.1f} against {teacher_fd:.1f})"
+    if ordered(cmt_fd, teacher_fd, spread):
+        return (f"Mid-training {'did not help' if cmt_fd > teacher_fd else 'helped'} here: its "
+                f"chain ends {where} teacher init's {gap}, by more than two of scratch's seed "
+                f"stds ({spread:.1f}).")
+    return (f"CMT's chain ends {where} teacher init's {gap}, within two of scratch's seed stds "
+            f"({spread:.1f}): with one seed per chain, this does not say whether mid-training "
+            "helped.")
+
+
 def best_variant(groups: dict[str, list[dict]], names: tuple[str, ...],
                  key: str = "fd_1") -> str:
     """Of the variants ``names`` present in ``groups``, the one with the lowest mean ``key`` at
