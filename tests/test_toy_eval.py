@@ -128,3 +128,12 @@ def test_toy_runs_are_scored_during_training_like_at_the_end(tmp_path, monkeypat
     assert sm["scratch"]["reach"][0] in (0, 4, 8)  # scratch reaches its own final at the latest
     table = cmt_seed_table(runs).split("\n")
     assert table[0].startswith("**2D checkerboard**") and len(table) == 2 + 2 + 3
+
+
+def test_a_toy_target_inside_the_seed_spread_is_called_by_the_means():
+    from tvmlib.experiments.toy_results import verdict
+
+    row = {"value": 0.184, "value_sd": 0.031, "bound": 0.198, "hit": True}
+    assert verdict({**row, "resolved": abs(0.184 - 0.198) > 2 * 0.031}) == \
+        "**hit** (by the means; within two of TVM's seed stds)"
+    assert verdict({**row, "hit": False, "resolved": True}) == "**miss**"

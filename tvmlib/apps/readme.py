@@ -23,7 +23,7 @@ from tvmlib.experiments.results import (
     reach_step,
     step_summary,
 )
-from tvmlib.experiments.toy_results import toy_groups, toy_table, toy_targets
+from tvmlib.experiments.toy_results import toy_groups, toy_table, toy_targets, verdict
 from tvmlib.utils.paths import repo_root
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -36,8 +36,8 @@ def table_2d() -> str:
     groups = toy_groups(d["results"]["runs"])
     out = [toy_table(dataset, m) for dataset, m in groups.items()]
     out.append("Targets (issue 15): " + "; ".join(
-        f"{t['dataset']}, {t['target']}: {rf.fmt(t['value'])} vs {rf.fmt(t['bound'])}, "
-        f"**{'hit' if t['hit'] else 'miss'}**" for t in toy_targets(groups)) + ".")
+        f"{t['dataset']}, {t['target']}: {rf.fmt(t['value'])} +- {rf.fmt(t['value_sd'])} vs "
+        f"{rf.fmt(t['bound'])}, {verdict(t)}" for t in toy_targets(groups)) + ".")
     return "\n\n".join(out) + "\n\n" + rf.source(name, d["provenance"])
 
 
