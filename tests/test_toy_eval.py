@@ -130,10 +130,20 @@ def test_toy_runs_are_scored_during_training_like_at_the_end(tmp_path, monkeypat
     assert table[0].startswith("**2D checkerboard**") and len(table) == 2 + 2 + 3
 
 
+
 def test_a_toy_target_inside_the_seed_spread_is_called_by_the_means():
     from tvmlib.experiments.toy_results import verdict
 
-    row = {"value": 0.184, "value_sd": 0.031, "bound": 0.198, "hit": True}
-    assert verdict({**row, "resolved": abs(0.184 - 0.198) > 2 * 0.031}) == \
-        "**hit** (by the means; within two of TVM's seed stds)"
-    assert verdict({**row, "hit": False, "resolved": True}) == "**miss**"
+    def rec(method: str, w2: float) -> dict:  # a run record as toy_curve / toy_best read it
+        return {"config": {"loss": {"name": method}, "eval": {"cfg_scale": None,
+                                                              "weights": ["ema"]}},
+                "final": {"ema": {"1": w2}}, "sweep": []}
+
+    groups = {"toy": {"tvm": [rec("tvm", v) for v in (0.18, 0.15, 0.22)],  # 0.183 +- 0.035
+                      "fm": [rec("fm", v) for v in (0.15, 0.15, 0.16)],  # bound 1.3 x 0.153
+                      "meanflow": [rec("meanflow", 0.40)] * 3}}
+    vs_fm, vs_mf = toy_targets(groups)
+    assert vs_fm["hit"] and not vs_fm["resolved"]  # 0.016 below the bound: inside 2 x 0.035
+    assert vs_mf["hit"] and vs_mf["resolved"]  # 0.217 below MeanFlow: beyond it
+    assert verdict(vs_fm) == "**hit** (by the means; within two of TVM's seed stds)"
+    assert verdict(vs_mf) == "**hit**"

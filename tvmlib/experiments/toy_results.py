@@ -4,7 +4,7 @@ targets."""
 
 from __future__ import annotations
 
-from tvmlib.experiments.results import mean_sd
+from tvmlib.experiments.results import mean_sd, ordered
 from tvmlib.utils.prose import mean_std
 
 
@@ -74,7 +74,7 @@ def toy_targets(groups: dict[str, dict[str, list[dict]]], ratio: float = 1.3) ->
                                     tvm1 <= ratio * fm_best),
                                    ("TVM 1 jump < MeanFlow 1 jump", mf1, tvm1 < mf1)):
             rows.append({"dataset": dataset, "target": target, "value": tvm1, "value_sd": sd,
-                         "bound": bound, "hit": hit, "resolved": abs(tvm1 - bound) > 2 * sd})
+                         "bound": bound, "hit": hit, "resolved": ordered(tvm1, bound, sd)})
     return rows
 
 
