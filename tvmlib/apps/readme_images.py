@@ -209,7 +209,31 @@ def table_glance() -> str:
             + verdict + "\n\n"
             + rf.table(["comparison", "TVM 1 jump", "TVM 4 jumps", "FM best, any NFE",
                         "FM best, <= 4 NFE", "MeanFlow 1 jump", "MeanFlow 4 jumps", "targets hit"],
-                       rows))
+                       rows) + _compile_note("train_step_small_nvidia-h200.json"))
+
+
+def _compile_note(name: str) -> str:
+    """What torch.compile does to the step these comparisons ran (DiT-S/4, batch 128, CUDA
+    graphs, no compile): the fastest step per (loss, jvp) of the benchmark file ``name``."""
+    d, ms = rf.load(name), {}
+    for r in [] if d is None else d["results"]["rows"]:
+        if r["status"] == "ok" and r.get("cuda_graph"):
+            key = (r.get("loss_name", "tvm"), r.get("jvp"))
+            ms[key] = min(ms.get(key, float("inf")), r["ms_per_step"])
+    fm, tvm = ("fm", None), ("tvm", "fused")
+    fm_c, tvm_c = ("fm", "compiled"), ("tvm", "compiled")
+    if not all(k in ms for k in (fm, tvm, fm_c, tvm_c)):
+        return ""
+    return ("\n\n**Not every method at its best: torch.compile.** These runs used CUDA graphs "
+            "without torch.compile. At their step (DiT-S/4, batch 128, one H200) compiling "
+            f"makes FM's step {rf.fmt(ms[fm] / ms[fm_c])}x faster ({rf.fmt(ms[fm])} -> "
+            f"{rf.fmt(ms[fm_c])} ms) and TVM's {rf.fmt(ms[tvm] / ms[tvm_c])}x "
+            f"({rf.fmt(ms[tvm])} -> {rf.fmt(ms[tvm_c])} ms, `model.jvp=compiled`); MeanFlow's "
+            "compiled step is not measured. The TVM-to-FM step-time ratio goes from "
+            f"{rf.fmt(ms[tvm] / ms[fm])} to {rf.fmt(ms[tvm_c] / ms[fm_c])}, so equal-time "
+            "runs with both compiled would give FM relatively more steps than these did. "
+            "Training has no compile option for FM and MeanFlow yet, and the runs above are "
+            "not repeated with it. " + rf.source(name, d["provenance"]))
 
 
 def _meanflow_4(runs: dict[str, dict]) -> tuple[str, float]:

@@ -117,11 +117,10 @@ def class_matched_data(dataset: str, y: Tensor, generator: torch.Generator) -> T
 FASHION = "fashion-mnist"
 FASHION_CLASSES_K = 10  # the null class (label dropout) is 10
 MANIFEST_FASHION = "manifest_fashion.json"
-FASHION_RESULTS = "figures/05_cmt.json"  # the GPU run that made the files (FDs, provenance)
-FASHION_GPU_COMMAND = ("python -m tvmlib.apps.experiment configs/experiments/cmt_fashion.yaml "
-                       "--out runs/cmt_out/05_cmt.json")
-FASHION_EXPORT_COMMAND = ("python -m tvmlib.apps.checkpoints_fashion --export runs/cmt_fashion "
-                          "--results runs/cmt_out/05_cmt.json")
+FASHION_RESULTS = "figures/07_widget_models.json"  # the GPU run that made the files
+FASHION_GPU_COMMAND = "python -m tvmlib.apps.experiment configs/experiments/fashion_widgets.yaml"
+FASHION_EXPORT_COMMAND = ("python -m tvmlib.apps.checkpoints_fashion --export runs/fashion_widgets "
+                          f"--results {FASHION_RESULTS}")
 FASHION_MANIFEST_COMMAND = "python -m tvmlib.apps.checkpoints_fashion --manifest"
 
 
@@ -137,7 +136,7 @@ FASHION_MODELS = {
     "fm_teacher": FashionModel("fashion_fm_teacher.pt", "fm",
                                "flow-matching teacher (the CMT teacher)", 128),
     "tvm_scratch": FashionModel("fashion_tvm_scratch.pt", "tvm",
-                                "TVM post-trained from random init", 16),
+                                "TVM trained from random init", 16),
     "tvm_cmt": FashionModel("fashion_tvm_cmt.pt", "tvm",
                             "TVM post-trained from CMT mid-trained weights", 16),
 }
@@ -146,10 +145,10 @@ FASHION_SAMPLERS = {"fm": {"solver": "dpm++2m", "grid": "logsnr"}, "tvm": {"solv
 
 
 def regenerate_advice() -> str:
-    return (f"Regenerate the Fashion-MNIST checkpoints on a GPU (about 7 min) with:\n"
+    return (f"Regenerate the Fashion-MNIST checkpoints on a GPU (about 11 min on an H200) with:\n"
             f"  {FASHION_GPU_COMMAND}\nthen export the runs' EMA weights with:\n"
             f"  {FASHION_EXPORT_COMMAND}\nthen refresh the manifest with:\n"
-            f"  {FASHION_MANIFEST_COMMAND} --results runs/cmt_out/05_cmt.json")
+            f"  {FASHION_MANIFEST_COMMAND} --results {FASHION_RESULTS}")
 
 
 def fashion_model(name: str) -> FashionModel:
