@@ -67,8 +67,28 @@ def test_step_summary_takes_the_fastest_step_of_each_loss_and_jvp():
     text = readme.table_train_step()
     saved = json.loads((ROOT / "figures" / "train_step_nvidia-h200.json").read_text())
     for r in step_summary(saved["results"]["rows"]):
-        fm_ms, tvm_ms = readme_format.fmt(r["fm_ms"]), readme_format.fmt(r["tvm_ms"])
-        assert f"| {r['model']} | {fm_ms} | {tvm_ms} |" in text
+        fm_ms, fused_ms = readme_format.fmt(r["fm_ms"]), readme_format.fmt(r["by_jvp"]["fused"])
+        assert f"| {r['model']} | {fm_ms} | {fused_ms} |" in text
+
+
+def test_compile_speedups_take_the_fastest_graph_step_of_each_and_need_all_four():
+    from tvmlib.experiments.results import compile_speedups
+
+    def row(loss, jvp, ms, graph=True, status="ok"):
+        return {"loss_name": loss, "jvp": jvp, "ms_per_step": ms, "cuda_graph": graph,
+                "status": status}
+
+    rows = [row("fm", None, 20.0), row("fm", None, 18.0), row("fm", None, 5.0, graph=False),
+            row("fm", "compiled", 9.0), row("tvm", "fused", 80.0), row("tvm", "func", 70.0),
+            row("tvm", "compiled", 40.0), row("tvm", "compiled", 1.0, status="oom")]
+    assert compile_speedups(rows) == {"fm": 18.0, "fm_compiled": 9.0, "tvm": 80.0,
+                                      "tvm_compiled": 40.0}
+    assert compile_speedups(rows[:3] + rows[4:]) is None  # no compiled FM step measured
+    saved = json.loads((ROOT / "figures" / "train_step_small_nvidia-h200.json").read_text())
+    ms = compile_speedups(saved["results"]["rows"])
+    fmt = readme_format.fmt
+    assert (f"makes FM's step {fmt(ms['fm'] / ms['fm_compiled'])}x faster ({fmt(ms['fm'])} -> "
+            f"{fmt(ms['fm_compiled'])} ms)") in readme_images.table_glance()
 
 
 def test_glance_row_takes_the_better_tvm_and_fm_best_of_the_mnist_json():

@@ -9,6 +9,7 @@ from tvmlib.experiments.results import (
     best_sweep,
     best_sweep_within,
     best_variant,
+    compile_speedups,
     equal_time_summary,
     equal_time_targets,
     fewest_nfe_below,
@@ -214,26 +215,21 @@ def table_glance() -> str:
 
 def _compile_note(name: str) -> str:
     """What torch.compile does to the step these comparisons ran (DiT-S/4, batch 128, CUDA
-    graphs, no compile): the fastest step per (loss, jvp) of the benchmark file ``name``."""
-    d, ms = rf.load(name), {}
-    for r in [] if d is None else d["results"]["rows"]:
-        if r["status"] == "ok" and r.get("cuda_graph"):
-            key = (r.get("loss_name", "tvm"), r.get("jvp"))
-            ms[key] = min(ms.get(key, float("inf")), r["ms_per_step"])
-    fm, tvm = ("fm", None), ("tvm", "fused")
-    fm_c, tvm_c = ("fm", "compiled"), ("tvm", "compiled")
-    if not all(k in ms for k in (fm, tvm, fm_c, tvm_c)):
+    graphs, no compile), from the benchmark file ``name``."""
+    d = rf.load(name)
+    ms = None if d is None else compile_speedups(d["results"]["rows"])
+    if ms is None:
         return ""
+    fm, fmc, tvm, tvmc = ms["fm"], ms["fm_compiled"], ms["tvm"], ms["tvm_compiled"]
     return ("\n\n**Not every method at its best: torch.compile.** These runs used CUDA graphs "
             "without torch.compile. At their step (DiT-S/4, batch 128, one H200) compiling "
-            f"makes FM's step {rf.fmt(ms[fm] / ms[fm_c])}x faster ({rf.fmt(ms[fm])} -> "
-            f"{rf.fmt(ms[fm_c])} ms) and TVM's {rf.fmt(ms[tvm] / ms[tvm_c])}x "
-            f"({rf.fmt(ms[tvm])} -> {rf.fmt(ms[tvm_c])} ms, `model.jvp=compiled`); MeanFlow's "
-            "compiled step is not measured. The TVM-to-FM step-time ratio goes from "
-            f"{rf.fmt(ms[tvm] / ms[fm])} to {rf.fmt(ms[tvm_c] / ms[fm_c])}, so equal-time "
-            "runs with both compiled would give FM relatively more steps than these did. "
-            "Training has no compile option for FM and MeanFlow yet, and the runs above are "
-            "not repeated with it. " + rf.source(name, d["provenance"]))
+            f"makes FM's step {rf.fmt(fm / fmc)}x faster ({rf.fmt(fm)} -> {rf.fmt(fmc)} ms) "
+            f"and TVM's {rf.fmt(tvm / tvmc)}x ({rf.fmt(tvm)} -> {rf.fmt(tvmc)} ms, "
+            "`model.jvp=compiled`); MeanFlow's compiled step is not measured. The TVM-to-FM "
+            f"step-time ratio goes from {rf.fmt(tvm / fm)} to {rf.fmt(tvmc / fmc)}, so "
+            "equal-time runs with both compiled would give FM relatively more steps than these "
+            "did. Training has no compile option for FM and MeanFlow yet, and the runs above "
+            "are not repeated with it. " + rf.source(name, d["provenance"]))
 
 
 def _meanflow_4(runs: dict[str, dict]) -> tuple[str, float]:

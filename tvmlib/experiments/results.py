@@ -328,6 +328,20 @@ def step_summary(rows: list[dict]) -> list[dict]:
     return out
 
 
+def compile_speedups(rows: list[dict]) -> dict | None:
+    """What torch.compile does to the CUDA-graph steps of a benchmark file: the fastest ms of
+    FM (eager forward and compiled) and of TVM (fused and compiled dF/ds), {"fm", "fm_compiled",
+    "tvm", "tvm_compiled"}; None unless all four were measured."""
+    ms: dict[str, float] = {}
+    names = {("fm", None): "fm", ("fm", "compiled"): "fm_compiled", ("tvm", "fused"): "tvm",
+             ("tvm", "compiled"): "tvm_compiled"}
+    for r in rows:
+        key = names.get((r.get("loss_name", "tvm"), r.get("jvp")))
+        if key and r["status"] == "ok" and r.get("cuda_graph"):
+            ms[key] = min(ms.get(key, math.inf), r["ms_per_step"])
+    return ms if len(ms) == len(names) else None
+
+
 # ---- notebook 05's 2D comparison over seeds (configs/experiments/cmt_2d_seeds.yaml) ---------
 
 CMT_STARTS = ("scratch", "teacher_init", "cmt")
