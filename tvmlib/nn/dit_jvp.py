@@ -215,12 +215,19 @@ def block_after_attention(block: nn.Module, x: Tensor, tx: Tensor | None, mods: 
     return gated_residual_jvp(x, tx, gate_mlp, *linear_jvp(block.mlp[2], h, th))
 
 
+# Before torch 2.14, inductor's C++ (CPU) kernels can be silently wrong where a vectorized outer
+# loop is fused around a local buffer (pytorch/pytorch#185702, fixed in 2.14 by #185855): here the
+# gradients of a block whose input tokens are stored transposed, as the patch embedding leaves
+# them. Scalar C++ kernels never take that path; GPU kernels (Triton) are not affected.
+_INDUCTOR_OPTIONS = {"cpp.simdlen": 0} if torch.__version__ < "2.14" else None
+
+
 @functools.cache
 def _compiled(fn):
     """``fn`` compiled by torch.compile (inductor), made once per process. The blocks of a DiT
     share each graph: their weights are graph inputs, not constants (PyTorch inlines built-in
     modules by default), so the depth does not multiply compilations."""
-    return torch.compile(fn, dynamic=False)
+    return torch.compile(fn, dynamic=False, options=_INDUCTOR_OPTIONS)
 
 
 def block_jvp(block: nn.Module, x: Tensor, tx: Tensor | None, silu_c: Pair,
