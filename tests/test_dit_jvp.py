@@ -381,6 +381,46 @@ def test_training_runs_agree_with_fused_and_func(tmp_path):
             assert rel_err(a.detach(), b.detach()) < 1e-4
 
 
+def test_compiled_fm_training_matches_eager_and_its_ema_keeps_its_own_weights(tmp_path):
+    """``model.jvp: compiled`` for FM compiles the whole network (as the benchmark's compiled FM
+    step): four steps give eager's losses, weights and EMA up to fp32 rounding, dynamo captured
+    the forward, and the EMA copy evaluates its own weights. MeanFlow is refused."""
+    from pathlib import Path
+
+    from torch._dynamo.utils import counters
+
+    from tvmlib.training.build import build
+    from tvmlib.training.config import load_config
+    from tvmlib.training.loop import train
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "fashion_tvm_smoke.yaml"
+    fm = ["loss.name=fm", "loss.cfg_scale=null", "loss.scale_param=false", "train.steps=4",
+          'train.amp="off"', "train.global_batch=4", "model.guidance=false", "model.depth=2"]
+    runs = {}
+    for jvp in ("fused", "compiled"):
+        torch._dynamo.reset()
+        counters.clear()
+        cfg = load_config(config, [f"out_dir={tmp_path / jvp}", f"model.jvp={jvp}", *fm])
+        built = build(cfg, device="cpu")
+        runs[jvp] = train(built.net, built.loss, built.source, built.loop)
+        assert (counters["stats"]["unique_graphs"] > 0) == (jvp == "compiled")
+    losses = {k: torch.tensor([row["loss"] for row in r.history]) for k, r in runs.items()}
+    torch.testing.assert_close(losses["fused"], losses["compiled"], rtol=1e-4, atol=0)
+    eager, compiled = runs["fused"], runs["compiled"]
+    for a, b in zip(eager.ema.module.parameters(), compiled.ema.module.parameters()):
+        assert rel_err(a, b) < 1e-4
+    x = torch.randn(2, 1, 32, 32)
+    t, y = torch.full((2,), 0.5), torch.tensor([1, 2])
+    with torch.no_grad():  # the EMA's output is the EMA weights', not the trained net's
+        torch.testing.assert_close(compiled.ema.module(x, t, t, y), eager.ema.module(x, t, t, y),
+                                   rtol=1e-3, atol=1e-4)
+        assert rel_err(compiled.ema.module(x, t, t, y), compiled.net(x, t, t, y)) > 1e-3
+    cfg = load_config(config, [f"out_dir={tmp_path / 'mf'}", "model.jvp=compiled", *fm,
+                               "loss.name=meanflow"])
+    with pytest.raises(ValueError, match="meanflow"):
+        build(cfg, device="cpu")
+
+
 def test_compiled_blocks_match_the_math_in_float64_and_compile_once_for_all_blocks():
     """``jvp="compiled"`` (each block's non-attention work through torch.compile, inductor on
     the CPU here) gives torch.func.jvp's F, dF/ds and parameter gradients in float64, and the

@@ -158,7 +158,21 @@ def build(cfg: RunConfig, device: torch.device | str | None = None, world: int =
         torch.backends.cudnn.allow_tf32 = cfg.train.tf32
     with device:
         net = build_model(cfg)
+    if cfg.model.jvp == "compiled" and cfg.loss.name != "tvm":
+        compile_forward(net, cfg.loss.name)
     return Built(net, build_loss(cfg, net, teacher), build_source(cfg, device), loop, device)
+
+
+def compile_forward(net: nn.Module, loss: str) -> None:
+    """``model.jvp: compiled`` for a loss without dF/ds: FM and CMT run the whole network
+    through torch.compile (in place, so copies such as the EMA's keep their own weights); TVM
+    compiles each block's work around its attention instead (``tvmlib.nn.dit_jvp``). MeanFlow
+    is refused: inside its ``torch.func.jvp`` a compiled module runs eagerly (dynamo captures
+    no graph there), so it would gain nothing."""
+    if loss == "meanflow":
+        raise ValueError("model.jvp 'compiled' does not apply to loss meanflow: its "
+                         "torch.func.jvp runs a compiled network eagerly. Use 'fused' or 'func'")
+    net.compile(dynamic=False)
 
 
 def load_run(run_dir: str | Path, weights: str = "ema", device: str | torch.device = "cpu"

@@ -61,7 +61,9 @@ class ModelConfig:
     num_classes: int = 10
     guidance: bool = True  # w (through 1/w) is a network input: TVM's folded CFG
     attn_backend: str = "math"  # math | sdpa | triton (training TVM needs math or triton)
-    jvp: str = "fused"  # DiT's d/ds F: fused (DiT.forward_and_dfds) | compiled | func
+    # DiT's d/ds F: fused (DiT.forward_and_dfds) | compiled (the same through torch.compile;
+    # FM and CMT: the whole forward compiled) | func
+    jvp: str = "fused"
     lipschitz: LipschitzSection = field(default_factory=LipschitzSection)
     depth: int | None = None
     hidden_size: int | None = None

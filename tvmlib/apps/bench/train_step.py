@@ -44,7 +44,7 @@ import torch
 
 from tvmlib.apps import cli
 from tvmlib.nn.dit_jvp import JVP_MODES
-from tvmlib.training.build import build_loss, build_model
+from tvmlib.training.build import build_loss, build_model, compile_forward
 from tvmlib.training.config import RunConfig, config_from_dict
 from tvmlib.training.graphs import GraphedLossBackward
 from tvmlib.training.loop import autocast
@@ -105,8 +105,8 @@ def make_step(model: str, backend: str, batch: int, device: torch.device,
     with torch.device(build_on or device):
         net = build_model(cfg)
     net = net.to(device)
-    if loss == "fm" and jvp == "compiled":  # FM at its best too: its forward through inductor
-        net.compile(dynamic=False)
+    if loss == "fm" and jvp == "compiled":  # FM at its best too: as training compiles it
+        compile_forward(net, loss)
     _sync(device)
     info["build_seconds"] = time.perf_counter() - t0
     info["params"] = sum(p.numel() for p in net.parameters())
