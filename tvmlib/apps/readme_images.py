@@ -220,9 +220,11 @@ def _compile_note(name: str) -> str:
     ms = None if d is None else compile_speedups(d["results"]["rows"])
     if ms is None:
         return ""
+    (model, batch), = {(r["model"], r["batch"]) for r in d["results"]["rows"]}  # one step
     fm, fmc, tvm, tvmc = ms["fm"], ms["fm_compiled"], ms["tvm"], ms["tvm_compiled"]
     return ("\n\n**Not every method at its best: torch.compile.** These runs used CUDA graphs "
-            "without torch.compile. At their step (DiT-S/4, batch 128, one H200) compiling "
+            f"without torch.compile. At their step ({model}, batch {batch}, one "
+            f"{d['provenance']['device']}) compiling "
             f"makes FM's step {rf.fmt(fm / fmc)}x faster ({rf.fmt(fm)} -> {rf.fmt(fmc)} ms) "
             f"and TVM's {rf.fmt(tvm / tvmc)}x ({rf.fmt(tvm)} -> {rf.fmt(tvmc)} ms, "
             "`model.jvp=compiled`, which for FM compiles the whole network). The TVM-to-FM "
