@@ -61,8 +61,9 @@ def check_labels(y: Tensor, num_classes: int, B: int) -> None:
         raise ValueError(f"y must be integer labels of shape ({B},) in [0, {num_classes}] "
                          f"({num_classes} = null class), got dtype {y.dtype} and shape "
                          f"{tuple(y.shape)}")
-    if capturing() or y.numel() == 0:  # a CUDA graph cannot read values back to the host
-        return
+    if capturing() or torch.compiler.is_compiling() or y.numel() == 0:
+        return  # a CUDA graph cannot read values back to the host; torch.compile would break
+        # its graph here (the eager and uncompiled paths check)
     lo, hi = map(int, torch.aminmax(y))
     if lo < 0 or hi > num_classes:
         raise ValueError(f"labels y must lie in [0, {num_classes}] ({num_classes} = null class), "
