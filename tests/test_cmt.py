@@ -646,3 +646,31 @@ def test_mid_training_is_called_only_beyond_two_seed_stds():
     assert "did not help" in mid_training_verdict(22.6, 18.0, 2.0)  # CMT behind, resolved
     helped = mid_training_verdict(15.0, 20.0, 1.0)
     assert helped.startswith("Mid-training helped") and "15.0 against 20.0" in helped
+
+
+def test_compiled_pairs_and_targets_put_each_compiled_run_beside_its_uncompiled_seed_0():
+    """A compiled re-run's rows pair each run with the uncompiled run of the same name (not its
+    other seeds); its targets take FM and TVM from the re-run and MeanFlow, which compile
+    cannot speed up, from the uncompiled runs with all their seeds."""
+    from tvmlib.experiments.results import compiled_pairs, compiled_targets
+
+    def rec(fd1, fd4, steps, sweep=None):
+        r = {"evals": {"fd_1": [fd1], "fd_4": [fd4], "train_s": [9.0]}, "upstream_s": 0.0,
+             "setup_s": 1.0, "total_s": 10.0, "train_s": 9.0, "steps_done": steps,
+             "final": {"ema": {"1": fd1 + 1, "4": fd4 + 1}}}
+        return {**r, "sweep": sweep} if sweep else r
+
+    plain = {"fm": rec(0, 0, 100, [{"fd": 10.0}, {"fd": 8.0}]), "tvm": rec(30.0, 20.0, 30),
+             "tvm_seed1": rec(50.0, 40.0, 31), "meanflow": rec(40.0, 30.0, 60),
+             "meanflow_seed1": rec(60.0, 30.0, 61)}
+    comp = {"fm": rec(0, 0, 200, [{"fd": 6.0}]), "tvm": rec(25.0, 15.0, 55),
+            "teacher": rec(0, 0, 7)}  # no uncompiled teacher: no row
+    pairs = {p["run"]: p for p in compiled_pairs(plain, comp)}
+    assert set(pairs) == {"fm", "tvm"}
+    assert pairs["tvm"]["steps"] == (30, 55) and pairs["tvm"]["fd"] == {"1": (31.0, 26.0),
+                                                                          "4": (21.0, 16.0)}
+    assert pairs["fm"]["fd"]["best"] == (8.0, 6.0)
+    got = {t["target"][:12]: t for t in compiled_targets(plain, comp)}
+    assert got["TVM 1 NFE <="]["value"] == 25.0 and got["TVM 1 NFE <="]["bound"] == 1.3 * 6.0
+    assert got["TVM 1 NFE < "]["bound"] == 50.0 and got["TVM 1 NFE < "]["seeds"] == [1, 2]
+    assert got["TVM 1 NFE < "]["hit"]

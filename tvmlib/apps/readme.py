@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tvmlib.apps import cli
 from tvmlib.apps import readme_format as rf
-from tvmlib.apps.readme_images import table_equal_time, table_glance, table_mnist
+from tvmlib.apps.readme_images import table_compiled, table_equal_time, table_glance, table_mnist
 from tvmlib.experiments.results import (
     by_group,
     cmt_seed_table,
@@ -303,6 +303,7 @@ def render() -> str:
         ("Sampling, ImageNet-256 latents (notebook 06)", table_sampling),
         ("One-step images at equal GPU time, Fashion-MNIST (notebook 06)", table_equal_time),
         ("One-step images at equal GPU time, MNIST (notebook 06)", table_mnist),
+        ("Equal GPU time with torch.compile (notebook 06)", table_compiled),
         ("CMT -> TVM (notebook 05)", table_cmt),
     ]
     body = "\n\n".join(f"### {title}\n\n{_text(table)}" for title, table in sections)

@@ -10,6 +10,8 @@ from tvmlib.experiments.results import (
     best_sweep_within,
     best_variant,
     compile_speedups,
+    compiled_pairs,
+    compiled_targets,
     equal_time_summary,
     equal_time_targets,
     fewest_nfe_below,
@@ -110,10 +112,14 @@ def _seed_rows(runs: dict[str, dict]) -> list[list]:
 
 def _target_rows(runs: dict[str, dict]) -> list[list]:
     """[target, value, bound, runs, hit/miss] of issue 14's targets, means +- sd over seeds."""
+    return _targets(equal_time_targets(runs))
+
+
+def _targets(targets: list[dict]) -> list[list]:
     return [[t["target"], "never" if t["value"] is None else
              rf.pm(t["value"], t["value_sd"], t["seeds"][0]),
              rf.pm(t["bound"], t["bound_sd"], t["seeds"][1]), " vs ".join(t["runs"]),
-             "hit" if t["hit"] else "miss"] for t in equal_time_targets(runs)]
+             "hit" if t["hit"] else "miss"] for t in targets]
 
 
 def _not_made(config: str, runs: dict) -> str:
@@ -231,8 +237,52 @@ def _compile_note(name: str) -> str:
             f"step-time ratio goes from {rf.fmt(tvm / fm)} to {rf.fmt(tvmc / fmc)}, so "
             "equal-time runs with both compiled would give FM relatively more steps than these "
             "did. MeanFlow cannot gain this way: inside its torch.func.jvp a compiled network "
-            "runs eagerly. The runs above are not repeated compiled. "
-            + rf.source(name, d["provenance"]))
+            "runs eagerly. " + _rerun_state() + " " + rf.source(name, d["provenance"]))
+
+
+COMPILED = (("06_fashion_equal_time_300s.json", "06_fashion_equal_time_compiled.json",
+             "Fashion-MNIST"),
+            ("06_mnist_equal_time.json", "06_mnist_equal_time_compiled.json", "MNIST"))
+
+
+def _rerun_state() -> str:
+    made = [label for _, comp, label in COMPILED if rf.load(comp) is not None]
+    return ("The 300-second runs were repeated with both compiled on "
+            + " and ".join(made) + " (section *Equal GPU time with torch.compile*)."
+            if made else "The runs above are not repeated compiled.")
+
+
+def table_compiled() -> str:
+    """The 300-second comparisons repeated with torch.compile (FM, TVM, the CMT chain; MeanFlow
+    cannot gain), each run beside its uncompiled seed 0, and the targets with the compiled runs."""
+    parts = []
+    for plain_name, comp_name, label in COMPILED:
+        comp, plain = rf.load(comp_name), rf.load(plain_name)
+        if comp is None or plain is None:
+            continue
+        pr, cr = plain["results"]["runs"], comp["results"]["runs"]
+        rows = [[p["run"], f"{p['steps'][0]} -> {p['steps'][1]}",
+                 f"{rf.fmt(p['train_s'][0])} -> {rf.fmt(p['train_s'][1])}",
+                 ", ".join(f"{k}: {rf.fmt(a)} -> {rf.fmt(b)}" for k, (a, b) in p["fd"].items())]
+                for p in compiled_pairs(pr, cr)]
+        config = comp["results"]["config"]["name"]
+        parts.append(
+            f"**{label}** (`configs/experiments/{config}.yaml`, {_not_made(config, cr)}; one "
+            "seed each, against the uncompiled run's seed 0). Final FD of 10000 EMA samples "
+            "(`best`: FM's best sampler of its sweep, 2000 samples):\n\n"
+            + rf.table(["run", "steps", "train s", "FD by steps, uncompiled -> compiled"], rows)
+            + "\n\nTargets with the compiled runs (MeanFlow's uncompiled runs, all seeds), at "
+            "2000 samples:\n\n"
+            + rf.table(["target", "value", "bound", "runs", ""],
+                       _targets(compiled_targets(pr, cr)))
+            + "\n\n" + rf.source(comp_name, comp["provenance"]))
+    if not parts:
+        raise rf.Missing("*No compiled re-run yet: run `python -m tvmlib.apps.experiment "
+                         "configs/experiments/fashion_equal_time_compiled.yaml` on a GPU.*")
+    return ("The 300-second comparisons again with `model.jvp: compiled` (torch.compile: FM's "
+            "whole network, TVM's blocks around the attention), the compile time inside the "
+            "training clock; the same data, network, batch, seeds and GPU seconds.\n\n"
+            + "\n\n".join(parts))
 
 
 def _meanflow_4(runs: dict[str, dict]) -> tuple[str, float]:

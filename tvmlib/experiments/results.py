@@ -342,6 +342,34 @@ def compile_speedups(rows: list[dict]) -> dict | None:
     return ms if len(ms) == len(names) else None
 
 
+
+def compiled_pairs(plain: dict[str, dict], compiled: dict[str, dict]) -> list[dict]:
+    """Each run of a compiled re-run of an equal-time comparison beside the same run of the
+    uncompiled one (its seed 0; the compiled runs have one seed): {"run", "steps", "train_s",
+    "fd": {k: (uncompiled, compiled)}} with (uncompiled, compiled) pairs of the steps done, the
+    training seconds and the final FD (``final.ema``) at each step count both have; FM's "best"
+    is the best row of its sweep (eval.num_samples)."""
+    out = []
+    for name, rec in compiled.items():
+        if name not in plain:
+            continue
+        old = plain[name]
+        a, b = old["final"].get("ema", {}), rec["final"].get("ema", {})
+        fd = {k: (a[k], b[k]) for k in b if k in a}
+        if rec.get("sweep") and old.get("sweep"):
+            fd["best"] = (best_sweep(old)["fd"], best_sweep(rec)["fd"])
+        out.append({"run": name, "steps": (old["steps_done"], rec["steps_done"]),
+                    "train_s": (old["train_s"], rec["train_s"]), "fd": fd})
+    return out
+
+
+def compiled_targets(plain: dict[str, dict], compiled: dict[str, dict]) -> list[dict]:
+    """:func:`equal_time_targets` with every method that torch.compile can speed up taken from
+    the compiled re-run (one seed each) and MeanFlow, which it cannot, from the uncompiled runs
+    (all their seeds)."""
+    meanflow = {n: r for n, r in plain.items() if n.startswith("meanflow")}
+    return equal_time_targets({**meanflow, **compiled})
+
 # ---- notebook 05's 2D comparison over seeds (configs/experiments/cmt_2d_seeds.yaml) ---------
 
 CMT_STARTS = ("scratch", "teacher_init", "cmt")
