@@ -674,3 +674,14 @@ def test_compiled_pairs_and_targets_put_each_compiled_run_beside_its_uncompiled_
     assert got["TVM 1 NFE <="]["value"] == 25.0 and got["TVM 1 NFE <="]["bound"] == 1.3 * 6.0
     assert got["TVM 1 NFE < "]["bound"] == 50.0 and got["TVM 1 NFE < "]["seeds"] == [1, 2]
     assert got["TVM 1 NFE < "]["hit"]
+
+
+def test_startup_seconds_is_the_first_segment_less_the_steady_rate():
+    from tvmlib.experiments.results import startup_seconds
+
+    # 10 ms per step after a 30 s start: evaluations at steps 0, 1000, 2000, 3000
+    rec = {"evals": {"step": [0, 1000, 2000, 3000], "train_s": [0.0, 40.0, 50.0, 60.0]}}
+    assert startup_seconds(rec) == pytest.approx(30.0)
+    rec["evals"]["train_s"][3] = 80.0  # the median of the later segments: a slow one
+    assert startup_seconds(rec) == pytest.approx(20.0)  # median of 10 and 30 ms: 20 ms
+    assert startup_seconds({"evals": {"step": [0, 10, 20], "train_s": [0, 1, 2]}}) is None

@@ -51,6 +51,35 @@ def test_interrupt_and_resume_is_exact(tmp_path, loss_name):
     assert (tmp_path / "run.csv").read_text().splitlines()[0].startswith("step,loss")
 
 
+def test_checkpoint_writes_are_timed_outside_the_training_clock(tmp_path, monkeypatch):
+    """Checkpoints are I/O whose frequency is arbitrary: a method that takes more steps writes
+    more of them, so inside an equal-time budget they would cost it more. Their seconds go to
+    ``timings["ckpt_s"]``, not to ``train_seconds``; each process's first step is recorded, and
+    both survive a resume."""
+    import time
+
+    from tvmlib.training import loop as loop_module
+
+    real_save = loop_module.save_checkpoint
+
+    def slow_save(*args, **kwargs):
+        time.sleep(0.2)
+        real_save(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "save_checkpoint", slow_save)
+    net, path = MLP2D(hidden=8, depth=1), str(tmp_path / "c.pt")
+    source = ToySource("moons", 8, seed=1, labels=False)
+    state = train(net, FMLoss(), source, TrainConfig(steps=4, ckpt_every=1, ckpt_path=path))
+    assert state.timings["ckpt_s"] >= 4 * 0.2  # four writes in the loop, the last one counted
+    assert state.train_seconds < 0.2
+    assert len(state.timings["first_step_s"]) == 1
+    assert 0 < state.timings["first_step_s"][0] <= state.train_seconds
+    resumed = train(net, FMLoss(), source, TrainConfig(steps=6, ckpt_every=1, ckpt_path=path),
+                    resume=True)
+    assert resumed.step == 6 and len(resumed.timings["first_step_s"]) == 2
+    assert resumed.timings["ckpt_s"] >= 5 * 0.2  # the saved value holds the earlier writes
+
+
 def test_nan_loss_names_step_and_last_finite_loss():
     calls = {"n": 0}
 

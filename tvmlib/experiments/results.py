@@ -363,6 +363,18 @@ def compiled_pairs(plain: dict[str, dict], compiled: dict[str, dict]) -> list[di
     return out
 
 
+def startup_seconds(rec: dict) -> float | None:
+    """Training seconds a run spent before its steady rate (compilation, autotuning, a CUDA
+    graph's capture), estimated from its evaluations: the first evaluated segment's seconds
+    less its steps at the median seconds per step of the later segments. None with fewer than
+    two segments after step 0."""
+    steps, secs = rec["evals"]["step"], rec["evals"]["train_s"]
+    if len(steps) < 4 or steps[0] != 0:
+        return None
+    per_step = float(np.median([(secs[i + 1] - secs[i]) / (steps[i + 1] - steps[i])
+                                for i in range(1, len(steps) - 1)]))
+    return secs[1] - steps[1] * per_step
+
 def compiled_targets(plain: dict[str, dict], compiled: dict[str, dict]) -> list[dict]:
     """:func:`equal_time_targets` with every method that torch.compile can speed up taken from
     the compiled re-run (one seed each) and MeanFlow, which it cannot, from the uncompiled runs

@@ -246,10 +246,11 @@ def _record(cfg: RunConfig, done: dict[str, Path], upstream: dict[str, float],
             log: Callable = print) -> dict:
     """Train (or resume) and evaluate one run; returns its record: config,
     steps done, ``stopped`` / ``diverged_step``, seconds (``setup_s``, ``train_s``,
-    ``upstream_s`` of the runs it starts from, ``total_s``), ``curves`` (the training log),
-    ``evals`` (FD during training), ``probes``, ``spike_step``, ``final`` ({weights: {steps:
-    FD}} at the end) and ``sweep`` (the final FD of every solver x guidance x steps asked for).
-    The record is also written to the run folder (``record.json``)."""
+    ``upstream_s`` of the runs it starts from, ``total_s``; outside them ``ckpt_s``, the
+    checkpoint writes, and inside ``train_s`` ``first_step_s``, each process's first step),
+    ``curves`` (the training log), ``evals`` (FD during training), ``probes``, ``spike_step``,
+    ``final`` ({weights: {steps: FD}} at the end) and ``sweep`` (the final FD of every solver x
+    guidance x steps asked for). The record is also written to the run folder (``record.json``)."""
     t0 = time.perf_counter()
     built, setup_s = start_run(cfg, None, 1, done, log)
     flops = apply_flop_budget(cfg, built)
@@ -274,6 +275,8 @@ def _record(cfg: RunConfig, done: dict[str, Path], upstream: dict[str, float],
            "steps": cfg.train.steps, "steps_done": steps,
            "stopped": state.stopped if state else None, "diverged_step": diverged,
            "setup_s": setup_s, "train_s": train_s, "upstream_s": up,
+           "ckpt_s": state.timings["ckpt_s"] if state else 0.0,
+           "first_step_s": state.timings["first_step_s"] if state else [],
            "total_s": up + setup_s + train_s, "wall_s": time.perf_counter() - t0,
            "steps_per_s": steps / max(train_s, 1e-9), "flops_per_step": flops,
            "floor": toy_floor(cfg) if cfg.eval.metric == "w2" else None, "curves": curves,

@@ -61,7 +61,7 @@ def save_checkpoint(path, state, loss_fn, source, settings: dict | None = None) 
     body = {"step": state.step, "net": state.net.state_dict(), "ema": state.ema.state_dict(),
             "opt": state.opt.state_dict(), "loss": _state(loss_fn), "source": _state(source),
             "rng": _rng_state(), "history": state.history, "train_seconds": state.train_seconds,
-            "log_window": state.log_window,
+            "log_window": state.log_window, "timings": state.timings,
             "meta": run_meta(state.net, loss_fn, source, settings)}
     atomic_save({**body, "sha256": state_digest(body)}, path)
 
@@ -137,6 +137,7 @@ def load_checkpoint(path, state, loss_fn, source, settings: dict | None = None) 
     state.step, state.history = ckpt["step"], ckpt["history"]
     state.train_seconds = float(ckpt.get("train_seconds", 0.0))
     state.log_window = ckpt.get("log_window", {"sums": {}, "n": 0})
+    state.timings = ckpt.get("timings", {"ckpt_s": 0.0, "first_step_s": []})
 
 
 @contextlib.contextmanager

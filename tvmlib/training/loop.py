@@ -61,7 +61,10 @@ class TrainConfig:
 @dataclass
 class TrainState:
     """What a run leaves behind: the network, its EMA, the optimizer, and the metric history.
-    ``train_seconds`` counts CUDA-synchronised training time (evaluation excluded); ``stopped``
+    ``train_seconds`` counts CUDA-synchronised training time (evaluations and checkpoint writes
+    excluded); ``timings`` holds what it excludes or contains: ``ckpt_s``, the seconds spent
+    writing checkpoints, and ``first_step_s``, the seconds of each process's first step
+    (compilation, autotuning, a CUDA graph's capture; inside the training time); ``stopped``
     says why a run ended before ``steps`` ("time budget"), else None; ``log_window`` sums the
     step logs since the last history row (checkpointed, so a resumed run's rows average the
     same steps)."""
@@ -74,6 +77,7 @@ class TrainState:
     train_seconds: float = 0.0
     stopped: str | None = None
     log_window: dict = field(default_factory=lambda: {"sums": {}, "n": 0})  # since the last row
+    timings: dict = field(default_factory=lambda: {"ckpt_s": 0.0, "first_step_s": []})
 
 
 RESUME_SETTINGS = ("lr", "warmup", "betas", "weight_decay", "grad_clip", "ema_decay", "ema_warmup",
@@ -309,6 +313,8 @@ class _Loop:
                     logs = self.step(self.source.next_batch())
                     at_boundary = True
                     state.train_seconds = done_before + self.clock.seconds()
+                    if state.step == first + 1:
+                        state.timings["first_step_s"].append(state.train_seconds - done_before)
                     self.after_step(logs)
                     if stop.requested:
                         raise KeyboardInterrupt(stop.requested)
@@ -346,7 +352,9 @@ class _Loop:
         if row:
             self.bar.set_postfix(loss=f"{row.get('loss', logs['loss']):.4g}")
         if cfg.ckpt_every and state.step % cfg.ckpt_every == 0:
-            self.save()
+            with self.clock.pause() as paused:  # I/O, not training: its frequency is arbitrary
+                self.save()
+            state.timings["ckpt_s"] += paused()
         if self.callback is not None:
             with self.clock.pause():
                 self.callback(state, logs)

@@ -39,8 +39,10 @@ class GpuClock:
 
     @contextmanager
     def pause(self):
-        t0 = self.now()
+        """Exclude the block; yields a function that returns the seconds it took (once done)."""
+        t0, took = self.now(), [0.0]
         try:
-            yield
+            yield lambda: took[0]
         finally:
-            self.excluded += self.now() - t0
+            took[0] = self.now() - t0
+            self.excluded += took[0]
