@@ -81,7 +81,7 @@ def drop_seconds(obj):
     """``obj`` without wall-clock seconds and checksums (they differ between equal runs)."""
     if isinstance(obj, dict):
         return {k: drop_seconds(v) for k, v in obj.items()
-                if k not in ("seconds", "train_seconds", "sha256")}
+                if k not in ("seconds", "train_seconds", "timings", "sha256")}
     if isinstance(obj, (list, tuple)):
         return [drop_seconds(v) for v in obj]
     return obj

@@ -236,7 +236,7 @@ def test_mid_trained_weights_load_into_student_ema_and_tvm_target(tmp_path):
                               progress=False))
     saved = torch.load(ckpt, weights_only=True)
     assert set(saved) == {"step", "net", "ema", "opt", "loss", "source", "rng", "history",
-                          "train_seconds", "log_window", "meta", "sha256"}
+                          "train_seconds", "log_window", "timings", "meta", "sha256"}
     want = state.ema.module.state_dict()
 
     student = _tiny_dit(seed=2)
