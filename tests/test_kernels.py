@@ -454,3 +454,15 @@ def test_gpu_first_call_under_torch_func_compiles_ahead_without_warning():
         warnings.simplefilter("error")  # a failed rehearsal warns
         _call("func", x, causal=False)
     assert any(key[0] == "func" and key[7][0] == (2, 2, 24, 48) for key in ahead._done)
+
+
+def test_interpreter_problem_names_the_versions_that_cannot_run_the_kernels():
+    """Triton 3.6's interpreter with numpy >= 2.4 fails inside a loop over a runtime bound
+    (int() of a one-element array); that pair gets an error saying what to install."""
+    from tvmlib.kernels.jvp_attention import interpreter_problem
+
+    problem = interpreter_problem("3.6.0", "2.4.6")
+    assert "numpy<2.4" in problem and "3.6.0" in problem and "2.4.6" in problem
+    assert interpreter_problem("3.6.0", "2.3.5") is None
+    assert interpreter_problem("3.8.0", "2.4.6") is None
+    assert interpreter_problem("3.6.0+git1234", "2.5.0rc1") is not None

@@ -560,6 +560,23 @@ def interpreting() -> bool:
     return not isinstance(_fwd_kernel, triton.runtime.jit.JITFunction)
 
 
+def _release(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+def interpreter_problem(triton_version: str, numpy_version: str) -> str | None:
+    """Why the Triton CPU interpreter cannot run these kernels with these versions, or None.
+    Triton 3.6's interpreter turns a loop bound into a one-element array and calls int() on
+    it, which numpy 2.4 refuses (checked with a three-line kernel: numpy 2.3.5 runs it, 2.4.6
+    does not); Triton 3.8 runs it (CI)."""
+    if _release(triton_version) < (3, 7) and _release(numpy_version) >= (2, 4):
+        return (f"the Triton {triton_version} CPU interpreter cannot run these kernels with "
+                f"numpy {numpy_version}: it calls int() on one-element arrays, which numpy 2.4 "
+                "refuses. Install numpy<2.4 or triton>=3.8, or use a GPU")
+    return None
+
+
 def default_config(head_d: int, dtype: torch.dtype = torch.bfloat16) -> AttentionConfig:
     """Tile sizes; 16-bit ones from a sweep on an H100 (``tvmlib.apps.bench.attention --sweep``).
 
@@ -644,6 +661,11 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, *tangents: Tensor | None) -> N
             "tvmlib.kernels attention runs Triton kernels: it needs CUDA tensors, or the Triton "
             "CPU interpreter (set TRITON_INTERPRET=1 before importing tvmlib.kernels.jvp_attention)"
             f"; got {q.device} tensors without the interpreter")
+    if interpreting():
+        import numpy
+        problem = interpreter_problem(triton.__version__, numpy.__version__)
+        if problem:
+            raise RuntimeError(problem)
     if q.dtype == torch.float64 and not interpreting():
         raise RuntimeError("fp64 runs only in the Triton CPU interpreter (for tests); use fp32, "
                            "fp16 or bf16 on the GPU")
