@@ -685,3 +685,19 @@ def test_startup_seconds_is_the_first_segment_less_the_steady_rate():
     rec["evals"]["train_s"][3] = 80.0  # the median of the later segments: a slow one
     assert startup_seconds(rec) == pytest.approx(20.0)  # median of 10 and 30 ms: 20 ms
     assert startup_seconds({"evals": {"step": [0, 10, 20], "train_s": [0, 1, 2]}}) is None
+
+
+def test_checkpoint_write_seconds_separates_writes_from_steps():
+    from tvmlib.experiments.results import checkpoint_write_seconds
+
+    # 80 ms per step, 1.5 s per write every 500 steps, evaluations every 250 steps after a
+    # 20 s start: segments [250, 500) hold no write, [500, 750) one, ...
+    steps = list(range(0, 3001, 250))
+    secs = [0.0]
+    for a, b in zip(steps[:-1], steps[1:]):
+        writes = len([k for k in range(500, b, 500) if k >= a])
+        secs.append(secs[-1] + (b - a) * 0.08 + 1.5 * writes + (20.0 if a == 0 else 0.0))
+    rec = {"evals": {"step": steps, "train_s": secs}, "config": {"train": {"ckpt_every": 500}}}
+    assert checkpoint_write_seconds(rec) == pytest.approx(1.5)
+    rec["config"]["train"]["ckpt_every"] = 250  # one write in every segment: not separable
+    assert checkpoint_write_seconds(rec) is None

@@ -3,12 +3,15 @@ equal GPU time on Fashion-MNIST and MNIST, TVM's ablations on images, and the gl
 
 from __future__ import annotations
 
+import numpy as np
+
 from tvmlib.apps import readme_format as rf
 from tvmlib.experiments.results import (
     ablation_verdicts,
     best_sweep,
     best_sweep_within,
     best_variant,
+    checkpoint_write_seconds,
     compile_speedups,
     compiled_pairs,
     compiled_targets,
@@ -250,13 +253,19 @@ def _checkpoint_note() -> str:
     runs = d["results"]["runs"]
     every = runs["fm"]["config"]["train"]["ckpt_every"]
     writes = {n: runs[n]["steps_done"] // every for n in ("fm", "tvm_w15", "meanflow_w15")}
+    per = sorted(w for w in map(checkpoint_write_seconds, runs.values()) if w is not None)
+    cost = "" if not per else (
+        f" Fitting each run's evaluated segments (seconds = steps x a + writes x b) gives "
+        f"{rf.fmt(float(np.median(per)))} s per write (median over the {len(per)} runs that "
+        f"separate the two, {rf.fmt(per[0])} to {rf.fmt(per[-1])}): at that cost FM's writes "
+        f"took about {rf.fmt(writes['fm'] * float(np.median(per)))} of its 300 s and TVM's "
+        f"about {rf.fmt(writes['tvm_w15'] * float(np.median(per)))}.")
     return (f" **Checkpoint writes inside the clock.** These runs also counted their checkpoint "
             f"writes (every {every} steps) as training time, so the methods with more steps "
             "paid for more of them: in the 300-second Fashion-MNIST runs (seed 0) FM wrote "
             f"{writes['fm']}, MeanFlow {writes['meanflow_w15']} and TVM {writes['tvm_w15']} "
-            "(`_w15`). How long a write took on the GPU machine was not measured. Runs made "
-            "since leave the writes out of the training clock and record their seconds "
-            "(`ckpt_s`).")
+            f"(`_w15`).{cost} Runs made since leave the writes out of the training clock and "
+            "record their seconds (`ckpt_s`).")
 
 
 COMPILED = (("06_fashion_equal_time_300s.json", "06_fashion_equal_time_compiled.json",

@@ -375,6 +375,21 @@ def startup_seconds(rec: dict) -> float | None:
                                 for i in range(1, len(steps) - 1)]))
     return secs[1] - steps[1] * per_step
 
+def checkpoint_write_seconds(rec: dict) -> float | None:
+    """Seconds per checkpoint write inside a run's training clock (runs made before the writes
+    left it), by least squares over its evaluated segments after the first (which holds the
+    startup): seconds = steps x s_step + writes x s_write, a write at step k falling in the
+    segment [a, b) that holds k (it follows step k's evaluation). None with fewer than four
+    segments or the same number of writes in each."""
+    steps, secs = rec["evals"].get("step", []), rec["evals"].get("train_s", [])
+    every = rec["config"]["train"]["ckpt_every"]
+    rows = [[b - a, len(range(-(-a // every) * every, b, every)), t1 - t0]
+            for a, b, t0, t1 in zip(steps[1:-1], steps[2:], secs[1:-1], secs[2:])]
+    if not every or len(rows) < 4 or len({r[1] for r in rows}) < 2:
+        return None
+    m = np.asarray(rows, dtype=float)
+    return float(np.linalg.lstsq(m[:, :2], m[:, 2], rcond=None)[0][1])
+
 def compiled_targets(plain: dict[str, dict], compiled: dict[str, dict]) -> list[dict]:
     """:func:`equal_time_targets` with every method that torch.compile can speed up taken from
     the compiled re-run (one seed each) and MeanFlow, which it cannot, from the uncompiled runs
