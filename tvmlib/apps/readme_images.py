@@ -220,14 +220,22 @@ def table_glance() -> str:
             + verdict + "\n\n"
             + rf.table(["comparison", "TVM 1 jump", "TVM 4 jumps", "FM best, any NFE",
                         "FM best, <= 4 NFE", "MeanFlow 1 jump", "MeanFlow 4 jumps", "targets hit"],
-                       rows) + _compile_note("train_step_small_nvidia-h200.json"))
+                       rows) + _compile_note(SMALL_STEP))
+
+
+SMALL_STEP = "train_step_small_nvidia-h200.json"  # the equal-time runs' step, benchmarked
+
+
+def _speedups(name: str = SMALL_STEP) -> tuple[dict | None, dict | None]:
+    """(benchmark file, :func:`compile_speedups` of its rows), Nones without the file."""
+    d = rf.load(name)
+    return d, None if d is None else compile_speedups(d["results"]["rows"])
 
 
 def _compile_note(name: str) -> str:
     """What torch.compile does to the step these comparisons ran (DiT-S/4, batch 128, CUDA
     graphs, no compile), from the benchmark file ``name``."""
-    d = rf.load(name)
-    ms = None if d is None else compile_speedups(d["results"]["rows"])
+    d, ms = _speedups(name)
     if ms is None:
         return ""
     (model, batch), = {(r["model"], r["batch"]) for r in d["results"]["rows"]}  # one step
@@ -254,12 +262,13 @@ def _checkpoint_note() -> str:
     every = runs["fm"]["config"]["train"]["ckpt_every"]
     writes = {n: runs[n]["steps_done"] // every for n in ("fm", "tvm_w15", "meanflow_w15")}
     per = sorted(w for w in map(checkpoint_write_seconds, runs.values()) if w is not None)
-    cost = "" if not per else (
+    w = float(np.median(per)) if per else None
+    cost = "" if w is None else (
         f" Fitting each run's evaluated segments (seconds = steps x a + writes x b) gives "
-        f"{rf.fmt(float(np.median(per)))} s per write (median over the {len(per)} runs that "
-        f"separate the two, {rf.fmt(per[0])} to {rf.fmt(per[-1])}): at that cost FM's writes "
-        f"took about {rf.fmt(writes['fm'] * float(np.median(per)))} of its 300 s and TVM's "
-        f"about {rf.fmt(writes['tvm_w15'] * float(np.median(per)))}.")
+        f"{rf.fmt(w)} s per write (median over the {len(per)} runs that separate the two, "
+        f"{rf.fmt(per[0])} to {rf.fmt(per[-1])}): at that cost FM's writes took about "
+        f"{rf.fmt(writes['fm'] * w)} of its {rf.fmt(runs['fm']['train_s'])} s and TVM's about "
+        f"{rf.fmt(writes['tvm_w15'] * w)}.")
     return (f" **Checkpoint writes inside the clock.** These runs also counted their checkpoint "
             f"writes (every {every} steps) as training time, so the methods with more steps "
             "paid for more of them: in the 300-second Fashion-MNIST runs (seed 0) FM wrote "
@@ -274,8 +283,8 @@ COMPILED = (("06_fashion_equal_time_300s.json", "06_fashion_equal_time_compiled.
 
 
 def _rerun_state() -> str:
-    made = [f"{label} ({', '.join(rf.load(comp)['results']['runs'])})"
-            for _, comp, label in COMPILED if rf.load(comp) is not None]
+    docs = [(label, rf.load(comp)) for _, comp, label in COMPILED]
+    made = [f"{label} ({', '.join(d['results']['runs'])})" for label, d in docs if d is not None]
     return ("Compiled re-runs made so far: " + "; ".join(made)
             + " (section *Equal GPU time with torch.compile*)." if made
             else "The runs above are not repeated compiled.")
@@ -291,8 +300,7 @@ def _fm_compiled_gain(plain: dict, comp: dict) -> str:
     m, sd = mean_sd([r["final"]["ema"][k] for r in g])
     rate = fm["steps_done"] / fm["train_s"]
     rate0 = mean_sd([r["steps_done"] / r["train_s"] for r in g])[0]
-    d = rf.load("train_step_small_nvidia-h200.json")
-    ms = None if d is None else compile_speedups(d["results"]["rows"])
+    ms = _speedups()[1]
     bench = "" if ms is None else (
         f" The benchmark's step alone is {rf.fmt(ms['fm'] / ms['fm_compiled'])}x faster "
         f"compiled ({rf.fmt(ms['fm'])} -> {rf.fmt(ms['fm_compiled'])} ms), while a training "

@@ -342,7 +342,6 @@ def compile_speedups(rows: list[dict]) -> dict | None:
     return ms if len(ms) == len(names) else None
 
 
-
 def compiled_pairs(plain: dict[str, dict], compiled: dict[str, dict]) -> list[dict]:
     """Each run of a compiled re-run of an equal-time comparison beside the same run of the
     uncompiled one (its seed 0; the compiled runs have one seed): {"run", "steps", "train_s",
@@ -363,32 +362,43 @@ def compiled_pairs(plain: dict[str, dict], compiled: dict[str, dict]) -> list[di
     return out
 
 
+def _segments(rec: dict) -> list[tuple[int, int, float]]:
+    """(first step, end step, training seconds) of each evaluated segment of a run after the
+    first (which holds the startup: compilation, autotuning, a CUDA graph's capture)."""
+    steps, secs = rec["evals"].get("step", []), rec["evals"].get("train_s", [])
+    if not steps or steps[0] != 0:
+        return []
+    return [(a, b, t1 - t0) for a, b, t0, t1 in zip(steps[1:-1], steps[2:], secs[1:-1], secs[2:])]
+
+
 def startup_seconds(rec: dict) -> float | None:
     """Training seconds a run spent before its steady rate (compilation, autotuning, a CUDA
     graph's capture), estimated from its evaluations: the first evaluated segment's seconds
     less its steps at the median seconds per step of the later segments. None with fewer than
-    two segments after step 0."""
-    steps, secs = rec["evals"]["step"], rec["evals"]["train_s"]
-    if len(steps) < 4 or steps[0] != 0:
+    two segments after the first."""
+    later = _segments(rec)
+    if len(later) < 2:
         return None
-    per_step = float(np.median([(secs[i + 1] - secs[i]) / (steps[i + 1] - steps[i])
-                                for i in range(1, len(steps) - 1)]))
+    per_step = float(np.median([t / (b - a) for a, b, t in later]))
+    steps, secs = rec["evals"]["step"], rec["evals"]["train_s"]
     return secs[1] - steps[1] * per_step
+
 
 def checkpoint_write_seconds(rec: dict) -> float | None:
     """Seconds per checkpoint write inside a run's training clock (runs made before the writes
-    left it), by least squares over its evaluated segments after the first (which holds the
-    startup): seconds = steps x s_step + writes x s_write, a write at step k falling in the
-    segment [a, b) that holds k (it follows step k's evaluation). None with fewer than four
-    segments or the same number of writes in each."""
-    steps, secs = rec["evals"].get("step", []), rec["evals"].get("train_s", [])
+    left it), by least squares over its evaluated segments after the first: seconds = steps x
+    s_step + writes x s_write, a write at step k falling in the segment [a, b) that holds k (it
+    follows step k's evaluation). None with fewer than four segments or the same number of
+    writes in each."""
     every = rec["config"]["train"]["ckpt_every"]
-    rows = [[b - a, len(range(-(-a // every) * every, b, every)), t1 - t0]
-            for a, b, t0, t1 in zip(steps[1:-1], steps[2:], secs[1:-1], secs[2:])]
-    if not every or len(rows) < 4 or len({r[1] for r in rows}) < 2:
+    if not every:
+        return None
+    rows = [[b - a, len(range(-(-a // every) * every, b, every)), t] for a, b, t in _segments(rec)]
+    if len(rows) < 4 or len({r[1] for r in rows}) < 2:
         return None
     m = np.asarray(rows, dtype=float)
     return float(np.linalg.lstsq(m[:, :2], m[:, 2], rcond=None)[0][1])
+
 
 def compiled_targets(plain: dict[str, dict], compiled: dict[str, dict]) -> list[dict]:
     """:func:`equal_time_targets` with every method that torch.compile can speed up taken from
@@ -396,6 +406,7 @@ def compiled_targets(plain: dict[str, dict], compiled: dict[str, dict]) -> list[
     (all their seeds)."""
     meanflow = {n: r for n, r in plain.items() if n.startswith("meanflow")}
     return equal_time_targets({**meanflow, **compiled})
+
 
 # ---- notebook 05's 2D comparison over seeds (configs/experiments/cmt_2d_seeds.yaml) ---------
 

@@ -39,6 +39,7 @@ from contextlib import nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -662,8 +663,7 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, *tangents: Tensor | None) -> N
             "CPU interpreter (set TRITON_INTERPRET=1 before importing tvmlib.kernels.jvp_attention)"
             f"; got {q.device} tensors without the interpreter")
     if interpreting():
-        import numpy
-        problem = interpreter_problem(triton.__version__, numpy.__version__)
+        problem = interpreter_problem(triton.__version__, np.__version__)
         if problem:
             raise RuntimeError(problem)
     if q.dtype == torch.float64 and not interpreting():
