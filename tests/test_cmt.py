@@ -677,7 +677,7 @@ def test_compiled_pairs_and_targets_put_each_compiled_run_beside_its_uncompiled_
 
 
 def test_startup_seconds_is_the_first_segment_less_the_steady_rate():
-    from tvmlib.experiments.results import startup_seconds
+    from tvmlib.experiments.timing import startup_seconds
 
     # 10 ms per step after a 30 s start: evaluations at steps 0, 1000, 2000, 3000
     rec = {"evals": {"step": [0, 1000, 2000, 3000], "train_s": [0.0, 40.0, 50.0, 60.0]}}
@@ -688,7 +688,7 @@ def test_startup_seconds_is_the_first_segment_less_the_steady_rate():
 
 
 def test_checkpoint_write_seconds_separates_writes_from_steps():
-    from tvmlib.experiments.results import checkpoint_write_seconds
+    from tvmlib.experiments.timing import checkpoint_write_seconds
 
     # 80 ms per step, 1.5 s per write every 500 steps, evaluations every 250 steps after a
     # 20 s start: segments [250, 500) hold no write, [500, 750) one, ...

@@ -51,7 +51,7 @@ def test_commits_of_merged_parts_in_order_once_each():
 
 
 def test_step_summary_takes_the_fastest_step_of_each_loss_and_jvp():
-    from tvmlib.experiments.results import step_summary
+    from tvmlib.experiments.timing import step_summary
 
     def row(loss, jvp, ms, graph, status="ok", model="M"):
         return {"model": model, "loss_name": loss, "jvp": jvp, "ms_per_step": ms,
@@ -72,7 +72,7 @@ def test_step_summary_takes_the_fastest_step_of_each_loss_and_jvp():
 
 
 def test_compile_speedups_take_the_fastest_graph_step_of_each_and_need_all_four():
-    from tvmlib.experiments.results import compile_speedups
+    from tvmlib.experiments.timing import compile_speedups
 
     def row(loss, jvp, ms, graph=True, status="ok"):
         return {"loss_name": loss, "jvp": jvp, "ms_per_step": ms, "cuda_graph": graph,

@@ -90,7 +90,7 @@ def _doc(runs: list[str], commit: str, config_runs: list[str], **prov) -> dict:
 
 
 def test_merge_flattens_merged_parts_keeps_the_newest_config_and_sets_its_note():
-    from tvmlib.experiments.results import merge_results
+    from tvmlib.experiments.merge import merge_results
 
     first = merge_results([_doc(["a"], "c1", ["a", "b"]), _doc(["b"], "c1", ["a", "b"])],
                           note="old note")

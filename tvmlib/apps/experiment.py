@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from tvmlib.apps import cli
-from tvmlib.experiments.results import merge_results
+from tvmlib.experiments.merge import merge_results
 from tvmlib.experiments.runner import run_experiment
 from tvmlib.training.config import ConfigError, load_experiment
 from tvmlib.utils.atomic import atomic_write_json

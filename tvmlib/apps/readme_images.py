@@ -11,8 +11,6 @@ from tvmlib.experiments.results import (
     best_sweep,
     best_sweep_within,
     best_variant,
-    checkpoint_write_seconds,
-    compile_speedups,
     compiled_pairs,
     compiled_targets,
     equal_time_summary,
@@ -21,8 +19,8 @@ from tvmlib.experiments.results import (
     last_eval,
     mean_sd,
     seed_groups,
-    startup_seconds,
 )
+from tvmlib.experiments.timing import checkpoint_write_seconds, compile_speedups, startup_seconds
 from tvmlib.training.config import load_experiment
 from tvmlib.utils.paths import repo_root
 

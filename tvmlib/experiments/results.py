@@ -1,10 +1,10 @@
 """Reading a runner's results (``tvmlib.experiments.runner``): runs grouped by name, the step
-at which a run first reaches a target, a run's summary numbers, curve plots of records, the
-image comparisons' targets, and joining the results files of separate calls."""
+at which a run first reaches a target, a run's summary numbers, curve plots of records, and the
+image comparisons' tables and targets (where the seconds go: ``timing``; joining the files of
+separate calls: ``merge``)."""
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -306,42 +306,6 @@ def ablation_verdicts(runs: dict[str, dict], base: str = "base", k: str = "1",
     return out
 
 
-# ---- the training-step benchmark (tvmlib.apps.bench.train_step) -------------------------------
-
-def step_summary(rows: list[dict]) -> list[dict]:
-    """Per model of a benchmark file: the fastest FM and TVM steps (any graph mode and backend),
-    the fastest TVM step per ``jvp`` and the TVM-to-FM time ratio, each {"model", "fm_ms",
-    "tvm_ms", "tvm_row", "by_jvp": {jvp: ms}, "ratio"}; models without an FM row are left out."""
-    out = []
-    for model in dict.fromkeys(r["model"] for r in rows):
-        ok = [r for r in rows if r["model"] == model and r["status"] == "ok"]
-        fm = [r for r in ok if r.get("loss_name") == "fm"]
-        tvm = [r for r in ok if r.get("loss_name", "tvm") == "tvm"]
-        if not fm or not tvm:
-            continue
-        best = min(tvm, key=lambda r: r["ms_per_step"])
-        fm_ms = min(r["ms_per_step"] for r in fm)
-        by_jvp = {j: min(r["ms_per_step"] for r in tvm if r.get("jvp") == j)
-                  for j in dict.fromkeys(r.get("jvp") for r in tvm)}
-        out.append({"model": model, "fm_ms": fm_ms, "tvm_ms": best["ms_per_step"],
-                    "tvm_row": best, "by_jvp": by_jvp, "ratio": best["ms_per_step"] / fm_ms})
-    return out
-
-
-def compile_speedups(rows: list[dict]) -> dict | None:
-    """What torch.compile does to the CUDA-graph steps of a benchmark file: the fastest ms of
-    FM (eager forward and compiled) and of TVM (fused and compiled dF/ds), {"fm", "fm_compiled",
-    "tvm", "tvm_compiled"}; None unless all four were measured."""
-    ms: dict[str, float] = {}
-    names = {("fm", None): "fm", ("fm", "compiled"): "fm_compiled", ("tvm", "fused"): "tvm",
-             ("tvm", "compiled"): "tvm_compiled"}
-    for r in rows:
-        key = names.get((r.get("loss_name", "tvm"), r.get("jvp")))
-        if key and r["status"] == "ok" and r.get("cuda_graph"):
-            ms[key] = min(ms.get(key, math.inf), r["ms_per_step"])
-    return ms if len(ms) == len(names) else None
-
-
 def compiled_pairs(plain: dict[str, dict], compiled: dict[str, dict]) -> list[dict]:
     """Each run of a compiled re-run of an equal-time comparison beside the same run of the
     uncompiled one (its seed 0; the compiled runs have one seed): {"run", "steps", "train_s",
@@ -360,44 +324,6 @@ def compiled_pairs(plain: dict[str, dict], compiled: dict[str, dict]) -> list[di
         out.append({"run": name, "steps": (old["steps_done"], rec["steps_done"]),
                     "train_s": (old["train_s"], rec["train_s"]), "fd": fd})
     return out
-
-
-def _segments(rec: dict) -> list[tuple[int, int, float]]:
-    """(first step, end step, training seconds) of each evaluated segment of a run after the
-    first (which holds the startup: compilation, autotuning, a CUDA graph's capture)."""
-    steps, secs = rec["evals"].get("step", []), rec["evals"].get("train_s", [])
-    if not steps or steps[0] != 0:
-        return []
-    return [(a, b, t1 - t0) for a, b, t0, t1 in zip(steps[1:-1], steps[2:], secs[1:-1], secs[2:])]
-
-
-def startup_seconds(rec: dict) -> float | None:
-    """Training seconds a run spent before its steady rate (compilation, autotuning, a CUDA
-    graph's capture), estimated from its evaluations: the first evaluated segment's seconds
-    less its steps at the median seconds per step of the later segments. None with fewer than
-    two segments after the first."""
-    later = _segments(rec)
-    if len(later) < 2:
-        return None
-    per_step = float(np.median([t / (b - a) for a, b, t in later]))
-    steps, secs = rec["evals"]["step"], rec["evals"]["train_s"]
-    return secs[1] - steps[1] * per_step
-
-
-def checkpoint_write_seconds(rec: dict) -> float | None:
-    """Seconds per checkpoint write inside a run's training clock (runs made before the writes
-    left it), by least squares over its evaluated segments after the first: seconds = steps x
-    s_step + writes x s_write, a write at step k falling in the segment [a, b) that holds k (it
-    follows step k's evaluation). None with fewer than four segments or the same number of
-    writes in each."""
-    every = rec["config"]["train"]["ckpt_every"]
-    if not every:
-        return None
-    rows = [[b - a, len(range(-(-a // every) * every, b, every)), t] for a, b, t in _segments(rec)]
-    if len(rows) < 4 or len({r[1] for r in rows}) < 2:
-        return None
-    m = np.asarray(rows, dtype=float)
-    return float(np.linalg.lstsq(m[:, :2], m[:, 2], rcond=None)[0][1])
 
 
 def compiled_targets(plain: dict[str, dict], compiled: dict[str, dict]) -> list[dict]:
@@ -456,32 +382,3 @@ def cmt_seed_table(runs: dict[str, dict]) -> str:
             f"{pm(sm['floor'])}; CMT minus teacher init at the end, paired by seed: "
             f"{pm(sm['cmt_minus_teacher_init'])})")
     return head + "\n\n" + "\n".join(lines)
-
-
-# ---- joining the results files of calls made separately (--merge) -----------------------
-
-def _parts(prov: dict) -> list[dict]:
-    """The provenance of each call behind a results document: its parts if it was merged."""
-    return [p for part in prov["parts"] for p in _parts(part)] if "parts" in prov else [prov]
-
-
-def merge_results(docs: list[dict], note: str | None = None) -> dict:
-    """One results document from several parts of one experiment (e.g. runs made in parallel
-    with ``--only``): later parts add or replace runs, and the experiment's config is the last
-    part's (the newest, listing every run). The provenance keeps every call once, in order, with
-    the parts of an already merged document flattened; its ``note`` is ``note`` (a merged
-    input's note is kept in its own parts, not carried to the top)."""
-    if not docs:
-        raise ValueError("merge_results needs at least one document")
-    out = json.loads(json.dumps(docs[0]))
-    names = {d["results"]["experiment"] for d in docs}
-    if len(names) > 1:
-        raise ValueError(f"cannot merge results of different experiments: {sorted(names)}")
-    for d in docs[1:]:
-        out["results"]["runs"].update(json.loads(json.dumps(d["results"]["runs"])))
-        out["results"]["wall_s"] += d["results"].get("wall_s", 0.0)
-    out["results"]["config"] = json.loads(json.dumps(docs[-1]["results"]["config"]))
-    parts = [p for d in docs for p in _parts(d["provenance"])]
-    top = {k: v for k, v in parts[0].items() if k not in ("parts", "note")}
-    out["provenance"] = {**top, "parts": parts, **({"note": note} if note else {})}
-    return out

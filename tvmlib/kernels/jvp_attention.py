@@ -46,7 +46,7 @@ import triton.language as tl
 from torch import Tensor
 
 LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+
 
 # forward kernel modes (constexpr globals so the jit'ed code can read them)
 PRIMAL, FUSED, TANGENT = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)

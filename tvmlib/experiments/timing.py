@@ -1,0 +1,86 @@
+"""Where a run's GPU seconds go: the training-step benchmark's rows
+(``tvmlib.apps.bench.train_step``) summarised per model and per compile mode, and a run's
+startup (compilation, autotuning, a CUDA graph's capture) and checkpoint writes estimated from
+the training seconds between its evaluations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def step_summary(rows: list[dict]) -> list[dict]:
+    """Per model of a benchmark file: the fastest FM and TVM steps (any graph mode and backend),
+    the fastest TVM step per ``jvp`` and the TVM-to-FM time ratio, each {"model", "fm_ms",
+    "tvm_ms", "tvm_row", "by_jvp": {jvp: ms}, "ratio"}; models without an FM row are left out."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        ok = [r for r in rows if r["model"] == model and r["status"] == "ok"]
+        fm = [r for r in ok if r.get("loss_name") == "fm"]
+        tvm = [r for r in ok if r.get("loss_name", "tvm") == "tvm"]
+        if not fm or not tvm:
+            continue
+        best = min(tvm, key=lambda r: r["ms_per_step"])
+        fm_ms = min(r["ms_per_step"] for r in fm)
+        by_jvp = {j: min(r["ms_per_step"] for r in tvm if r.get("jvp") == j)
+                  for j in dict.fromkeys(r.get("jvp") for r in tvm)}
+        out.append({"model": model, "fm_ms": fm_ms, "tvm_ms": best["ms_per_step"],
+                    "tvm_row": best, "by_jvp": by_jvp, "ratio": best["ms_per_step"] / fm_ms})
+    return out
+
+
+
+def compile_speedups(rows: list[dict]) -> dict | None:
+    """What torch.compile does to the CUDA-graph steps of a benchmark file: the fastest ms of
+    FM (eager forward and compiled) and of TVM (fused and compiled dF/ds), {"fm", "fm_compiled",
+    "tvm", "tvm_compiled"}; None unless all four were measured."""
+    ms: dict[str, float] = {}
+    names = {("fm", None): "fm", ("fm", "compiled"): "fm_compiled", ("tvm", "fused"): "tvm",
+             ("tvm", "compiled"): "tvm_compiled"}
+    for r in rows:
+        key = names.get((r.get("loss_name", "tvm"), r.get("jvp")))
+        if key and r["status"] == "ok" and r.get("cuda_graph"):
+            ms[key] = min(ms.get(key, math.inf), r["ms_per_step"])
+    return ms if len(ms) == len(names) else None
+
+
+
+def _segments(rec: dict) -> list[tuple[int, int, float]]:
+    """(first step, end step, training seconds) of each evaluated segment of a run after the
+    first (which holds the startup: compilation, autotuning, a CUDA graph's capture)."""
+    steps, secs = rec["evals"].get("step", []), rec["evals"].get("train_s", [])
+    if not steps or steps[0] != 0:
+        return []
+    return [(a, b, t1 - t0) for a, b, t0, t1 in zip(steps[1:-1], steps[2:], secs[1:-1], secs[2:])]
+
+
+
+def startup_seconds(rec: dict) -> float | None:
+    """Training seconds a run spent before its steady rate (compilation, autotuning, a CUDA
+    graph's capture), estimated from its evaluations: the first evaluated segment's seconds
+    less its steps at the median seconds per step of the later segments. None with fewer than
+    two segments after the first."""
+    later = _segments(rec)
+    if len(later) < 2:
+        return None
+    per_step = float(np.median([t / (b - a) for a, b, t in later]))
+    steps, secs = rec["evals"]["step"], rec["evals"]["train_s"]
+    return secs[1] - steps[1] * per_step
+
+
+
+def checkpoint_write_seconds(rec: dict) -> float | None:
+    """Seconds per checkpoint write inside a run's training clock (runs made before the writes
+    left it), by least squares over its evaluated segments after the first: seconds = steps x
+    s_step + writes x s_write, a write at step k falling in the segment [a, b) that holds k (it
+    follows step k's evaluation). None with fewer than four segments or the same number of
+    writes in each."""
+    every = rec["config"]["train"]["ckpt_every"]
+    if not every:
+        return None
+    rows = [[b - a, len(range(-(-a // every) * every, b, every)), t] for a, b, t in _segments(rec)]
+    if len(rows) < 4 or len({r[1] for r in rows}) < 2:
+        return None
+    m = np.asarray(rows, dtype=float)
+    return float(np.linalg.lstsq(m[:, :2], m[:, 2], rcond=None)[0][1])
