@@ -1,6 +1,8 @@
 """The training loop: exact resume after an interruption, NaN handling, logs, learning."""
 
+import contextlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -178,3 +180,51 @@ def test_every_config_averages_over_its_own_run_not_its_initialisation():
         if cfg.loss.name == "tvm":
             assert cfg.loss.target_decay ** t.steps < 0.05, (name, cfg.loss.target_decay, t.steps)
     assert checked >= 10  # the rule saw the ImageNet, Fashion-MNIST and 2D runs
+
+
+# ---- where a step's time goes (tvmlib.apps.bench.loop_profile) -----------------------------
+
+def test_loop_profile_gives_each_kernel_to_the_part_that_launched_it():
+    from tvmlib.apps.bench.loop_profile import attribute
+
+    def x(name, ts, dur, cat="user_annotation", tid=1, corr=None):
+        return {"ph": "X", "name": name, "ts": ts, "dur": dur, "cat": cat, "tid": tid,
+                "args": {} if corr is None else {"correlation": corr}}
+
+    trace = {"traceEvents": [
+        x("loop/loss_backward", 0, 100), x("loop/optimizer", 100, 50),
+        x("ProfilerStep#3", 0, 150),  # not a part
+        x("cudaLaunchKernel", 10, 5, "cuda_runtime", corr=1),
+        x("cudaGraphLaunch", 20, 5, "cuda_runtime", corr=2),
+        x("cudaStreamSynchronize", 30, 40, "cuda_runtime", corr=3),
+        x("cudaLaunchKernel", 110, 5, "cuda_runtime", corr=4),
+        x("cudaLaunchKernel", 200, 5, "cuda_runtime", corr=5),  # outside every part
+        x("gemm", 12, 30, "kernel", tid=7, corr=1), x("graph_kernel", 40, 20, "kernel", tid=7,
+                                                       corr=2),
+        x("adam", 120, 10, "kernel", tid=8, corr=4), x("other", 125, 10, "kernel", tid=7,
+                                                       corr=5)]}
+    out = attribute(trace, steps=2)
+    lb, opt = out["parts"]["loss_backward"], out["parts"]["optimizer"]
+    assert set(out["parts"]) == {"loss_backward", "optimizer"}
+    assert lb == {"host_ms": 0.05, "launches": 1.0, "device_ms": 0.025, "wait_ms": 0.02}
+    assert opt == {"host_ms": 0.025, "launches": 0.5, "device_ms": 0.005, "wait_ms": 0.0}
+    # busy: [12, 42) and [40, 60) overlap -> 48 us; [120, 135) -> 15 us; over 2 steps
+    assert out["device_busy_ms"] == pytest.approx((48 + 15) / 1e3 / 2)
+
+
+def test_loop_profile_times_every_part_of_a_real_step(tmp_path):
+    from tvmlib.apps.bench import loop_profile
+    from tvmlib.training.loop import phase
+
+    out = tmp_path / "profile.json"
+    config = Path(__file__).parents[1] / "configs/experiments/toy2d_equal_compute_smoke.yaml"
+    doc = loop_profile.main([str(config),
+                             "checkerboard-tvm-s0", "--steps", "3", "--warmup", "2",
+                             "--out", str(out)])
+    row = doc["rows"][0]
+    assert json.loads(out.read_text())["rows"][0]["run"] == "checkerboard-tvm-s0"
+    assert set(row["parts"]) == {"batch", "loss_backward", "clip_and_checks", "optimizer",
+                                 "emas", "logs", "clock", "bookkeeping"}
+    assert all(p["host_ms"] > 0 for p in row["parts"].values())
+    assert len(row["loop_ms_all"]) == 3 and row["loop_ms_median"] > 0
+    assert isinstance(phase("x"), contextlib.nullcontext)  # no cost while no profiler runs

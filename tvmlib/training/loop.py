@@ -122,6 +122,14 @@ def autocast(amp: str, device: torch.device, cuda_graph: bool = False):
     return contextlib.nullcontext()
 
 
+def phase(name: str):
+    """Label a part of the step for the PyTorch profiler (``tvmlib.apps.bench.loop_profile``);
+    nothing at all while no profiler runs."""
+    if torch.autograd._profiler_enabled():
+        return torch.profiler.record_function(f"loop/{name}")
+    return contextlib.nullcontext()
+
+
 def write_log(history: list[dict], log_path: str) -> None:
     """Write the metric history as ``<log_path>.json`` and ``<log_path>.csv`` (atomically)."""
     atomic_write_json(history, f"{log_path}.json")
@@ -190,8 +198,9 @@ class _Step:
         self.last_finite = (None, None)  # (step, loss)
         self.sync = average_gradients  # (net, world, loss_sum); a benchmark may time it
 
-    def gradients(self, batch) -> tuple[float, dict]:
-        """Accumulate this process's micro-batch gradients; returns (mean loss, last logs)."""
+    def gradients(self, batch) -> tuple[torch.Tensor, dict]:
+        """Accumulate this process's micro-batch gradients; returns (the sum of the micro-batch
+        losses (a tensor, not read back), the last micro-batch's logs)."""
         net, n_micro, step = self.state.net, self.cfg.micro_batches, self.state.step
         if self.graphed is None:
             self.state.opt.zero_grad(set_to_none=True)
@@ -214,7 +223,7 @@ class _Step:
         if self.world > 1:
             with collective("gradient all-reduce", step + 1, self.cfg.ckpt_path):
                 self.sync(net, self.world, loss_sum)  # loss_sum becomes the mean over processes
-        return float(loss_sum) / n_micro, logs
+        return loss_sum, logs
 
     def __call__(self, batch) -> dict[str, float]:
         """Take one step; returns its logs (loss, gradient norm before clipping, lr, ...)."""
@@ -223,9 +232,30 @@ class _Step:
             for group in state.opt.param_groups:
                 group["lr"] = cfg.lr * min(1.0, (state.step + 1) / cfg.warmup)
         lr = state.opt.param_groups[0]["lr"]
-        loss, logs = self.gradients(batch)
-        grad_norm = float(nn.utils.clip_grad_norm_(
-            state.net.parameters(), cfg.grad_clip if cfg.grad_clip else float("inf")))
+        with phase("loss_backward"):
+            loss_sum, logs = self.gradients(batch)
+        with phase("clip_and_checks"):
+            norm = nn.utils.clip_grad_norm_(
+                state.net.parameters(), cfg.grad_clip if cfg.grad_clip else float("inf"))
+            loss_sum, grad_norm = torch.stack(  # one read-back from the device, not two
+                [loss_sum, norm.to(loss_sum.device, torch.float32)]).tolist()
+            loss = loss_sum / cfg.micro_batches
+            self.check_finite(loss, grad_norm)
+        with phase("optimizer"):
+            state.opt.step()
+        with phase("emas"):
+            state.ema.update(state.net)
+            if hasattr(self.loss_fn, "after_step"):
+                self.loss_fn.after_step(state.net)
+        state.step += 1
+        with phase("logs"):
+            logs = {k: float(v) for k, v in logs.items()}
+        return {**logs, "loss": loss, "grad_norm": grad_norm, "lr": lr}
+
+    def check_finite(self, loss: float, grad_norm: float) -> None:
+        """Raise FloatingPointError, before the optimizer step, on a non-finite loss or
+        gradient norm, naming the step and the last finite loss."""
+        state = self.state
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             what = "loss" if not math.isfinite(loss) else f"gradient norm (loss {loss:.4g})"
             raise FloatingPointError(
@@ -233,13 +263,6 @@ class _Step:
                 f"{self.last_finite[1]} at step {self.last_finite[0]}. Lower the learning rate, "
                 "enable grad_clip, or check the data for NaNs.")
         self.last_finite = (state.step + 1, loss)
-        state.opt.step()
-        state.ema.update(state.net)
-        if hasattr(self.loss_fn, "after_step"):
-            self.loss_fn.after_step(state.net)
-        state.step += 1
-        return {**{k: float(v) for k, v in logs.items()}, "loss": loss, "grad_norm": grad_norm,
-                "lr": lr}
 
 
 def _new_state(net: nn.Module, cfg: TrainConfig) -> TrainState:
@@ -310,12 +333,19 @@ class _Loop:
                         break
                     at_boundary = False
                     state.net.train()
-                    logs = self.step(self.source.next_batch())
+                    with phase("batch"):
+                        batch = self.source.next_batch()
+                    logs = self.step(batch)
                     at_boundary = True
-                    state.train_seconds = done_before + self.clock.seconds()
+                    with phase("clock"):
+                        state.train_seconds = done_before + self.clock.seconds()
                     if state.step == first + 1:
                         state.timings["first_step_s"].append(state.train_seconds - done_before)
-                    self.after_step(logs)
+                    with phase("bookkeeping"):
+                        self.after_step(logs)
+                    if self.callback is not None:
+                        with self.clock.pause():
+                            self.callback(state, logs)
                     if stop.requested:
                         raise KeyboardInterrupt(stop.requested)
         except KeyboardInterrupt:
@@ -339,7 +369,7 @@ class _Loop:
         return self.state.stopped is not None
 
     def after_step(self, logs: dict) -> None:
-        """Budget, evaluation, the log row, progress bar, checkpoint and callback of a step."""
+        """Budget, evaluation, the log row, progress bar and checkpoint of a step."""
         state, cfg = self.state, self.cfg
         self.over_budget()
         extra = None
@@ -355,9 +385,6 @@ class _Loop:
             with self.clock.pause() as paused:  # I/O, not training: its frequency is arbitrary
                 self.save()
             state.timings["ckpt_s"] += paused()
-        if self.callback is not None:
-            with self.clock.pause():
-                self.callback(state, logs)
 
     def log(self, logs: dict[str, float], extra: dict | None, force: bool = False) -> dict:
         """Average step logs over ``log_every`` steps into a history row (and the log files);
