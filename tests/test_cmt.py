@@ -665,7 +665,9 @@ def test_compiled_pairs_and_targets_put_each_compiled_run_beside_its_uncompiled_
              "meanflow_seed1": rec(60.0, 30.0, 61)}
     comp = {"fm": rec(0, 0, 200, [{"fd": 6.0}]), "tvm": rec(25.0, 15.0, 55),
             "teacher": rec(0, 0, 7)}  # no uncompiled teacher: no row
+    comp["tvm"]["setup_s"] = 4.0
     pairs = {p["run"]: p for p in compiled_pairs(plain, comp)}
+    assert pairs["tvm"]["setup_s"] == (1.0, 4.0)
     assert set(pairs) == {"fm", "tvm"}
     assert pairs["tvm"]["steps"] == (30, 55) and pairs["tvm"]["fd"] == {"1": (31.0, 26.0),
                                                                           "4": (21.0, 16.0)}
@@ -687,8 +689,8 @@ def test_startup_seconds_is_the_first_segment_less_the_steady_rate():
     assert startup_seconds({"evals": {"step": [0, 10, 20], "train_s": [0, 1, 2]}}) is None
 
 
-def test_checkpoint_write_seconds_separates_writes_from_steps():
-    from tvmlib.experiments.timing import checkpoint_write_seconds
+def test_checkpoint_write_fit_separates_writes_from_steps():
+    from tvmlib.experiments.timing import checkpoint_write_fit
 
     # 80 ms per step, 1.5 s per write every 500 steps, evaluations every 250 steps after a
     # 20 s start: segments [250, 500) hold no write, [500, 750) one, ...
@@ -698,6 +700,26 @@ def test_checkpoint_write_seconds_separates_writes_from_steps():
         writes = len([k for k in range(500, b, 500) if k >= a])
         secs.append(secs[-1] + (b - a) * 0.08 + 1.5 * writes + (20.0 if a == 0 else 0.0))
     rec = {"evals": {"step": steps, "train_s": secs}, "config": {"train": {"ckpt_every": 500}}}
-    assert checkpoint_write_seconds(rec) == pytest.approx(1.5)
+    write, se = checkpoint_write_fit(rec)
+    assert write == pytest.approx(1.5) and se == pytest.approx(0.0, abs=1e-9)
+    noise = [0.0, 0.0, 0.3, -0.3, 0.2, -0.2, 0.1, -0.1, 0.0, 0.3, -0.3, 0.0, 0.0]
+    rec["evals"]["train_s"] = [t + e for t, e in zip(secs, noise)]  # noisy: a real error bar
+    write, se = checkpoint_write_fit(rec)
+    assert abs(write - 1.5) < 3 * se and 0.05 < se < 1.0
     rec["config"]["train"]["ckpt_every"] = 250  # one write in every segment: not separable
-    assert checkpoint_write_seconds(rec) is None
+    assert checkpoint_write_fit(rec) is None
+
+
+def test_target_init_share_is_what_an_unwarmed_target_keeps_of_its_start():
+    from tvmlib.experiments.results import UNSETTLED, target_init_share
+
+    def rec(decay, steps):
+        return {"config": {"loss": {"target_decay": decay}}, "steps_done": steps}
+
+    # theta_n = d theta_{n-1} + (1 - d) online: the start's weight after n updates is d ** n
+    weight = 1.0
+    for _ in range(1015):
+        weight *= 0.999
+    assert target_init_share(rec(0.999, 1015)) == pytest.approx(weight)
+    assert target_init_share(rec(0.999, 1015)) > UNSETTLED > target_init_share(rec(0.99, 1015))
+    assert target_init_share(rec(0.0, 10)) == 0.0 and target_init_share(rec(None, 10)) == 0.0

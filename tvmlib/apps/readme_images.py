@@ -7,6 +7,7 @@ import numpy as np
 
 from tvmlib.apps import readme_format as rf
 from tvmlib.experiments.results import (
+    UNSETTLED,
     ablation_verdicts,
     best_sweep,
     best_sweep_within,
@@ -19,8 +20,9 @@ from tvmlib.experiments.results import (
     last_eval,
     mean_sd,
     seed_groups,
+    target_init_share,
 )
-from tvmlib.experiments.timing import checkpoint_write_seconds, compile_speedups, startup_seconds
+from tvmlib.experiments.timing import checkpoint_write_fit, compile_speedups, startup_seconds
 from tvmlib.training.config import load_experiment
 from tvmlib.utils.paths import repo_root
 
@@ -156,7 +158,10 @@ def table_mnist() -> str:
 def _ablations(runs: dict, source: str, d: dict) -> str:
     """The paper's TVM ablations on Fashion-MNIST (one seed each, base with its training seeds),
     as far as they were run, each read against base's seed spread."""
-    verdict = {v["run"]: v["verdict"] for v in ablation_verdicts(runs)}
+    verdict = {v["run"]: v["verdict"] + (
+        f" (its target still holds {target_init_share(runs[v['run']]):.0%} of its "
+        "initialisation: not settled)" if target_init_share(runs[v["run"]]) > UNSETTLED else "")
+        for v in ablation_verdicts(runs)}
     rate = {base: mean_sd([r["steps_per_s"] for r in recs])[0]  # a seed mean, as the steps
             for base, recs in seed_groups(runs).items()}
     rows = [row[:4] + [rate[row[0]]] + row[4:] + [verdict.get(row[0], "")]
@@ -230,43 +235,84 @@ def _speedups(name: str = SMALL_STEP) -> tuple[dict | None, dict | None]:
     return d, None if d is None else compile_speedups(d["results"]["rows"])
 
 
+def _jvp_of(name: str) -> str:
+    """How the TVM runs of a results file computed dF/ds: ``model.jvp``, or "func" for runs
+    made before the key existed (torch.func.jvp was then the only way)."""
+    d = rf.load(name)
+    tvm = [r for r in d["results"]["runs"].values() if r["config"]["loss"]["name"] == "tvm"]
+    return tvm[0]["config"]["model"].get("jvp", "func") if tvm else "none"
+
+
 def _compile_note(name: str) -> str:
     """What torch.compile does to the step these comparisons ran (DiT-S/4, batch 128, CUDA
-    graphs, no compile), from the benchmark file ``name``."""
+    graphs, no compile), from the benchmark file ``name``, for the dF/ds each one used."""
     d, ms = _speedups(name)
     if ms is None:
         return ""
-    (model, batch), = {(r["model"], r["batch"]) for r in d["results"]["rows"]}  # one step
+    rows = d["results"]["rows"]
+    (model, batch), = {(r["model"], r["batch"]) for r in rows}  # one step
     fm, fmc, tvm, tvmc = ms["fm"], ms["fm_compiled"], ms["tvm"], ms["tvm_compiled"]
+    func = min((r["ms_per_step"] for r in rows if r["status"] == "ok" and r.get("cuda_graph")
+                and r.get("loss_name", "tvm") == "tvm" and r.get("jvp") == "func"), default=None)
+    by_jvp = {}
+    for file, label in GLANCE:
+        if rf.load(file) is not None:
+            by_jvp.setdefault(_jvp_of(file), []).append(f"*{label}*")
+    older = "" if func is None or "func" not in by_jvp else (
+        f" The {' and '.join(by_jvp['func'])} runs predate the fused dF/ds: their TVM step ran "
+        f"torch.func.jvp ({rf.fmt(func)} ms, a ratio of {rf.fmt(func / fm)} to FM), so for "
+        "them compiling both would give TVM relatively more steps.")
     return ("\n\n**Not every method at its best: torch.compile.** These runs used CUDA graphs "
             f"without torch.compile. At their step ({model}, batch {batch}, one "
             f"{d['provenance']['device']}) compiling "
             f"makes FM's step {rf.fmt(fm / fmc)}x faster ({rf.fmt(fm)} -> {rf.fmt(fmc)} ms) "
-            f"and TVM's {rf.fmt(tvm / tvmc)}x ({rf.fmt(tvm)} -> {rf.fmt(tvmc)} ms, "
-            "`model.jvp=compiled`, which for FM compiles the whole network). The TVM-to-FM "
-            f"step-time ratio goes from {rf.fmt(tvm / fm)} to {rf.fmt(tvmc / fmc)}, so "
-            "equal-time runs with both compiled would give FM relatively more steps than these "
-            "did. MeanFlow cannot gain this way: inside its torch.func.jvp a compiled network "
-            "runs eagerly. " + _rerun_state() + _checkpoint_note() + " "
+            f"and TVM's {rf.fmt(tvm / tvmc)}x ({rf.fmt(tvm)} -> {rf.fmt(tvmc)} ms, from the "
+            "fused dF/ds to `model.jvp=compiled`, which for FM compiles the whole network). The "
+            f"TVM-to-FM step-time ratio goes from {rf.fmt(tvm / fm)} to {rf.fmt(tvmc / fmc)}, "
+            f"so for the rows with the fused dF/ds ({' and '.join(by_jvp.get('fused', []))}) "
+            "equal-time runs with both compiled would give FM relatively more steps than they "
+            f"did.{older} MeanFlow cannot gain this way: inside its torch.func.jvp a compiled "
+            "network runs eagerly. " + _rerun_state() + _checkpoint_note() + " "
             + rf.source(name, d["provenance"]))
 
 
+def _flow_write_fits(runs: dict[str, dict]) -> list[tuple[float, float]]:
+    """(seconds per checkpoint write, standard error) fitted for each flow-map run of a file
+    whose writes were inside the clock, sorted; FM's fits are loose (few segments, similar
+    write counts), so a write's cost is taken from these."""
+    return sorted(f for r in runs.values() if r["config"]["loss"]["name"] != "fm"
+                  and (f := checkpoint_write_fit(r)) is not None)
+
+
 def _checkpoint_note() -> str:
-    """The checkpoint writes the committed equal-time runs counted as training time."""
-    d = rf.load("06_fashion_equal_time_300s.json")
+    """The checkpoint writes the committed equal-time runs counted as training time, and their
+    cost fitted from the runs' evaluated segments (``timing.checkpoint_write_fit``)."""
+    d, mnist = rf.load("06_fashion_equal_time_300s.json"), rf.load("06_mnist_equal_time.json")
     if d is None:
         return ""
     runs = d["results"]["runs"]
     every = runs["fm"]["config"]["train"]["ckpt_every"]
     writes = {n: runs[n]["steps_done"] // every for n in ("fm", "tvm_w15", "meanflow_w15")}
-    per = sorted(w for w in map(checkpoint_write_seconds, runs.values()) if w is not None)
-    w = float(np.median(per)) if per else None
-    cost = "" if w is None else (
-        f" Fitting each run's evaluated segments (seconds = steps x a + writes x b) gives "
-        f"{rf.fmt(w)} s per write (median over the {len(per)} runs that separate the two, "
-        f"{rf.fmt(per[0])} to {rf.fmt(per[-1])}): at that cost FM's writes took about "
-        f"{rf.fmt(writes['fm'] * w)} of its {rf.fmt(runs['fm']['train_s'])} s and TVM's about "
-        f"{rf.fmt(writes['tvm_w15'] * w)}.")
+    flow = _flow_write_fits(runs)
+    fm_own = [checkpoint_write_fit(x["results"]["runs"]["fm"]) for x in (d, mnist) if x]
+    tvm_own = checkpoint_write_fit(runs["tvm_w15"])
+    cost = ""
+    if flow and None not in fm_own and tvm_own is not None:
+        med = float(np.median([w for w, _ in flow]))
+        ses = sorted(se for _, se in flow)
+        own = " and ".join(f"{rf.fmt(w)} ± {rf.fmt(se)} s" for w, se in fm_own)
+        cost = (" Fitting each run's evaluated segments (seconds = steps x a + writes x b) "
+                f"gives {rf.fmt(med)} s per write for the flow-map runs (median of {len(flow)}, "
+                f"{rf.fmt(min(flow)[0])} to {rf.fmt(max(flow)[0])}, standard errors "
+                f"{rf.fmt(ses[0])} to {rf.fmt(ses[-1])}). FM's own fit is loose, {own} (Fashion-"
+                "MNIST" + (" and MNIST" if len(fm_own) > 1 else "") + "), and "
+                + ("agrees with theirs within two standard errors"
+                   if all(abs(w - med) <= 2 * se for w, se in fm_own)
+                   else "differs from theirs by more than two standard errors")
+                + f". FM's writes took about {rf.fmt(writes['fm'] * med)} of its "
+                f"{rf.fmt(runs['fm']['train_s'])} s at the flow-map median "
+                f"({rf.fmt(writes['fm'] * fm_own[0][0])} at its own fit); TVM's about "
+                f"{rf.fmt(writes['tvm_w15'] * tvm_own[0])} at its own.")
     return (f" **Checkpoint writes inside the clock.** These runs also counted their checkpoint "
             f"writes (every {every} steps) as training time, so the methods with more steps "
             "paid for more of them: in the 300-second Fashion-MNIST runs (seed 0) FM wrote "
@@ -298,14 +344,9 @@ def _fm_compiled_gain(plain: dict, comp: dict) -> str:
     m, sd = mean_sd([r["final"]["ema"][k] for r in g])
     rate = fm["steps_done"] / fm["train_s"]
     rate0 = mean_sd([r["steps_done"] / r["train_s"] for r in g])[0]
-    ms = _speedups()[1]
-    bench = "" if ms is None else (
-        f" The benchmark's step alone is {rf.fmt(ms['fm'] / ms['fm_compiled'])}x faster "
-        f"compiled ({rf.fmt(ms['fm'])} -> {rf.fmt(ms['fm_compiled'])} ms), while a training "
-        f"step took {rf.fmt(1000 / rate0)} -> {rf.fmt(1000 / rate)} ms: the training loop "
-        f"spends {rf.fmt(1000 / rate0 - ms['fm'])} and {rf.fmt(1000 / rate - ms['fm_compiled'])} "
-        "ms per step outside the benchmark's step, which compiling does not shorten (where "
-        "that time goes is not measured yet).")
+    ms, fits = _speedups()[1], _flow_write_fits(plain)
+    bench = "" if ms is None or not fits else _fm_overhead(g[0], fm, ms,
+                                                         float(np.median([w for w, _ in fits])))
     return (f"\n\nFM compiled made {rf.fmt(rate / rate0)}x the steps per second of its "
             f"uncompiled seeds ({rf.fmt(rate)} against {rf.fmt(rate0)}).{bench} Its final FD "
             f"at {k} Euler steps is {rf.fmt(fm['final']['ema'][k])} against "
@@ -315,6 +356,32 @@ def _fm_compiled_gain(plain: dict, comp: dict) -> str:
                "seconds went to compiling and capturing before the steady rate (its first "
                "evaluated segment against the later ones' seconds per step; "
                f"{rf.fmt(startup_seconds(g[0]))} for the uncompiled seed 0)."))
+
+
+def _fm_overhead(plain: dict, comp: dict, ms: dict, write_s: float) -> str:
+    """A training step of FM uncompiled (seed 0) and compiled against the benchmark's step: the
+    startup and the checkpoint writes inside the clock taken out, what the loop adds."""
+    parts = []
+    for rec, bench in ((plain, ms["fm"]), (comp, ms["fm_compiled"])):
+        n = rec["steps_done"]
+        writes = 0 if "ckpt_s" in rec else n // rec["config"]["train"]["ckpt_every"]
+        start = startup_seconds(rec) or 0.0
+        step = 1000 * rec["train_s"] / n
+        rest = step - 1000 * (start + writes * write_s) / n
+        parts.append({"step": step, "start": start, "start_ms": 1000 * start / n,
+                      "writes": writes, "writes_ms": 1000 * writes * write_s / n,
+                      "rest": rest, "extra": rest - bench})
+    a, b = parts
+    pair = lambda key: f"{rf.fmt(a[key])} -> {rf.fmt(b[key])}"  # noqa: E731
+    return (f" The benchmark's step alone is {rf.fmt(ms['fm'] / ms['fm_compiled'])}x faster "
+            f"compiled ({rf.fmt(ms['fm'])} -> {rf.fmt(ms['fm_compiled'])} ms), while a training "
+            f"step took {pair('step')} ms (seed 0: training seconds over steps). Of that, the "
+            f"startup took {pair('start_ms')} ms a step ({pair('start')} s) and the checkpoint "
+            f"writes inside the clock, at {rf.fmt(write_s)} s each, {pair('writes_ms')} ms "
+            f"({a['writes']} and {b['writes']} writes). What is left, {pair('rest')} ms, is "
+            f"{pair('extra')} ms a step more than the benchmark's step: loop work that compiling "
+            "does not shorten, not yet measured part by part (`python -m "
+            "tvmlib.apps.bench.loop_profile` now splits it by part of the step).")
 
 
 def table_compiled() -> str:
@@ -328,6 +395,7 @@ def table_compiled() -> str:
         pr, cr = plain["results"]["runs"], comp["results"]["runs"]
         rows = [[p["run"], f"{p['steps'][0]} -> {p['steps'][1]}",
                  f"{rf.fmt(p['train_s'][0])} -> {rf.fmt(p['train_s'][1])}",
+                 " -> ".join("–" if x is None else rf.fmt(x) for x in p["setup_s"]),
                  ", ".join(f"{k}: {rf.fmt(a)} -> {rf.fmt(b)}" for k, (a, b) in p["fd"].items())]
                 for p in compiled_pairs(pr, cr)]
         config = comp["results"]["config"]["name"]
@@ -347,7 +415,8 @@ def table_compiled() -> str:
             f"**{label}** (`configs/experiments/{config}.yaml`, {_not_made(config, cr)}; one "
             "seed each, against the uncompiled run's seed 0). Final FD of 10000 EMA samples "
             "(`best`: FM's best sampler of its sweep, 2000 samples):\n\n"
-            + rf.table(["run", "steps", "train s", "FD by steps, uncompiled -> compiled"], rows)
+            + rf.table(["run", "steps", "train s", "setup s", "FD by steps, uncompiled -> "
+                        "compiled"], rows)
             + targets + _fm_compiled_gain(pr, cr) + clock
             + "\n\n" + rf.source(comp_name, comp["provenance"]))
     if not parts:
@@ -355,7 +424,10 @@ def table_compiled() -> str:
                          "configs/experiments/fashion_equal_time_compiled.yaml` on a GPU.*")
     return ("The 300-second comparisons again with `model.jvp: compiled` (torch.compile: FM's "
             "whole network, TVM's blocks around the attention), the compile time inside the "
-            "training clock; the same data, network, batch, seeds and GPU seconds.\n\n"
+            "training clock; the same data, network, batch, seeds and training seconds. The "
+            "setup before the first step (building the network, loss and data source; loading "
+            "initial weights or a teacher; CMT's trajectory pool) is outside the training "
+            "seconds, as in every comparison here; `setup s` gives it.\n\n"
             + "\n\n".join(parts))
 
 

@@ -283,6 +283,16 @@ def equal_time_summary(runs: dict[str, dict]) -> list[dict]:
     return rows
 
 
+UNSETTLED = 0.1  # a target still holding more of its initialisation than this has not settled
+
+
+def target_init_share(rec: dict) -> float:
+    """The share of its initialisation a run's stop-gradient target (TVM's, decay d, updated
+    without warm-up) still holds at the run's end: d ** steps; 0 for a run without one."""
+    d = rec["config"]["loss"].get("target_decay")
+    return d ** rec["steps_done"] if d else 0.0
+
+
 def ablation_verdicts(runs: dict[str, dict], base: str = "base", k: str = "1",
                       sigmas: float = 2.0) -> list[dict]:
     """Each one-change run against ``base``'s training seeds at ``k`` jumps (final FD): {"run",
@@ -309,9 +319,10 @@ def ablation_verdicts(runs: dict[str, dict], base: str = "base", k: str = "1",
 def compiled_pairs(plain: dict[str, dict], compiled: dict[str, dict]) -> list[dict]:
     """Each run of a compiled re-run of an equal-time comparison beside the same run of the
     uncompiled one (its seed 0; the compiled runs have one seed): {"run", "steps", "train_s",
-    "fd": {k: (uncompiled, compiled)}} with (uncompiled, compiled) pairs of the steps done, the
-    training seconds and the final FD (``final.ema``) at each step count both have; FM's "best"
-    is the best row of its sweep (eval.num_samples)."""
+    "setup_s", "fd": {k: (uncompiled, compiled)}} with (uncompiled, compiled) pairs of the steps
+    done, the training seconds, the seconds of setup before the first step and the final FD
+    (``final.ema``) at each step count both have; FM's "best" is the best row of its sweep
+    (eval.num_samples)."""
     out = []
     for name, rec in compiled.items():
         if name not in plain:
@@ -322,7 +333,8 @@ def compiled_pairs(plain: dict[str, dict], compiled: dict[str, dict]) -> list[di
         if rec.get("sweep") and old.get("sweep"):
             fd["best"] = (best_sweep(old)["fd"], best_sweep(rec)["fd"])
         out.append({"run": name, "steps": (old["steps_done"], rec["steps_done"]),
-                    "train_s": (old["train_s"], rec["train_s"]), "fd": fd})
+                    "train_s": (old["train_s"], rec["train_s"]),
+                    "setup_s": (old.get("setup_s"), rec.get("setup_s")), "fd": fd})
     return out
 
 

@@ -70,12 +70,12 @@ def startup_seconds(rec: dict) -> float | None:
 
 
 
-def checkpoint_write_seconds(rec: dict) -> float | None:
-    """Seconds per checkpoint write inside a run's training clock (runs made before the writes
-    left it), by least squares over its evaluated segments after the first: seconds = steps x
-    s_step + writes x s_write, a write at step k falling in the segment [a, b) that holds k (it
-    follows step k's evaluation). None with fewer than four segments or the same number of
-    writes in each."""
+def checkpoint_write_fit(rec: dict) -> tuple[float, float] | None:
+    """(seconds per checkpoint write inside a run's training clock, its standard error), for
+    runs made before the writes left the clock: least squares over the run's evaluated segments
+    after the first, seconds = steps x s_step + writes x s_write, a write at step k falling in
+    the segment [a, b) that holds k (it follows step k's evaluation). None with fewer than four
+    segments or the same number of writes in each."""
     every = rec["config"]["train"]["ckpt_every"]
     if not every:
         return None
@@ -83,4 +83,8 @@ def checkpoint_write_seconds(rec: dict) -> float | None:
     if len(rows) < 4 or len({r[1] for r in rows}) < 2:
         return None
     m = np.asarray(rows, dtype=float)
-    return float(np.linalg.lstsq(m[:, :2], m[:, 2], rcond=None)[0][1])
+    x, y = m[:, :2], m[:, 2]
+    coef = np.linalg.lstsq(x, y, rcond=None)[0]
+    resid = y - x @ coef
+    var = resid @ resid / (len(y) - 2) * np.linalg.inv(x.T @ x)[1, 1]
+    return float(coef[1]), float(np.sqrt(var))
