@@ -55,6 +55,7 @@ class TrainConfig:
     amp: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; "bf16"; "off"
     progress: bool | None = None  # None: on unless $CI or $TVMLIB_QUIET is set
     cuda_graph: bool = False  # replay loss + backward as one CUDA graph
+    sync_every: int = 1  # read loss and gradient norm back every N steps (see train())
     time_budget_s: float | None = None  # stop (checkpointed) after this many training seconds
 
 
@@ -89,7 +90,7 @@ def check_train_config(cfg: TrainConfig) -> TrainConfig:
     loop cannot train with; 0 for ``log_every`` / ``ckpt_every`` means only at the end."""
     prefix = "TrainConfig."
     for name, low in (("steps", 1), ("micro_batches", 1), ("warmup", 0), ("log_every", 0),
-                      ("ckpt_every", 0), ("seed", 0)):
+                      ("ckpt_every", 0), ("seed", 0), ("sync_every", 1)):
         integer(prefix + name, getattr(cfg, name), low)
     number(prefix + "lr", cfg.lr, positive=True)
     number(prefix + "weight_decay", cfg.weight_decay, low=0)
@@ -182,6 +183,24 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+@dataclass
+class _Pending:
+    """A step's logs not yet read back from the device: ``values`` holds (loss sum, gradient
+    norm, the loss's tensor logs) as one float32 vector; ``numbers`` the logs that were plain
+    numbers; ``keys`` the loss's log names in their order."""
+
+    step: int
+    lr: float
+    values: torch.Tensor
+    keys: tuple[str, ...]
+    numbers: dict[str, float]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The logs as 0-d device tensors (reading one synchronises)."""
+        names = ("loss_sum", "grad_norm", *(k for k in self.keys if k not in self.numbers))
+        return dict(zip(names, self.values))
+
+
 class _Step:
     """One optimizer step: micro-batches, gradient all-reduce, checks, clipping, AdamW, EMAs."""
 
@@ -225,8 +244,9 @@ class _Step:
                 self.sync(net, self.world, loss_sum)  # loss_sum becomes the mean over processes
         return loss_sum, logs
 
-    def __call__(self, batch) -> dict[str, float]:
-        """Take one step; returns its logs (loss, gradient norm before clipping, lr, ...)."""
+    def __call__(self, batch) -> dict[str, float] | _Pending:
+        """Take one step; returns its logs (loss, gradient norm before clipping, lr, ...), or
+        with ``sync_every`` > 1 the same still on the device (:meth:`read_back` reads them)."""
         state, cfg = self.state, self.cfg
         if cfg.warmup and state.step <= cfg.warmup:  # later steps keep what a callback sets
             for group in state.opt.param_groups:
@@ -237,10 +257,9 @@ class _Step:
         with phase("clip_and_checks"):
             norm = nn.utils.clip_grad_norm_(
                 state.net.parameters(), cfg.grad_clip if cfg.grad_clip else float("inf"))
-            loss_sum, grad_norm = torch.stack(  # one read-back from the device, not two
-                [loss_sum, norm.to(loss_sum.device, torch.float32)]).tolist()
-            loss = loss_sum / cfg.micro_batches
-            self.check_finite(loss, grad_norm)
+            out = self.pending(loss_sum, norm, logs, lr)
+            if cfg.sync_every == 1:  # read now: a bad value stops the run before its update
+                out = self.read_back([out])[0]
         with phase("optimizer"):
             state.opt.step()
         with phase("emas"):
@@ -248,21 +267,48 @@ class _Step:
             if hasattr(self.loss_fn, "after_step"):
                 self.loss_fn.after_step(state.net)
         state.step += 1
-        with phase("logs"):
-            logs = {k: float(v) for k, v in logs.items()}
-        return {**logs, "loss": loss, "grad_norm": grad_norm, "lr": lr}
+        return out
 
-    def check_finite(self, loss: float, grad_norm: float) -> None:
-        """Raise FloatingPointError, before the optimizer step, on a non-finite loss or
-        gradient norm, naming the step and the last finite loss."""
-        state = self.state
+    def pending(self, loss_sum: torch.Tensor, norm: torch.Tensor, logs: dict, lr: float
+                ) -> _Pending:
+        """This step's logs gathered into one new device vector (a CUDA graph's outputs are
+        overwritten by its next replay), nothing read back."""
+        tensors = {k: v for k, v in logs.items() if isinstance(v, torch.Tensor)}
+        values = torch.stack([loss_sum, norm.to(loss_sum.device, torch.float32),
+                              *(v.detach().to(loss_sum.device, torch.float32).reshape(())
+                                for v in tensors.values())])
+        return _Pending(self.state.step + 1, lr, values, tuple(logs),
+                        {k: float(v) for k, v in logs.items() if k not in tensors})
+
+    def read_back(self, entries: list) -> list[dict[str, float]]:
+        """The logs of ``entries`` (:class:`_Pending`, or logs already read) as numbers, with
+        one synchronisation for all; raises FloatingPointError at the first step, in order,
+        whose loss or gradient norm is not finite."""
+        waiting = [e for e in entries if isinstance(e, _Pending)]
+        rows = iter(torch.stack([e.values for e in waiting]).tolist() if waiting else [])
+        out = []
+        for e in entries:
+            if not isinstance(e, _Pending):
+                out.append(e)
+                continue
+            loss_sum, grad_norm, *rest = next(rows)
+            loss = loss_sum / self.cfg.micro_batches
+            self.check_finite(e.step, loss, grad_norm)
+            read = dict(zip((k for k in e.keys if k not in e.numbers), rest))
+            out.append({**{k: e.numbers.get(k, read.get(k)) for k in e.keys}, "loss": loss,
+                        "grad_norm": grad_norm, "lr": e.lr})
+        return out
+
+    def check_finite(self, step: int, loss: float, grad_norm: float) -> None:
+        """Raise FloatingPointError on a non-finite loss or gradient norm at ``step``, naming
+        it and the last finite loss (with ``sync_every`` 1, before that step's update)."""
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             what = "loss" if not math.isfinite(loss) else f"gradient norm (loss {loss:.4g})"
             raise FloatingPointError(
-                f"non-finite {what} at step {state.step + 1}; last finite loss: "
+                f"non-finite {what} at step {step}; last finite loss: "
                 f"{self.last_finite[1]} at step {self.last_finite[0]}. Lower the learning rate, "
                 "enable grad_clip, or check the data for NaNs.")
-        self.last_finite = (state.step + 1, loss)
+        self.last_finite = (step, loss)
 
 
 def _new_state(net: nn.Module, cfg: TrainConfig) -> TrainState:
@@ -295,6 +341,14 @@ def train(net: nn.Module, loss_fn: Callable, source, cfg: TrainConfig, resume: b
     runs after every step; it may raise (e.g. KeyboardInterrupt) to stop, and the loop
     checkpoints first, as on SIGTERM or a first Ctrl-C (both finish the step under way). A run
     that reaches ``cfg.time_budget_s`` stops with ``state.stopped = "time budget"``.
+
+    Each step reads its loss and gradient norm back from the device and checks them before its
+    update. With ``cfg.sync_every`` N > 1 they are read back every N steps (and at every step
+    that logs a row, evaluates, checkpoints or stops), so the host need not wait for the device
+    each step: the updates and the history are the same; a non-finite value is found up to N
+    steps late, still named by its step, and no checkpoint is written past it; the callback's
+    logs between read-backs are device tensors; the training clock is synchronised at the
+    read-backs and where its unsynchronised reading reaches the time budget.
     """
     check_train_config(cfg)
     torch.manual_seed(cfg.seed)
@@ -320,14 +374,16 @@ class _Loop:
         self.bar = tqdm(total=cfg.steps, initial=state.step, mininterval=1.0,
                         disable=self.rank != 0 or (not cfg.progress if cfg.progress is not None
                                                    else quiet()))
+        self.pending: list[tuple[int, dict | _Pending]] = []  # (step, logs) not yet logged
+        self.first, self.done_before, self.stop = state.step, state.train_seconds, None
 
     def run(self) -> TrainState:
         state, cfg, at_boundary = self.state, self.cfg, True  # False while a step is half done
-        first = state.step
+        first, done_before = self.first, self.done_before
         try:
             with _StopFlag() as stop:
+                self.stop = stop
                 self.clock.begin()
-                done_before = state.train_seconds
                 while state.step < cfg.steps and state.stopped is None:
                     if self.over_budget():
                         break
@@ -338,18 +394,20 @@ class _Loop:
                     logs = self.step(batch)
                     at_boundary = True
                     with phase("clock"):
-                        state.train_seconds = done_before + self.clock.seconds()
+                        state.train_seconds = done_before + self.reading()
                     if state.step == first + 1:
                         state.timings["first_step_s"].append(state.train_seconds - done_before)
                     with phase("bookkeeping"):
                         self.after_step(logs)
                     if self.callback is not None:
                         with self.clock.pause():
-                            self.callback(state, logs)
+                            self.callback(state, logs.tensors() if isinstance(logs, _Pending)
+                                          else logs)
                     if stop.requested:
                         raise KeyboardInterrupt(stop.requested)
         except KeyboardInterrupt:
             if cfg.ckpt_path and at_boundary:
+                self.flush()
                 self.save()
                 print(f"interrupted: checkpoint at step {state.step} written to {cfg.ckpt_path}")
             elif cfg.ckpt_path:
@@ -357,9 +415,49 @@ class _Loop:
             raise
         finally:
             self.bar.close()
+        self.flush()
         if state.step != first or not (cfg.ckpt_path and Path(cfg.ckpt_path).exists()):
             self.save()  # a resumed run with nothing left to do leaves its checkpoint alone
         return state
+
+    def sync_due(self) -> bool:
+        """Whether this step's logs are read back now: every ``sync_every`` steps, and at every
+        step that logs a row, evaluates, checkpoints, stops, or is this process's first."""
+        s, cfg = self.state.step, self.cfg
+        every = [cfg.sync_every, cfg.log_every, cfg.ckpt_every]
+        return (any(n and s % n == 0 for n in every) or s in (cfg.steps, self.first + 1)
+                or self.state.stopped is not None or self.eval_due()
+                or bool(self.stop and self.stop.requested))
+
+    def eval_due(self) -> bool:
+        s = self.state.step
+        return (self.rank == 0 and self.eval_fn is not None and bool(self.eval_every)
+                and (s % self.eval_every == 0 or s == self.cfg.steps
+                     or self.state.stopped is not None))
+
+    def reading(self) -> float:
+        """The training clock after this step: synchronised every step with ``sync_every`` 1,
+        else only where the logs are read back and where the unsynchronised reading reaches the
+        time budget (the device may still be finishing queued steps)."""
+        if self.cfg.sync_every == 1 or self.sync_due():
+            return self.clock.seconds()
+        t, budget = self.clock.seconds(sync=False), self.cfg.time_budget_s
+        if budget is not None and self.done_before + t >= budget:
+            t = self.clock.seconds()
+        return t
+
+    def read_pending(self) -> list[tuple[int, dict[str, float]]]:
+        """(step, logs) of the steps not yet logged, read back with one synchronisation."""
+        if not self.pending:
+            return []
+        steps, entries = zip(*self.pending)
+        self.pending = []
+        return list(zip(steps, self.step.read_back(list(entries))))
+
+    def flush(self) -> None:
+        """Log the pending steps in order (before a checkpoint of an interrupted run)."""
+        for step, logs in self.read_pending():
+            self.log(logs, None, step)
 
     def over_budget(self) -> bool:
         """True (and ``state.stopped`` set) once the training seconds reach the budget."""
@@ -368,17 +466,22 @@ class _Loop:
             self.state.stopped = "time budget"
         return self.state.stopped is not None
 
-    def after_step(self, logs: dict) -> None:
+    def after_step(self, logs: dict | _Pending) -> None:
         """Budget, evaluation, the log row, progress bar and checkpoint of a step."""
         state, cfg = self.state, self.cfg
         self.over_budget()
+        self.bar.update(1)
+        self.pending.append((state.step, logs))
+        if not self.sync_due():
+            return
+        *before, (_, logs) = self.read_pending()
+        for step, earlier in before:
+            self.log(earlier, None, step)
         extra = None
-        if self.rank == 0 and self.eval_fn is not None and self.eval_every and (
-                state.step % self.eval_every == 0 or state.step == cfg.steps or state.stopped):
+        if self.eval_due():
             with self.clock.pause():
                 extra = self.eval_fn(state)
-        row = self.log(logs, extra, force=state.stopped is not None)
-        self.bar.update(1)
+        row = self.log(logs, extra, state.step, force=state.stopped is not None)
         if row:
             self.bar.set_postfix(loss=f"{row.get('loss', logs['loss']):.4g}")
         if cfg.ckpt_every and state.step % cfg.ckpt_every == 0:
@@ -386,14 +489,16 @@ class _Loop:
                 self.save()
             state.timings["ckpt_s"] += paused()
 
-    def log(self, logs: dict[str, float], extra: dict | None, force: bool = False) -> dict:
+    def log(self, logs: dict[str, float], extra: dict | None, step: int,
+            force: bool = False) -> dict:
         """Average step logs over ``log_every`` steps into a history row (and the log files);
-        the window in progress lives in ``state.log_window``, so it survives a resume."""
+        the window in progress lives in ``state.log_window``, so it survives a resume. A row
+        falls only on a step whose logs were read back at once (:meth:`sync_due`)."""
         sums, window = self.state.log_window["sums"], self.state.log_window
         for k, v in logs.items():
             sums[k] = sums.get(k, 0.0) + v
         window["n"] += 1
-        step, every = self.state.step, self.cfg.log_every
+        every = self.cfg.log_every
         row = {}
         if (every and step % every == 0) or step == self.cfg.steps or force:
             row = {"step": step, **{k: v / window["n"] for k, v in sums.items()},

@@ -37,7 +37,7 @@ AT_LEAST = {  # integers: the smallest allowed value (a null, where the schema a
     "model.hidden_size": 1, "model.num_heads": 1, "model.patch_size": 1, "model.freq_dim": 1,
     "loss.solver_steps": 1, "loss.points": 1, "loss.pool_batch": 1, "loss.pool_size": 1,
     "train.steps": 1, "train.global_batch": 1, "train.per_gpu_batch": 1, "train.warmup": 0,
-    "train.log_every": 1, "train.seed": 0,
+    "train.log_every": 1, "train.seed": 0, "train.sync_every": 1,
     "eval.num_samples": 1, "eval.final_samples": 1, "eval.batch_size": 1, "eval.seed": 0,
     "eval.every": 0, "eval.probe_every": 0, "eval.probe_batch": 1, "eval.lipschitz_batch": 1,
     "eval.power_iters": 1, "eval.spike_window": 1, "eval.spike_warmup": 0,

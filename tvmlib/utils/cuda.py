@@ -25,17 +25,19 @@ class GpuClock:
     def __init__(self, device: torch.device | str = "cpu"):
         self.device, self.start, self.excluded = torch.device(device), None, 0.0
 
-    def now(self) -> float:
-        synchronize(self.device)
+    def now(self, sync: bool = True) -> float:
+        if sync:
+            synchronize(self.device)
         return time.perf_counter()
 
     def begin(self) -> GpuClock:
         self.start, self.excluded = self.now(), 0.0
         return self
 
-    def seconds(self) -> float:
-        """Seconds since :meth:`begin`, less the paused blocks."""
-        return self.now() - self.start - self.excluded
+    def seconds(self, sync: bool = True) -> float:
+        """Seconds since :meth:`begin`, less the paused blocks; ``sync=False`` reads the host's
+        clock without waiting for the device (work still queued is not counted)."""
+        return self.now(sync) - self.start - self.excluded
 
     @contextmanager
     def pause(self):

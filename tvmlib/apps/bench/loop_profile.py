@@ -6,9 +6,10 @@
 
 The loop labels the parts of each step (``tvmlib.training.loop.phase``): ``batch``,
 ``loss_backward`` (the forward and backward, a CUDA graph's replay), ``clip_and_checks``
-(gradient clipping and the one read-back of loss and gradient norm), ``optimizer``, ``emas``
-(the evaluation EMA and TVM's target), ``logs``, ``clock`` (the training clock's synchronised
-reading) and ``bookkeeping`` (history rows, the progress bar). For each part and step this
+(gradient clipping and the one read-back of the step's logs: loss, gradient norm and the loss's
+own), ``optimizer``, ``emas`` (the evaluation EMA and TVM's target), ``clock`` (the training
+clock's reading) and ``bookkeeping`` (history rows, the progress bar; with ``--set
+train.sync_every=N`` also the read-back of the steps since the last). For each part and step this
 reports the host milliseconds, the kernel launches, the milliseconds of the kernels it launched,
 and the host milliseconds spent waiting for the device (synchronisations and blocking copies),
 read from the profiler's trace; beside them the loop's own milliseconds per step (its training
