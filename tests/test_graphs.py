@@ -51,7 +51,8 @@ def test_unsafe_loss_and_micro_batches_are_refused():
         check_graph_support(net, FMLoss(), micro_batches=0)
 
 
-def _train(loss_name, cuda_graph, steps=6, amp="off", micro_batches=1, jvp="fused"):
+def _train(loss_name, cuda_graph, steps=6, amp="off", micro_batches=1, jvp="fused",
+           log_every=1, sync_every=1):
     net = _dit("cuda")
     net.jvp = jvp  # how the TVM loss gets dF/ds
     loss = {"fm": lambda: FMLoss(label_dropout=0.1, num_classes=10),
@@ -59,8 +60,8 @@ def _train(loss_name, cuda_graph, steps=6, amp="off", micro_batches=1, jvp="fuse
             "tvm": lambda: TVMLoss(net, num_classes=10, cfg_scale=2.0)}[loss_name]()
     x, y = _data("cuda")
     cfg = TrainConfig(steps=steps, lr=1e-3, betas=(0.9, 0.95), grad_clip=1.0, ema_decay=0.9,
-                      log_every=1, seed=3, amp=amp, progress=False, cuda_graph=cuda_graph,
-                      micro_batches=micro_batches)
+                      log_every=log_every, seed=3, amp=amp, progress=False,
+                      cuda_graph=cuda_graph, micro_batches=micro_batches, sync_every=sync_every)
     return train(net, loss, TensorSource(x, y, 16, seed=0), cfg)
 
 
@@ -80,6 +81,20 @@ def test_graphed_training_matches_eager(loss_name, micro, jvp):
     for a, b in zip(eager.net.parameters(), graphed.net.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     for a, b in zip(eager.ema.module.parameters(), graphed.ema.module.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@cuda
+def test_graphed_training_read_back_every_few_steps_logs_the_same():
+    """With ``sync_every`` the graph's static log outputs are copied each step before the next
+    replay overwrites them: the same rows and weights as reading back every step."""
+    every, lazy = (_train("tvm", True, steps=12, log_every=4, sync_every=n) for n in (1, 6))
+    assert [r["step"] for r in lazy.history] == [r["step"] for r in every.history] == [4, 8, 12]
+    for a, b in zip(every.history, lazy.history):  # atomics in a backward: not bitwise
+        assert set(a) == set(b)
+        assert [b[k] for k in a if k != "seconds"] == pytest.approx(
+            [a[k] for k in a if k != "seconds"], rel=1e-5, abs=1e-7)
+    for a, b in zip(every.net.parameters(), lazy.net.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
