@@ -280,7 +280,7 @@ def test_loop_profile_gives_each_kernel_to_the_part_that_launched_it():
 
 def test_loop_profile_times_every_part_of_a_real_step(tmp_path):
     from tvmlib.apps.bench import loop_profile
-    from tvmlib.training.loop import phase
+    from tvmlib.training.step import phase
 
     out = tmp_path / "profile.json"
     config = Path(__file__).parents[1] / "configs/experiments/toy2d_equal_compute_smoke.yaml"

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from tvmlib.apps import cli
 from tvmlib.apps import readme_format as rf
-from tvmlib.apps.readme_images import table_compiled, table_equal_time, table_glance, table_mnist
+from tvmlib.apps.readme_compiled import table_compiled
+from tvmlib.apps.readme_images import table_equal_time, table_glance, table_mnist
 from tvmlib.experiments.results import by_group, cmt_seed_table, reach_step
 from tvmlib.experiments.timing import step_summary
 from tvmlib.experiments.toy_results import toy_groups, toy_table, toy_targets, verdict

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from tvmlib.training.config import load_experiment
 from tvmlib.utils.paths import repo_root
 from tvmlib.utils.provenance import commits
 
@@ -54,3 +55,19 @@ def optional(name: str, render) -> str:
     """``render(runs, source line, document)`` of ``figures/<name>``; "" without the file."""
     d = load(name)
     return "" if d is None else render(d["results"]["runs"], source(name, d["provenance"]), d)
+
+
+def targets(targets: list[dict]) -> list[list]:
+    """[target, value, bound, runs, hit or miss] rows of targets (mean +- sd over seeds)."""
+    return [[t["target"], "never" if t["value"] is None else
+             pm(t["value"], t["value_sd"], t["seeds"][0]),
+             pm(t["bound"], t["bound_sd"], t["seeds"][1]), " vs ".join(t["runs"]),
+             "hit" if t["hit"] else "miss"] for t in targets]
+
+
+def not_made(config: str, runs: dict) -> str:
+    """A clause naming the runs of ``configs/experiments/<config>.yaml`` that ``runs`` has no
+    record of."""
+    path = repo_root() / "configs" / "experiments" / f"{config}.yaml"
+    missing = [r.name for r in load_experiment(path)[1] if r.name not in runs]
+    return ("not made yet: " + ", ".join(missing)) if missing else "every run of the config made"

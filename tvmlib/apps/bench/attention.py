@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         shapes = QUICK_SHAPES if args.quick else SHAPES
         impls = args.impls.split(",")
 
-    from tvmlib.training.loop import atomic_write_text
+    from tvmlib.utils.atomic import atomic_write_text
     from tvmlib.utils.paths import figures_dir
     from tvmlib.utils.provenance import provenance
 

@@ -4,7 +4,7 @@
     python -m tvmlib.apps.bench.loop_profile configs/experiments/fashion_equal_time_compiled.yaml
         fm tvm [--steps 50] [--warmup 30] [--set KEY=VALUE ...] [--out PATH]
 
-The loop labels the parts of each step (``tvmlib.training.loop.phase``): ``batch``,
+The loop labels the parts of each step (``tvmlib.training.step.phase``): ``batch``,
 ``loss_backward`` (the forward and backward, a CUDA graph's replay), ``clip_and_checks``
 (gradient clipping and the one read-back of the step's logs: loss, gradient norm and the loss's
 own), ``optimizer``, ``emas`` (the evaluation EMA and TVM's target), ``clock`` (the training

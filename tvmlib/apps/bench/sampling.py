@@ -29,7 +29,7 @@ from tvmlib.apps import cli
 from tvmlib.apps.bench.train_step import device_slug, step_config, time_steps
 from tvmlib.core.solvers import sample
 from tvmlib.training.build import build_model
-from tvmlib.training.loop import autocast
+from tvmlib.training.step import autocast
 from tvmlib.utils.atomic import atomic_write_json
 from tvmlib.utils.paths import figures_dir
 from tvmlib.utils.provenance import provenance

@@ -11,7 +11,7 @@ with the CUDA graph, the gradient all-reduce time per step, and the scaling effi
 For each process count it starts ``torchrun --standalone --nproc_per_node=N`` on this module
 with ``--worker``. Each process builds the model of ``tvmlib.apps.bench.train_step`` (the paper's
 TVM step on random ImageNet-256 latents, bf16 autocast) with the same seed and times the training
-loop's own step (``tvmlib.training.loop.optimizer_step``: loss, JVP and backward, one gradient
+loop's own step (``tvmlib.training.step.optimizer_step``: loss, JVP and backward, one gradient
 all-reduce, clipping, AdamW, the EMAs) on ``--batch`` images per GPU (weak scaling): the median
 over ``--steps`` steps after ``--warmup``. "allreduce_ms" is the gradient synchronisation of a
 step as the step sees it (flattening, the all-reduce, waiting for the slower process, the
@@ -39,7 +39,7 @@ from tvmlib.apps import cli
 from tvmlib.apps.bench.train_step import device_slug, step_config, time_steps
 from tvmlib.training.build import build_loss, build_model
 from tvmlib.training.distributed import init_distributed, shutdown, world
-from tvmlib.training.loop import TrainConfig, optimizer_step
+from tvmlib.training.step import TrainConfig, optimizer_step
 from tvmlib.utils.atomic import atomic_write_json
 from tvmlib.utils.paths import figures_dir
 from tvmlib.utils.provenance import provenance

@@ -47,7 +47,7 @@ from tvmlib.nn.dit_jvp import JVP_MODES
 from tvmlib.training.build import build_loss, build_model, compile_forward
 from tvmlib.training.config import RunConfig, config_from_dict
 from tvmlib.training.graphs import GraphedLossBackward
-from tvmlib.training.loop import autocast
+from tvmlib.training.step import autocast
 from tvmlib.utils.atomic import atomic_write_json
 from tvmlib.utils.paths import figures_dir
 from tvmlib.utils.provenance import provenance

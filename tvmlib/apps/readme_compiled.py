@@ -1,0 +1,231 @@
+"""The README's notes on what torch.compile and the training clock did to the image
+comparisons (``tvmlib.apps.readme``): the compile note under the glance table, the checkpoint
+writes the older runs counted as training time, and the compiled re-runs' section."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tvmlib.apps import readme_format as rf
+from tvmlib.experiments.results import (
+    compiled_pairs,
+    compiled_targets,
+    mean_sd,
+    seed_groups,
+)
+from tvmlib.experiments.timing import checkpoint_write_fit, compile_speedups, startup_seconds
+
+SMALL_STEP = "train_step_small_nvidia-h200.json"  # the equal-time runs' step, benchmarked
+
+
+
+def _speedups(name: str = SMALL_STEP) -> tuple[dict | None, dict | None]:
+    """(benchmark file, :func:`compile_speedups` of its rows), Nones without the file."""
+    d = rf.load(name)
+    return d, None if d is None else compile_speedups(d["results"]["rows"])
+
+
+
+def _jvp_of(name: str) -> str:
+    """How the TVM runs of a results file computed dF/ds: ``model.jvp``, or "func" for runs
+    made before the key existed (torch.func.jvp was then the only way)."""
+    d = rf.load(name)
+    tvm = [r for r in d["results"]["runs"].values() if r["config"]["loss"]["name"] == "tvm"]
+    return tvm[0]["config"]["model"].get("jvp", "func") if tvm else "none"
+
+
+
+def compile_note(name: str, comparisons: tuple[tuple[str, str], ...]) -> str:
+    """What torch.compile does to the step the image comparisons ran (DiT-S/4, batch 128, CUDA
+    graphs, no compile), from the benchmark file ``name``, for the dF/ds each of
+    ``comparisons`` ((results file, label), ...) used."""
+    d, ms = _speedups(name)
+    if ms is None:
+        return ""
+    rows = d["results"]["rows"]
+    (model, batch), = {(r["model"], r["batch"]) for r in rows}  # one step
+    fm, fmc, tvm, tvmc = ms["fm"], ms["fm_compiled"], ms["tvm"], ms["tvm_compiled"]
+    func = min((r["ms_per_step"] for r in rows if r["status"] == "ok" and r.get("cuda_graph")
+                and r.get("loss_name", "tvm") == "tvm" and r.get("jvp") == "func"), default=None)
+    by_jvp = {}
+    for file, label in comparisons:
+        if rf.load(file) is not None:
+            by_jvp.setdefault(_jvp_of(file), []).append(f"*{label}*")
+    older = "" if func is None or "func" not in by_jvp else (
+        f" The {' and '.join(by_jvp['func'])} runs predate the fused dF/ds: their TVM step ran "
+        f"torch.func.jvp ({rf.fmt(func)} ms, a ratio of {rf.fmt(func / fm)} to FM), so for "
+        "them compiling both would give TVM relatively more steps.")
+    return ("\n\n**Not every method at its best: torch.compile.** These runs used CUDA graphs "
+            f"without torch.compile. At their step ({model}, batch {batch}, one "
+            f"{d['provenance']['device']}) compiling "
+            f"makes FM's step {rf.fmt(fm / fmc)}x faster ({rf.fmt(fm)} -> {rf.fmt(fmc)} ms) "
+            f"and TVM's {rf.fmt(tvm / tvmc)}x ({rf.fmt(tvm)} -> {rf.fmt(tvmc)} ms, from the "
+            "fused dF/ds to `model.jvp=compiled`, which for FM compiles the whole network). The "
+            f"TVM-to-FM step-time ratio goes from {rf.fmt(tvm / fm)} to {rf.fmt(tvmc / fmc)}, "
+            f"so for the rows with the fused dF/ds ({' and '.join(by_jvp.get('fused', []))}) "
+            "equal-time runs with both compiled would give FM relatively more steps than they "
+            f"did.{older} MeanFlow cannot gain this way: inside its torch.func.jvp a compiled "
+            "network runs eagerly. " + _rerun_state() + _checkpoint_note() + " "
+            + rf.source(name, d["provenance"]))
+
+
+
+def _flow_write_fits(runs: dict[str, dict]) -> list[tuple[float, float]]:
+    """(seconds per checkpoint write, standard error) fitted for each flow-map run of a file
+    whose writes were inside the clock, sorted; FM's fits are loose (few segments, similar
+    write counts), so a write's cost is taken from these."""
+    return sorted(f for r in runs.values() if r["config"]["loss"]["name"] != "fm"
+                  and (f := checkpoint_write_fit(r)) is not None)
+
+
+
+def _checkpoint_note() -> str:
+    """The checkpoint writes the committed equal-time runs counted as training time, and their
+    cost fitted from the runs' evaluated segments (``timing.checkpoint_write_fit``)."""
+    d, mnist = rf.load("06_fashion_equal_time_300s.json"), rf.load("06_mnist_equal_time.json")
+    if d is None:
+        return ""
+    runs = d["results"]["runs"]
+    every = runs["fm"]["config"]["train"]["ckpt_every"]
+    writes = {n: runs[n]["steps_done"] // every for n in ("fm", "tvm_w15", "meanflow_w15")}
+    flow = _flow_write_fits(runs)
+    fm_own = [checkpoint_write_fit(x["results"]["runs"]["fm"]) for x in (d, mnist) if x]
+    tvm_own = checkpoint_write_fit(runs["tvm_w15"])
+    cost = ""
+    if flow and None not in fm_own and tvm_own is not None:
+        med = float(np.median([w for w, _ in flow]))
+        ses = sorted(se for _, se in flow)
+        own = " and ".join(f"{rf.fmt(w)} ± {rf.fmt(se)} s" for w, se in fm_own)
+        cost = (" Fitting each run's evaluated segments (seconds = steps x a + writes x b) "
+                f"gives {rf.fmt(med)} s per write for the flow-map runs (median of {len(flow)}, "
+                f"{rf.fmt(min(flow)[0])} to {rf.fmt(max(flow)[0])}, standard errors "
+                f"{rf.fmt(ses[0])} to {rf.fmt(ses[-1])}). FM's own fit is loose, {own} (Fashion-"
+                "MNIST" + (" and MNIST" if len(fm_own) > 1 else "") + "), and "
+                + ("agrees with theirs within two standard errors"
+                   if all(abs(w - med) <= 2 * se for w, se in fm_own)
+                   else "differs from theirs by more than two standard errors")
+                + f". FM's writes took about {rf.fmt(writes['fm'] * med)} of its "
+                f"{rf.fmt(runs['fm']['train_s'])} s at the flow-map median "
+                f"({rf.fmt(writes['fm'] * fm_own[0][0])} at its own fit); TVM's about "
+                f"{rf.fmt(writes['tvm_w15'] * tvm_own[0])} at its own.")
+    return (f" **Checkpoint writes inside the clock.** These runs also counted their checkpoint "
+            f"writes (every {every} steps) as training time, so the methods with more steps "
+            "paid for more of them: in the 300-second Fashion-MNIST runs (seed 0) FM wrote "
+            f"{writes['fm']}, MeanFlow {writes['meanflow_w15']} and TVM {writes['tvm_w15']} "
+            f"(`_w15`).{cost} Runs made since leave the writes out of the training clock and "
+            "record their seconds (`ckpt_s`).")
+
+
+
+COMPILED = (("06_fashion_equal_time_300s.json", "06_fashion_equal_time_compiled.json",
+             "Fashion-MNIST"),
+            ("06_mnist_equal_time.json", "06_mnist_equal_time_compiled.json", "MNIST"))
+
+
+
+def _rerun_state() -> str:
+    docs = [(label, rf.load(comp)) for _, comp, label in COMPILED]
+    made = [f"{label} ({', '.join(d['results']['runs'])})" for label, d in docs if d is not None]
+    return ("Compiled re-runs made so far: " + "; ".join(made)
+            + " (section *Equal GPU time with torch.compile*)." if made
+            else "The runs above are not repeated compiled.")
+
+
+
+def _fm_compiled_gain(plain: dict, comp: dict) -> str:
+    """FM's compiled run against its uncompiled training seeds: steps per second (beside the
+    benchmark's step times) and the final FD at its most Euler steps (10000 samples)."""
+    if "fm" not in comp or "fm" not in plain:
+        return ""
+    g, fm = seed_groups(plain)["fm"], comp["fm"]
+    k = max(fm["final"]["ema"], key=int)
+    m, sd = mean_sd([r["final"]["ema"][k] for r in g])
+    rate = fm["steps_done"] / fm["train_s"]
+    rate0 = mean_sd([r["steps_done"] / r["train_s"] for r in g])[0]
+    ms, fits = _speedups()[1], _flow_write_fits(plain)
+    bench = "" if ms is None or not fits else _fm_overhead(g[0], fm, ms,
+                                                         float(np.median([w for w, _ in fits])))
+    return (f"\n\nFM compiled made {rf.fmt(rate / rate0)}x the steps per second of its "
+            f"uncompiled seeds ({rf.fmt(rate)} against {rf.fmt(rate0)}).{bench} Its final FD "
+            f"at {k} Euler steps is {rf.fmt(fm['final']['ema'][k])} against "
+            f"{rf.pm(m, sd, len(g))} over the {len(g)} uncompiled training seeds."
+            + ("" if startup_seconds(fm) is None else
+               f" About {rf.fmt(startup_seconds(fm))} of its {rf.fmt(fm['train_s'])} training "
+               "seconds went to compiling and capturing before the steady rate (its first "
+               "evaluated segment against the later ones' seconds per step; "
+               f"{rf.fmt(startup_seconds(g[0]))} for the uncompiled seed 0)."))
+
+
+
+def _fm_overhead(plain: dict, comp: dict, ms: dict, write_s: float) -> str:
+    """A training step of FM uncompiled (seed 0) and compiled against the benchmark's step: the
+    startup and the checkpoint writes inside the clock taken out, what the loop adds."""
+    parts = []
+    for rec, bench in ((plain, ms["fm"]), (comp, ms["fm_compiled"])):
+        n = rec["steps_done"]
+        writes = 0 if "ckpt_s" in rec else n // rec["config"]["train"]["ckpt_every"]
+        start = startup_seconds(rec) or 0.0
+        step = 1000 * rec["train_s"] / n
+        rest = step - 1000 * (start + writes * write_s) / n
+        parts.append({"step": step, "start": start, "start_ms": 1000 * start / n,
+                      "writes": writes, "writes_ms": 1000 * writes * write_s / n,
+                      "rest": rest, "extra": rest - bench})
+    a, b = parts
+    pair = lambda key: f"{rf.fmt(a[key])} -> {rf.fmt(b[key])}"  # noqa: E731
+    return (f" The benchmark's step alone is {rf.fmt(ms['fm'] / ms['fm_compiled'])}x faster "
+            f"compiled ({rf.fmt(ms['fm'])} -> {rf.fmt(ms['fm_compiled'])} ms), while a training "
+            f"step took {pair('step')} ms (seed 0: training seconds over steps). Of that, the "
+            f"startup took {pair('start_ms')} ms a step ({pair('start')} s) and the checkpoint "
+            f"writes inside the clock, at {rf.fmt(write_s)} s each, {pair('writes_ms')} ms "
+            f"({a['writes']} and {b['writes']} writes). What is left, {pair('rest')} ms, is "
+            f"{pair('extra')} ms a step more than the benchmark's step: loop work that compiling "
+            "does not shorten, not yet measured part by part (`python -m "
+            "tvmlib.apps.bench.loop_profile` now splits it by part of the step).")
+
+
+
+def table_compiled() -> str:
+    """The 300-second comparisons repeated with torch.compile (FM, TVM, the CMT chain; MeanFlow
+    cannot gain), each run beside its uncompiled seed 0, and the targets with the compiled runs."""
+    parts = []
+    for plain_name, comp_name, label in COMPILED:
+        comp, plain = rf.load(comp_name), rf.load(plain_name)
+        if comp is None or plain is None:
+            continue
+        pr, cr = plain["results"]["runs"], comp["results"]["runs"]
+        rows = [[p["run"], f"{p['steps'][0]} -> {p['steps'][1]}",
+                 f"{rf.fmt(p['train_s'][0])} -> {rf.fmt(p['train_s'][1])}",
+                 " -> ".join("–" if x is None else rf.fmt(x) for x in p["setup_s"]),
+                 ", ".join(f"{k}: {rf.fmt(a)} -> {rf.fmt(b)}" for k, (a, b) in p["fd"].items())]
+                for p in compiled_pairs(pr, cr)]
+        config = comp["results"]["config"]["name"]
+        has_tvm = any(n in cr for n in ("tvm", "tvm_w15"))
+        header = ["target", "value", "bound", "runs", ""]
+        targets = (("\n\nTargets with the compiled runs (MeanFlow's uncompiled runs, all "
+                    "seeds), at 2000 samples:\n\n"
+                    + rf.table(header, rf.targets(compiled_targets(pr, cr))))
+                   if has_tvm else
+                   "\n\nNo TVM run is compiled yet, so the targets are not recomputed: against "
+                   "a compiled FM and an uncompiled TVM they would not compare the methods at "
+                   "their best.")
+        inside = [n for n, r in cr.items() if "ckpt_s" not in r]
+        clock = ("" if not inside else " Made with checkpoint writes inside the training "
+                 "clock, as the uncompiled runs were: " + ", ".join(inside) + ".")
+        parts.append(
+            f"**{label}** (`configs/experiments/{config}.yaml`, {rf.not_made(config, cr)}; one "
+            "seed each, against the uncompiled run's seed 0). Final FD of 10000 EMA samples "
+            "(`best`: FM's best sampler of its sweep, 2000 samples):\n\n"
+            + rf.table(["run", "steps", "train s", "setup s", "FD by steps, uncompiled -> "
+                        "compiled"], rows)
+            + targets + _fm_compiled_gain(pr, cr) + clock
+            + "\n\n" + rf.source(comp_name, comp["provenance"]))
+    if not parts:
+        raise rf.Missing("*No compiled re-run yet: run `python -m tvmlib.apps.experiment "
+                         "configs/experiments/fashion_equal_time_compiled.yaml` on a GPU.*")
+    return ("The 300-second comparisons again with `model.jvp: compiled` (torch.compile: FM's "
+            "whole network, TVM's blocks around the attention), the compile time inside the "
+            "training clock; the same data, network, batch, seeds and training seconds. The "
+            "setup before the first step (building the network, loss and data source; loading "
+            "initial weights or a teacher; CMT's trajectory pool) is outside the training "
+            "seconds, as in every comparison here; `setup s` gives it.\n\n"
+            + "\n\n".join(parts))
