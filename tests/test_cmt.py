@@ -723,3 +723,19 @@ def test_target_init_share_is_what_an_unwarmed_target_keeps_of_its_start():
     assert target_init_share(rec(0.999, 1015)) == pytest.approx(weight)
     assert target_init_share(rec(0.999, 1015)) > UNSETTLED > target_init_share(rec(0.99, 1015))
     assert target_init_share(rec(0.0, 10)) == 0.0 and target_init_share(rec(None, 10)) == 0.0
+
+
+def test_detach_effects_pairs_each_jvp_with_and_without_the_gradient_through_it():
+    from tvmlib.experiments.timing import detach_effects
+
+    def row(jvp, detach, kernels, ms):
+        return {"jvp": jvp, "detach_jvp": detach, "kernels": kernels,
+                "saved_mb": ms * 5, "cpu_ms_median": ms}
+
+    rows = [row("fused", False, 100, 10.0), row("fused", True, 99, 9.9),
+            row("func", False, 150, 20.0), row("func", True, 100, 14.0), row("compiled", False,
+                                                                              None, 5.0)]
+    got = detach_effects(rows)
+    assert set(got) == {"fused", "func"}  # compiled has no detached row
+    assert got["func"] == {"kernels": (150, 100), "saved_mb": (100.0, 70.0), "cpu_ms": (20.0, 14.0)}
+    assert got["fused"]["kernels"] == (100, 99)

@@ -88,3 +88,17 @@ def checkpoint_write_fit(rec: dict) -> tuple[float, float] | None:
     resid = y - x @ coef
     var = resid @ resid / (len(y) - 2) * np.linalg.inv(x.T @ x)[1, 1]
     return float(coef[1]), float(np.sqrt(var))
+
+
+def detach_effects(rows: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per way of computing dF/ds in an operator count (``tvmlib.apps.bench.op_count --detach
+    off on``): {jvp: {"kernels", "saved_mb", "cpu_ms": (kept, detached)}}, the TVM step with the
+    gradient through dF/ds and without it; a jvp without both rows is left out."""
+    out = {}
+    for jvp in dict.fromkeys(r["jvp"] for r in rows):
+        pair = {r.get("detach_jvp", False): r for r in rows if r["jvp"] == jvp}
+        if set(pair) == {False, True}:
+            out[jvp] = {k: (pair[False][src], pair[True][src]) for k, src in
+                        (("kernels", "kernels"), ("saved_mb", "saved_mb"),
+                         ("cpu_ms", "cpu_ms_median")) if src in pair[False]}
+    return out

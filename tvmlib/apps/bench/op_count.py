@@ -28,14 +28,15 @@ variant of the ablation (``configs/experiments/lipschitz_ablation.yaml``) and pe
   ``threads`` CPU threads (``--threads``), the rows' steps interleaved.
 
     python -m tvmlib.apps.bench.op_count [--preset DiT-S/2] [--variants off on ...]
-        [--jvp fused compiled func] [--batch 2] [--amp] [--time 5] [--threads 1]
-        [--out figures/op_count_DiT-S-2.json]
+        [--jvp fused compiled func] [--detach off on] [--batch 2] [--amp] [--time 5]
+        [--threads 1] [--out figures/op_count_DiT-S-2.json]
 
 Attention runs on the ``math`` backend (the Triton kernel needs a GPU); on a GPU the ``triton``
 backend replaces each attention's softmax, JVP and backward ops by a few kernels, so the absolute
 counts there are lower, while the differences between variants (the norms) stay.
 Results: ``{"provenance", "results": {"preset", "batch", "threads", "rows": [{"variant",
-"jvp", "kernels", "top_level", "all", "saved_mb"[, "ms_median", "cpu_ms_median", ...]}]}}``.
+"jvp", "detach_jvp", "kernels", "top_level", "all", "saved_mb"[, "ms_median", "cpu_ms_median",
+...]}]}}``.
 """
 
 from __future__ import annotations
@@ -93,15 +94,17 @@ def _nested(event) -> bool:
 
 
 def make_step(preset: str, variant: str, jvp: str = "fused", batch: int = 2,
-              seed: int = 0, amp: bool = False) -> Callable[[], None]:
+              seed: int = 0, amp: bool = False, detach: bool = False) -> Callable[[], None]:
     """One TVM loss + backward of the Lipschitz ablation's model and loss (through
     ``tvmlib.training.build``) with a ``preset`` DiT, the ``variant``'s changes and ``model.jvp``
     = ``jvp``, on 32x32x1 images of 10 classes; in fp32, or with ``amp`` under bf16 autocast
-    (the GPU runs' precision)."""
+    (the GPU runs' precision); with ``detach``, no backward through dF/ds (``loss.detach_jvp``,
+    the TVM ablation's ``detach_jvp`` run)."""
     cfg = config_from_dict({  # the Lipschitz ablation's model and loss
         "model": {"preset": preset, "guidance": True, "attn_backend": "math", "jvp": jvp,
                   "lipschitz": lipschitz_flags(variant)},
-        "loss": {"name": "tvm", "cfg_scale": 2.0}, "train": {"seed": seed}})
+        "loss": {"name": "tvm", "cfg_scale": 2.0, "detach_jvp": detach},
+        "train": {"seed": seed}})
     net = build_model(cfg)
     loss_fn = build_loss(cfg, net)
     data = (torch.randn(batch, 1, 32, 32), torch.randint(0, 10, (batch,)))  # (B, 1, 32, 32), (B,)
@@ -184,6 +187,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help=f"LipschitzConfig variants (default: all of {', '.join(VARIANTS)})")
     ap.add_argument("--jvp", nargs="+", default=["fused", "func"], choices=list(JVP_MODES),
                     help="how dF/ds is computed (model.jvp; default: fused and func)")
+    ap.add_argument("--detach", nargs="+", default=["off"], choices=["off", "on"],
+                    help="the gradient through dF/ds: kept (off, the default), detached (on "
+                    "= loss.detach_jvp), or both")
     ap.add_argument("--batch", type=int, default=2, help="batch size (the counts do not "
                     "depend on it, saved_mb does)")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast (default: fp32)")
@@ -197,18 +203,21 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows, steps = [], []
-    for variant, jvp in itertools.product(args.variants, args.jvp):
-        step = make_step(args.preset, variant, jvp, args.batch, amp=args.amp)
-        rows.append({"variant": variant, "jvp": jvp, **count_ops(step, jvp != "compiled")})
+    for variant, jvp, detach in itertools.product(args.variants, args.jvp, args.detach):
+        step = make_step(args.preset, variant, jvp, args.batch, amp=args.amp,
+                         detach=detach == "on")
+        rows.append({"variant": variant, "jvp": jvp, "detach_jvp": detach == "on",
+                     **count_ops(step, jvp != "compiled")})
         steps += [step] if args.time else []  # (keep the models only to time them)
         r = rows[-1]
-        print(f"{variant:14s} {jvp:8s} kernels {r['kernels'] or '-':>6}  top-level "
-              f"{r['top_level'] or '-':>6}  all aten {r['all'] or '-':>6}  saved "
+        print(f"{variant:14s} {jvp:8s} detach {detach:3s} kernels {r['kernels'] or '-':>6}  "
+              f"top-level {r['top_level'] or '-':>6}  all aten {r['all'] or '-':>6}  saved "
               f"{r['saved_mb']:8.1f} MB", flush=True)
     if args.time:
         for row, timing in zip(rows, time_steps(steps, args.time)):
             row.update(timing)
-            print(f"{row['variant']:14s} {row['jvp']:8s} {row['ms_median']:9.1f} ms / step, "
+            print(f"{row['variant']:14s} {row['jvp']:8s} detach {row['detach_jvp']!s:5s} "
+                  f"{row['ms_median']:9.1f} ms / step, "
                   f"{row['cpu_ms_median']:9.1f} CPU ms (medians of {args.time})", flush=True)
     prov = provenance(command="python -m tvmlib.apps.bench.op_count " + " ".join(
         sys.argv[1:] if argv is None else argv), seed=0)
