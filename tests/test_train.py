@@ -161,6 +161,28 @@ def test_reading_logs_back_lazily_still_names_the_first_bad_step_and_keeps_check
     assert torch.load(path, weights_only=True)["step"] == 5  # none written past the bad step
 
 
+def test_fused_adamw_trains_as_the_foreach_one(tmp_path):
+    """``fused_adamw`` changes how AdamW runs, not what it computes: the same weights to float
+    rounding after 20 steps, and a run resumes across the switch (the same optimizer state)."""
+    def run(fused, steps, resume=False):
+        torch.manual_seed(0)
+        net = MLP2D(hidden=16, depth=2)
+        cfg = TrainConfig(steps=steps, lr=1e-2, weight_decay=0.01, seed=1, fused_adamw=fused,
+                          ckpt_path=str(tmp_path / f"{fused}.pt"))
+        return train(net, FMLoss(), ToySource("moons", 32, seed=1, labels=False), cfg,
+                     resume=resume)
+
+    plain, fused = run(False, 20), run(True, 20)
+    assert fused.opt.defaults["fused"] and not plain.opt.defaults["fused"]
+    for a, b in zip(plain.net.parameters(), fused.net.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    run(False, 10)
+    (tmp_path / "False.pt").rename(tmp_path / "True.pt")
+    switched = run(True, 20, resume=True)
+    for a, b in zip(plain.net.parameters(), switched.net.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_resume_missing_checkpoint_starts_fresh_and_bad_amp_is_rejected(tmp_path):
     cfg = TrainConfig(steps=2, ckpt_path=str(tmp_path / "none.pt"))
     state = train(MLP2D(hidden=8, depth=1), FMLoss(), ToySource("moons", 8, labels=False), cfg,

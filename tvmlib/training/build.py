@@ -144,7 +144,8 @@ def loop_config(cfg: RunConfig, world: int = 1) -> TrainConfig:
         log_every=t.log_every, ckpt_every=t.ckpt_every,
         ckpt_path=str(cfg.run_dir / "checkpoint.pt"), log_path=str(cfg.run_dir / "log"),
         seed=t.seed, micro_batches=micro_batches(cfg, world), amp=t.amp,
-        cuda_graph=t.cuda_graph, time_budget_s=t.time_budget_s, sync_every=t.sync_every)
+        cuda_graph=t.cuda_graph, time_budget_s=t.time_budget_s, sync_every=t.sync_every,
+        fused_adamw=t.fused_adamw)
 
 
 def build(cfg: RunConfig, device: torch.device | str | None = None, world: int = 1,

@@ -123,6 +123,7 @@ class TrainSection:
     tf32: bool = False
     cuda_graph: bool = False  # replay loss + backward as a CUDA graph (tvmlib.training.graphs)
     sync_every: int = 1  # read loss and gradient norm back every N steps (loop.train)
+    fused_adamw: bool = False  # torch's fused AdamW (one kernel per step) instead of foreach
     time_budget_s: float | None = None  # stop training after this many (GPU) seconds
     total_budget_s: float | None = None  # ... counting the runs it starts from and its setup
     flop_budget: float | None = None  # train this many FLOPs: steps = budget / FLOPs of a step

@@ -36,6 +36,7 @@ class TrainConfig:
     progress: bool | None = None  # None: on unless $CI or $TVMLIB_QUIET is set
     cuda_graph: bool = False  # replay loss + backward as one CUDA graph
     sync_every: int = 1  # read loss and gradient norm back every N steps (see train())
+    fused_adamw: bool = False  # AdamW as one fused kernel per step (torch's fused=True)
     time_budget_s: float | None = None  # stop (checkpointed) after this many training seconds
 
 
@@ -88,4 +89,5 @@ def check_train_config(cfg: TrainConfig) -> TrainConfig:
     choice(prefix + "amp", cfg.amp, ("auto", "bf16", "off"))
     flag(prefix + "ema_warmup", cfg.ema_warmup)
     flag(prefix + "cuda_graph", cfg.cuda_graph)
+    flag(prefix + "fused_adamw", cfg.fused_adamw)
     return cfg

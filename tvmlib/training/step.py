@@ -190,7 +190,7 @@ class Step:
 
 def new_state(net: nn.Module, cfg: TrainConfig) -> TrainState:
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
-                            weight_decay=cfg.weight_decay)
+                            weight_decay=cfg.weight_decay, fused=cfg.fused_adamw or None)
     return TrainState(net, EMA(net, cfg.ema_decay, cfg.ema_warmup), opt)
 
 
