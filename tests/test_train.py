@@ -161,6 +161,15 @@ def test_reading_logs_back_lazily_still_names_the_first_bad_step_and_keeps_check
     assert torch.load(path, weights_only=True)["step"] == 5  # none written past the bad step
 
 
+def test_lazy_read_back_with_a_time_budget_is_refused_for_several_processes(monkeypatch):
+    from tvmlib.training import loop as loop_module
+
+    monkeypatch.setattr(loop_module, "world", lambda: (0, 2))
+    with pytest.raises(ValueError, match="sync_every > 1 with a time_budget_s needs one process"):
+        train(MLP2D(hidden=8, depth=1), FMLoss(), ToySource("moons", 8, labels=False),
+              TrainConfig(steps=3, sync_every=2, time_budget_s=10.0))
+
+
 def test_fused_adamw_trains_as_the_foreach_one(tmp_path):
     """``fused_adamw`` changes how AdamW runs, not what it computes: the same weights to float
     rounding after 20 steps, and a run resumes across the switch (the same optimizer state)."""

@@ -101,7 +101,8 @@ def train(net: nn.Module, loss_fn: Callable, source, cfg: TrainConfig, resume: b
     each step: the updates and the history are the same; a non-finite value is found up to N
     steps late, still named by its step, and no checkpoint is written past it; the callback's
     logs between read-backs are device tensors; the training clock is synchronised at the
-    read-backs and where its unsynchronised reading reaches the time budget.
+    read-backs and where its unsynchronised reading reaches the time budget (so, with a time
+    budget, N > 1 needs one process: ValueError otherwise).
     """
     check_train_config(cfg)
     torch.manual_seed(cfg.seed)
@@ -119,6 +120,11 @@ class _Loop:
     """The loop of :func:`train`: steps, logs, evaluations, checkpoints, interruptions."""
 
     def __init__(self, state, loss_fn, source, cfg, eval_fn, eval_every, callback, settings):
+        if cfg.sync_every > 1 and cfg.time_budget_s is not None and world()[1] > 1:
+            raise ValueError(
+                "TrainConfig.sync_every > 1 with a time_budget_s needs one process: each process "
+                "would read its own unsynchronised clock and could stop at another step than the "
+                "others. Use sync_every: 1, or train.steps / train.flop_budget")
         self.state, self.source, self.cfg = state, source, cfg
         self.eval_fn, self.eval_every, self.callback = eval_fn, eval_every, callback
         self.step, self.rank = Step(state, loss_fn, cfg), world()[0]
