@@ -92,6 +92,8 @@ def test_equal_compute_experiment_at_smoke_size(tmp_path, monkeypatch):
     cb = groups["checkerboard"]
     head, blank, columns, rule, *rows = toy_table("checkerboard", cb).split("\n")
     assert head.startswith(f"**checkerboard** (W2 to the data, mean +- std over {len(cb['tvm'])}")
+    pairs = [w for r in cb["tvm"] for w in r["floor"]["runs"]]  # single pairs, not seed means
+    assert f"floor {mean_std(pairs)}: W2 between two independent sets" in head
     assert blank == "" and columns.startswith("| method | NFE 1 |") and rule.startswith("|---|")
     cells = {r.strip("| ").split(" | ")[0]: r.strip("| ").split(" | ")[1:] for r in rows}
     assert list(cells) == ["FM, Euler", "FM, Heun", "MeanFlow", "TVM"]
@@ -126,6 +128,8 @@ def test_toy_runs_are_scored_during_training_like_at_the_end(tmp_path, monkeypat
         (last["cmt"] - last["teacher_init"], 0.0))
     assert sm["scratch"]["w2_1"] == pytest.approx((last["scratch"], 0.0))
     assert sm["scratch"]["reach"][0] in (0, 4, 8)  # scratch reaches its own final at the latest
+    from tvmlib.experiments.results import mean_sd  # the floor: single pairs, as models score
+    assert sm["floor"] == pytest.approx(mean_sd(runs["scratch-s0"]["floor"]["runs"]))
     table = cmt_seed_table(runs).split("\n")
     assert table[0].startswith("**2D checkerboard**") and len(table) == 2 + 2 + 3
 

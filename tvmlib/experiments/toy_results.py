@@ -42,7 +42,8 @@ TOY_ROWS = (("FM, Euler", "fm", None), ("FM, Heun", "fm", "heun"),
 
 def toy_table(dataset: str, m: dict[str, list[dict]]) -> str:
     """Markdown of one data set's headline runs ``m`` ({method: [records, by seed]}): a line
-    naming the reference, the seeds and the floor, then W2 mean +- std over seeds at every NFE
+    naming the reference, the seeds and the floor (the spread of single reference-vs-reference
+    pairs, as each model score is one evaluation), then W2 mean +- std over seeds at every NFE
     of FM (Euler, Heun), MeanFlow and TVM ("–" where not every seed has that NFE)."""
     nfes = sorted({k for meth in ("fm", "meanflow", "tvm") for r in m[meth] for k in toy_curve(r)})
     lines = ["| method | " + " | ".join(f"NFE {k}" for k in nfes) + " |",
@@ -54,9 +55,11 @@ def toy_table(dataset: str, m: dict[str, list[dict]]) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     fl = m["tvm"][0]["floor"]
     ref = "data" if fl["reference"] == "data" else f"exact guided ODE (w = {fl['guidance']})"
+    pairs = [w for r in m["tvm"] for w in r["floor"].get("runs", [r["floor"]["w2"]])]
     head = (f"**{dataset}** (W2 to the {ref}, mean +- std over {len(m['tvm'])} seeds, every "
-            f"model trained for the same FLOPs; floor "
-            f"{mean_std([r['floor']['w2'] for r in m['tvm']])})")
+            f"model trained for the same FLOPs; floor {mean_std(pairs)}: W2 between two "
+            f"independent sets of the reference, mean +- std over {len(pairs)} such pairs, each "
+            "scored as one model evaluation is)")
     return head + "\n\n" + "\n".join(lines)
 
 
