@@ -10,7 +10,7 @@ import torch
 from tvmlib.core.losses import FMLoss, TVMLoss
 from tvmlib.evaluation.metrics import w2
 from tvmlib.evaluation.toy import eval_inputs, floor, reference
-from tvmlib.experiments.results import cmt_seed_summary, cmt_seed_table
+from tvmlib.experiments.results import cmt_seed_summary, cmt_seed_table, mean_sd
 from tvmlib.experiments.toy_results import toy_best, toy_curve, toy_groups, toy_table, toy_targets
 from tvmlib.nn import MLP2D
 from tvmlib.training.flops import step_flops, steps_for_budget
@@ -128,7 +128,7 @@ def test_toy_runs_are_scored_during_training_like_at_the_end(tmp_path, monkeypat
         (last["cmt"] - last["teacher_init"], 0.0))
     assert sm["scratch"]["w2_1"] == pytest.approx((last["scratch"], 0.0))
     assert sm["scratch"]["reach"][0] in (0, 4, 8)  # scratch reaches its own final at the latest
-    from tvmlib.experiments.results import mean_sd  # the floor: single pairs, as models score
+    # the floor: single pairs, as a model is scored
     assert sm["floor"] == pytest.approx(mean_sd(runs["scratch-s0"]["floor"]["runs"]))
     table = cmt_seed_table(runs).split("\n")
     assert table[0].startswith("**2D checkerboard**") and len(table) == 2 + 2 + 3

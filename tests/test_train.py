@@ -104,7 +104,7 @@ def _lazy_run(tmp_path, sync_every, steps=23, interrupt_at=None, resume=False, t
                       ckpt_path=str(tmp_path / f"{tag}.pt"), sync_every=sync_every)
 
     def callback(state, logs):
-        seen.append(type(logs["grad_norm"]))
+        seen.append((type(logs["grad_norm"]), tuple(logs)))
         if state.step == interrupt_at:
             raise KeyboardInterrupt
 
@@ -129,7 +129,8 @@ def test_reading_logs_back_every_n_steps_trains_and_logs_exactly_as_every_step(t
     assert [r["step"] for r in lazy.history if "probe" in r] == [6, 12, 18, 23]
     for a, b in zip(ref.net.parameters(), lazy.net.parameters()):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
-    assert set(ref_seen) == {float} and torch.Tensor in set(seen)
+    assert {t for t, _ in ref_seen} == {float} and torch.Tensor in {t for t, _ in seen}
+    assert {keys for _, keys in seen} == {keys for _, keys in ref_seen}  # the same log names
     assert torch.load(tmp_path / "lazy.pt", weights_only=True)["step"] == 23
 
 

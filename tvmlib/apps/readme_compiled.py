@@ -18,12 +18,10 @@ from tvmlib.experiments.timing import checkpoint_write_fit, compile_speedups, st
 SMALL_STEP = "train_step_small_nvidia-h200.json"  # the equal-time runs' step, benchmarked
 
 
-
 def _speedups(name: str = SMALL_STEP) -> tuple[dict | None, dict | None]:
     """(benchmark file, :func:`compile_speedups` of its rows), Nones without the file."""
     d = rf.load(name)
     return d, None if d is None else compile_speedups(d["results"]["rows"])
-
 
 
 def _jvp_of(name: str) -> str:
@@ -32,7 +30,6 @@ def _jvp_of(name: str) -> str:
     d = rf.load(name)
     tvm = [r for r in d["results"]["runs"].values() if r["config"]["loss"]["name"] == "tvm"]
     return tvm[0]["config"]["model"].get("jvp", "func") if tvm else "none"
-
 
 
 def compile_note(name: str, comparisons: tuple[tuple[str, str], ...]) -> str:
@@ -45,8 +42,7 @@ def compile_note(name: str, comparisons: tuple[tuple[str, str], ...]) -> str:
     rows = d["results"]["rows"]
     (model, batch), = {(r["model"], r["batch"]) for r in rows}  # one step
     fm, fmc, tvm, tvmc = ms["fm"], ms["fm_compiled"], ms["tvm"], ms["tvm_compiled"]
-    func = min((r["ms_per_step"] for r in rows if r["status"] == "ok" and r.get("cuda_graph")
-                and r.get("loss_name", "tvm") == "tvm" and r.get("jvp") == "func"), default=None)
+    func = ms.get("tvm_func")
     by_jvp = {}
     for file, label in comparisons:
         if rf.load(file) is not None:
@@ -69,14 +65,12 @@ def compile_note(name: str, comparisons: tuple[tuple[str, str], ...]) -> str:
             + rf.source(name, d["provenance"]))
 
 
-
 def _flow_write_fits(runs: dict[str, dict]) -> list[tuple[float, float]]:
     """(seconds per checkpoint write, standard error) fitted for each flow-map run of a file
     whose writes were inside the clock, sorted; FM's fits are loose (few segments, similar
     write counts), so a write's cost is taken from these."""
     return sorted(f for r in runs.values() if r["config"]["loss"]["name"] != "fm"
                   and (f := checkpoint_write_fit(r)) is not None)
-
 
 
 def _checkpoint_note() -> str:
@@ -116,11 +110,9 @@ def _checkpoint_note() -> str:
             "record their seconds (`ckpt_s`).")
 
 
-
 COMPILED = (("06_fashion_equal_time_300s.json", "06_fashion_equal_time_compiled.json",
              "Fashion-MNIST"),
             ("06_mnist_equal_time.json", "06_mnist_equal_time_compiled.json", "MNIST"))
-
 
 
 def _rerun_state() -> str:
@@ -129,7 +121,6 @@ def _rerun_state() -> str:
     return ("Compiled re-runs made so far: " + "; ".join(made)
             + " (section *Equal GPU time with torch.compile*)." if made
             else "The runs above are not repeated compiled.")
-
 
 
 def _fm_compiled_gain(plain: dict, comp: dict) -> str:
@@ -156,7 +147,6 @@ def _fm_compiled_gain(plain: dict, comp: dict) -> str:
                f"{rf.fmt(startup_seconds(g[0]))} for the uncompiled seed 0)."))
 
 
-
 def _fm_overhead(plain: dict, comp: dict, ms: dict, write_s: float) -> str:
     """A training step of FM uncompiled (seed 0) and compiled against the benchmark's step: the
     startup and the checkpoint writes inside the clock taken out, what the loop adds."""
@@ -181,7 +171,6 @@ def _fm_overhead(plain: dict, comp: dict, ms: dict, write_s: float) -> str:
             f"{pair('extra')} ms a step more than the benchmark's step: loop work that compiling "
             "does not shorten, not yet measured part by part (`python -m "
             "tvmlib.apps.bench.loop_profile` now splits it by part of the step).")
-
 
 
 def table_compiled() -> str:

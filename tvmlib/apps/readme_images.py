@@ -138,10 +138,10 @@ def table_mnist() -> str:
 def _ablations(runs: dict, source: str, d: dict) -> str:
     """The paper's TVM ablations on Fashion-MNIST (one seed each, base with its training seeds),
     as far as they were run, each read against base's seed spread."""
+    share = {n: target_init_share(r) for n, r in runs.items()}
     verdict = {v["run"]: v["verdict"] + (
-        f" (its target still holds {target_init_share(runs[v['run']]):.0%} of its "
-        "initialisation: not settled)" if target_init_share(runs[v["run"]]) > UNSETTLED else "")
-        for v in ablation_verdicts(runs)}
+        f" (its target still holds {share[v['run']]:.0%} of its initialisation: not settled)"
+        if share[v["run"]] > UNSETTLED else "") for v in ablation_verdicts(runs)}
     rate = {base: mean_sd([r["steps_per_s"] for r in recs])[0]  # a seed mean, as the steps
             for base, recs in seed_groups(runs).items()}
     rows = [row[:4] + [rate[row[0]]] + row[4:] + [verdict.get(row[0], "")]

@@ -11,7 +11,6 @@ def _parts(prov: dict) -> list[dict]:
     return [p for part in prov["parts"] for p in _parts(part)] if "parts" in prov else [prov]
 
 
-
 def merge_results(docs: list[dict], note: str | None = None) -> dict:
     """One results document from several parts of one experiment (e.g. runs made in parallel
     with ``--only``): later parts add or replace runs, and the experiment's config is the last

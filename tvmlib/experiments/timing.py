@@ -30,20 +30,19 @@ def step_summary(rows: list[dict]) -> list[dict]:
     return out
 
 
-
 def compile_speedups(rows: list[dict]) -> dict | None:
     """What torch.compile does to the CUDA-graph steps of a benchmark file: the fastest ms of
     FM (eager forward and compiled) and of TVM (fused and compiled dF/ds), {"fm", "fm_compiled",
-    "tvm", "tvm_compiled"}; None unless all four were measured."""
+    "tvm", "tvm_compiled"}, with "tvm_func" (dF/ds through torch.func.jvp) where measured; None
+    unless the first four were measured."""
     ms: dict[str, float] = {}
     names = {("fm", None): "fm", ("fm", "compiled"): "fm_compiled", ("tvm", "fused"): "tvm",
-             ("tvm", "compiled"): "tvm_compiled"}
+             ("tvm", "compiled"): "tvm_compiled", ("tvm", "func"): "tvm_func"}
     for r in rows:
         key = names.get((r.get("loss_name", "tvm"), r.get("jvp")))
         if key and r["status"] == "ok" and r.get("cuda_graph"):
             ms[key] = min(ms.get(key, math.inf), r["ms_per_step"])
-    return ms if len(ms) == len(names) else None
-
+    return ms if {"fm", "fm_compiled", "tvm", "tvm_compiled"} <= set(ms) else None
 
 
 def _segments(rec: dict) -> list[tuple[int, int, float]]:
@@ -53,7 +52,6 @@ def _segments(rec: dict) -> list[tuple[int, int, float]]:
     if not steps or steps[0] != 0:
         return []
     return [(a, b, t1 - t0) for a, b, t0, t1 in zip(steps[1:-1], steps[2:], secs[1:-1], secs[2:])]
-
 
 
 def startup_seconds(rec: dict) -> float | None:
@@ -67,7 +65,6 @@ def startup_seconds(rec: dict) -> float | None:
     per_step = float(np.median([t / (b - a) for a, b, t in later]))
     steps, secs = rec["evals"]["step"], rec["evals"]["train_s"]
     return secs[1] - steps[1] * per_step
-
 
 
 def checkpoint_write_fit(rec: dict) -> tuple[float, float] | None:

@@ -37,14 +37,12 @@ def quiet() -> bool:
     return any(os.environ.get(k, "") not in ("", "0", "false") for k in ("CI", "TVMLIB_QUIET"))
 
 
-
 def write_log(history: list[dict], log_path: str) -> None:
     """Write the metric history as ``<log_path>.json`` and ``<log_path>.csv`` (atomically)."""
     atomic_write_json(history, f"{log_path}.json")
     keys = list(dict.fromkeys(k for row in history for k in row))
     lines = [",".join(keys)] + [",".join(str(row.get(k, "")) for k in keys) for row in history]
     atomic_write_text("\n".join(lines) + "\n", f"{log_path}.csv")
-
 
 
 class _StopFlag:
@@ -73,7 +71,6 @@ class _StopFlag:
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
-
 
 
 def train(net: nn.Module, loss_fn: Callable, source, cfg: TrainConfig, resume: bool = False,
@@ -113,7 +110,6 @@ def train(net: nn.Module, loss_fn: Callable, source, cfg: TrainConfig, resume: b
         if resume and cfg.ckpt_path and Path(cfg.ckpt_path).exists():
             load_checkpoint(cfg.ckpt_path, state, loss_fn, source, settings)
         return _Loop(state, loss_fn, source, cfg, eval_fn, eval_every, callback, settings).run()
-
 
 
 class _Loop:
@@ -161,8 +157,8 @@ class _Loop:
                         self.after_step(logs)
                     if self.callback is not None:
                         with self.clock.pause():
-                            self.callback(state, logs.tensors() if isinstance(logs, Pending)
-                                          else logs)
+                            self.callback(state, logs.named(logs.values)
+                                          if isinstance(logs, Pending) else logs)
                     if stop.requested:
                         raise KeyboardInterrupt(stop.requested)
         except KeyboardInterrupt:

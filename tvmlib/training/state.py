@@ -40,7 +40,6 @@ class TrainConfig:
     time_budget_s: float | None = None  # stop (checkpointed) after this many training seconds
 
 
-
 @dataclass
 class TrainState:
     """What a run leaves behind: the network, its EMA, the optimizer, and the metric history.
@@ -63,10 +62,8 @@ class TrainState:
     timings: dict = field(default_factory=lambda: {"ckpt_s": 0.0, "first_step_s": []})
 
 
-
 RESUME_SETTINGS = ("lr", "warmup", "betas", "weight_decay", "grad_clip", "ema_decay", "ema_warmup",
                    "seed", "amp")  # a resumed run must have the checkpoint's
-
 
 
 def check_train_config(cfg: TrainConfig) -> TrainConfig:

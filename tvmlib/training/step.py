@@ -30,7 +30,6 @@ def autocast(amp: str, device: torch.device, cuda_graph: bool = False):
     return contextlib.nullcontext()
 
 
-
 def phase(name: str):
     """Label a part of the step for the PyTorch profiler (``tvmlib.apps.bench.loop_profile``);
     nothing at all while no profiler runs."""
@@ -39,12 +38,10 @@ def phase(name: str):
     return contextlib.nullcontext()
 
 
-
 def micro_seed(seed: int, step: int, index: int) -> int:
     """A seed for micro-batch ``index`` of ``step``: the loss's noise then depends only on
     (seed, step, index), not on how micro-batches are spread over processes."""
     return (seed * 1_000_003 + step) * 4099 + index
-
 
 
 def chunk(batch, i: int, n: int):
@@ -57,24 +54,26 @@ def chunk(batch, i: int, n: int):
     return map_batch(part, batch)
 
 
-
 @dataclass
 class Pending:
-    """A step's logs not yet read back from the device: ``values`` holds (loss sum, gradient
-    norm, the loss's tensor logs) as one float32 vector; ``numbers`` the logs that were plain
-    numbers; ``keys`` the loss's log names in their order."""
+    """A step's logs not yet read back from the device: ``values`` holds (the loss summed over
+    ``micro_batches``, gradient norm, the loss's tensor logs) as one float32 vector; ``numbers``
+    the logs that were plain numbers; ``keys`` the loss's log names in their order."""
 
     step: int
     lr: float
+    micro_batches: int
     values: torch.Tensor
     keys: tuple[str, ...]
     numbers: dict[str, float]
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """The logs as 0-d device tensors (reading one synchronises)."""
-        names = ("loss_sum", "grad_norm", *(k for k in self.keys if k not in self.numbers))
-        return dict(zip(names, self.values))
-
+    def named(self, row) -> dict:
+        """The step's logs by name from ``row``, ``values`` read back (numbers) or not
+        (tensors still on the device; reading one synchronises)."""
+        loss_sum, grad_norm, *rest = row
+        read = dict(zip((k for k in self.keys if k not in self.numbers), rest))
+        return {**{k: self.numbers.get(k, read.get(k)) for k in self.keys},
+                "loss": loss_sum / self.micro_batches, "grad_norm": grad_norm, "lr": self.lr}
 
 
 class Step:
@@ -153,7 +152,7 @@ class Step:
         values = torch.stack([loss_sum, norm.to(loss_sum.device, torch.float32),
                               *(v.detach().to(loss_sum.device, torch.float32).reshape(())
                                 for v in tensors.values())])
-        return Pending(self.state.step + 1, lr, values, tuple(logs),
+        return Pending(self.state.step + 1, lr, self.cfg.micro_batches, values, tuple(logs),
                         {k: float(v) for k, v in logs.items() if k not in tensors})
 
     def read_back(self, entries: list) -> list[dict[str, float]]:
@@ -167,12 +166,9 @@ class Step:
             if not isinstance(e, Pending):
                 out.append(e)
                 continue
-            loss_sum, grad_norm, *rest = next(rows)
-            loss = loss_sum / self.cfg.micro_batches
-            self.check_finite(e.step, loss, grad_norm)
-            read = dict(zip((k for k in e.keys if k not in e.numbers), rest))
-            out.append({**{k: e.numbers.get(k, read.get(k)) for k in e.keys}, "loss": loss,
-                        "grad_norm": grad_norm, "lr": e.lr})
+            logs = e.named(next(rows))
+            self.check_finite(e.step, logs["loss"], logs["grad_norm"])
+            out.append(logs)
         return out
 
     def check_finite(self, step: int, loss: float, grad_norm: float) -> None:
@@ -187,12 +183,10 @@ class Step:
         self.last_finite = (step, loss)
 
 
-
 def new_state(net: nn.Module, cfg: TrainConfig) -> TrainState:
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
                             weight_decay=cfg.weight_decay, fused=cfg.fused_adamw or None)
     return TrainState(net, EMA(net, cfg.ema_decay, cfg.ema_warmup), opt)
-
 
 
 def optimizer_step(net: nn.Module, loss_fn: Callable, cfg: TrainConfig) -> Step:
