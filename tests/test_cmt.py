@@ -739,3 +739,36 @@ def test_detach_effects_pairs_each_jvp_with_and_without_the_gradient_through_it(
     assert set(got) == {"fused", "func"}  # compiled has no detached row
     assert got["func"] == {"kernels": (150, 100), "saved_mb": (100.0, 70.0), "cpu_ms": (20.0, 14.0)}
     assert got["fused"]["kernels"] == (100, 99)
+
+
+def _timed_run(loss, first_s, ckpt_s=None, steps=2000):
+    """A results record with evaluations every 500 steps, 50 ms a step after ``first_s``."""
+    secs = [0.0] + [first_s + 0.05 * k for k in range(500, steps + 1, 500)]
+    rec = {"config": {"loss": {"name": loss}, "train": {"ckpt_every": 500}}, "steps_done": steps,
+           "train_s": secs[-1], "first_step_s": [first_s], "final": {"ema": {"1": 9.0}},
+           "evals": {"step": list(range(0, steps + 1, 500)), "train_s": secs,
+                     "fd_1": [400.0, 40.0, 30.0, 20.0, 10.0]}}
+    return rec if ckpt_s is None else {**rec, "ckpt_s": ckpt_s}
+
+
+def test_write_seconds_divides_the_recorded_writes_by_their_number():
+    from tvmlib.experiments.timing import write_seconds
+
+    assert write_seconds(_timed_run("tvm", 5.0, ckpt_s=6.0)) == pytest.approx(1.5)  # 4 writes
+    assert write_seconds(_timed_run("tvm", 5.0)) is None  # writes inside the clock: not recorded
+
+
+def test_a_warm_compile_cache_is_found_and_cut_back_to_a_cold_start():
+    from tvmlib.experiments.timing import cold_equivalent, cut_at, warm_starts
+
+    runs = {"fm": _timed_run("fm", 60.0), "tvm_w15": _timed_run("tvm", 55.0),
+            "tvm": _timed_run("tvm", 5.0)}
+    warm, = warm_starts(runs)  # fm compiles another network: not compared with the TVM runs
+    assert (warm["run"], warm["like"], warm["head_s"]) == ("tvm", "tvm_w15", 50.0)
+    assert warm_starts({"tvm": runs["tvm"], "fm": runs["fm"]}) == []
+    cold = cold_equivalent(runs)
+    assert cold["tvm_w15"] is runs["tvm_w15"] and cold["fm"] is runs["fm"]
+    # 105 s of training less the 50 s head start: the evaluations up to 55 s (steps 0 to 1000)
+    assert cold["tvm"]["evals"]["step"] == [0, 500, 1000] and cold["tvm"]["final"] == {}
+    assert cold["tvm"]["evals"]["fd_1"][-1] == 30.0 and cold["tvm"]["train_s"] == 55.0
+    assert cut_at(runs["tvm"], 1e9)["evals"] == runs["tvm"]["evals"]

@@ -10,10 +10,18 @@ from tvmlib.apps import readme_format as rf
 from tvmlib.experiments.results import (
     compiled_pairs,
     compiled_targets,
+    last_eval,
     mean_sd,
     seed_groups,
 )
-from tvmlib.experiments.timing import checkpoint_write_fit, compile_speedups, startup_seconds
+from tvmlib.experiments.timing import (
+    checkpoint_write_fit,
+    cold_equivalent,
+    compile_speedups,
+    startup_seconds,
+    warm_starts,
+    write_seconds,
+)
 
 SMALL_STEP = "train_step_small_nvidia-h200.json"  # the equal-time runs' step, benchmarked
 
@@ -32,10 +40,10 @@ def _jvp_of(name: str) -> str:
     return tvm[0]["config"]["model"].get("jvp", "func") if tvm else "none"
 
 
-def compile_note(name: str, comparisons: tuple[tuple[str, str], ...]) -> str:
+def compile_note(name: str, comparisons: tuple[tuple[str, str, str | None], ...]) -> str:
     """What torch.compile does to the step the image comparisons ran (DiT-S/4, batch 128, CUDA
     graphs, no compile), from the benchmark file ``name``, for the dF/ds each of
-    ``comparisons`` ((results file, label), ...) used."""
+    ``comparisons`` ((results file, label, None for uncompiled runs), ...) used."""
     d, ms = _speedups(name)
     if ms is None:
         return ""
@@ -44,16 +52,16 @@ def compile_note(name: str, comparisons: tuple[tuple[str, str], ...]) -> str:
     fm, fmc, tvm, tvmc = ms["fm"], ms["fm_compiled"], ms["tvm"], ms["tvm_compiled"]
     func = ms.get("tvm_func")
     by_jvp = {}
-    for file, label in comparisons:
-        if rf.load(file) is not None:
+    for file, label, plain in comparisons:
+        if rf.load(file) is not None and plain is None:
             by_jvp.setdefault(_jvp_of(file), []).append(f"*{label}*")
     older = "" if func is None or "func" not in by_jvp else (
         f" The {' and '.join(by_jvp['func'])} runs predate the fused dF/ds: their TVM step ran "
         f"torch.func.jvp ({rf.fmt(func)} ms, a ratio of {rf.fmt(func / fm)} to FM), so for "
         "them compiling both would give TVM relatively more steps.")
-    return ("\n\n**Not every method at its best: torch.compile.** These runs used CUDA graphs "
-            f"without torch.compile. At their step ({model}, batch {batch}, one "
-            f"{d['provenance']['device']}) compiling "
+    return ("\n\n**Not every method at its best: torch.compile.** The uncompiled rows used "
+            "CUDA graphs without torch.compile. At their step "
+            f"({model}, batch {batch}, one {d['provenance']['device']}) compiling "
             f"makes FM's step {rf.fmt(fm / fmc)}x faster ({rf.fmt(fm)} -> {rf.fmt(fmc)} ms) "
             f"and TVM's {rf.fmt(tvm / tvmc)}x ({rf.fmt(tvm)} -> {rf.fmt(tvmc)} ms, from the "
             "fused dF/ds to `model.jvp=compiled`, which for FM compiles the whole network). The "
@@ -110,13 +118,14 @@ def _checkpoint_note() -> str:
             "record their seconds (`ckpt_s`).")
 
 
+# (uncompiled file, compiled file, label, a compiled FM run on the uncompiled runs' GPU or None)
 COMPILED = (("06_fashion_equal_time_300s.json", "06_fashion_equal_time_compiled.json",
-             "Fashion-MNIST"),
-            ("06_mnist_equal_time.json", "06_mnist_equal_time_compiled.json", "MNIST"))
+             "Fashion-MNIST", "06_fashion_fm_compiled_h200.json"),
+            ("06_mnist_equal_time.json", "06_mnist_equal_time_compiled.json", "MNIST", None))
 
 
 def _rerun_state() -> str:
-    docs = [(label, rf.load(comp)) for _, comp, label in COMPILED]
+    docs = [(label, rf.load(comp)) for _, comp, label, _ in COMPILED]
     made = [f"{label} ({', '.join(d['results']['runs'])})" for label, d in docs if d is not None]
     return ("Compiled re-runs made so far: " + "; ".join(made)
             + " (section *Equal GPU time with torch.compile*)." if made
@@ -173,25 +182,112 @@ def _fm_overhead(plain: dict, comp: dict, ms: dict, write_s: float) -> str:
             "tvmlib.apps.bench.loop_profile` now splits it by part of the step).")
 
 
+def _devices(plain: dict, comp: dict, same_gpu_fm: dict | None) -> str:
+    """Which GPU each side of a compiled comparison ran on, and FM compiled on both where a
+    compiled FM run exists on the uncompiled runs' GPU (its writes inside the clock taken out
+    at the flow-map runs' fitted cost)."""
+    a, b = plain["provenance"]["device"], comp["provenance"]["device"]
+    if a == b:
+        return ""
+    out = (f"\n\nThe compiled runs ran on an {b}, the uncompiled ones on an {a} (none was lent for "
+           "the compiled TVM runs): across the arrows steps and FD change with the GPU as well "
+           "as with compiling, so compare the compiled runs with each other.")
+    fits = _flow_write_fits(plain["results"]["runs"])
+    fm = comp["results"]["runs"].get("fm")
+    other = (same_gpu_fm or {"results": {"runs": {}}})["results"]["runs"].get("fm")
+    if fm is None or other is None or not fits or "ckpt_s" in other:
+        return out
+    w = float(np.median([x for x, _ in fits]))
+    writes = other["steps_done"] // other["config"]["train"]["ckpt_every"]
+    return out + (f" FM compiled made {rf.fmt(fm['steps_done'] / fm['train_s'])} steps a "
+                  f"training second on the {b} and {rf.fmt(other['steps_done'] / other['train_s'])}"
+                  f" on the {a}, or {rf.fmt(other['steps_done'] / (other['train_s'] - writes * w))}"
+                  f" with its {writes} checkpoint writes taken out at {rf.fmt(w)} s each.")
+
+
+def _step_ratios(plain: dict, comp: dict) -> str:
+    """FM's steps per TVM step in the uncompiled and the compiled runs, against the benchmark's
+    step-time ratios; a warm-started run also at the steps a cold start would have made (its
+    head start at its steady rate after the first evaluation)."""
+    ms = _speedups()[1]
+    if "fm" not in comp or "fm" not in plain or ms is None:
+        return ""
+    head = {w["run"]: w["head_s"] for w in warm_starts(comp)}
+    said = []
+    for n in ("tvm_w15", "tvm"):
+        if n in comp and n in plain:
+            r, e = comp[n], comp[n]["evals"]
+            rate = (r["steps_done"] - e["step"][1]) / (r["train_s"] - e["train_s"][1])
+            cold = "" if n not in head else (
+                f" ({rf.fmt(comp['fm']['steps_done'] / (r['steps_done'] - head[n] * rate))} "
+                "from a cold start)")
+            said.append(f"{n} {rf.fmt(plain['fm']['steps_done'] / plain[n]['steps_done'])} -> "
+                        f"{rf.fmt(comp['fm']['steps_done'] / r['steps_done'])}{cold}")
+    return (" FM's steps per TVM step, uncompiled (seed 0) -> compiled: " + ", ".join(said)
+            + f"; the benchmark's step times predicted {rf.fmt(ms['tvm'] / ms['fm'])} -> "
+            f"{rf.fmt(ms['tvm_compiled'] / ms['fm_compiled'])} (one H200, without the loop).")
+
+
+def _warm(plain: dict, comp: dict) -> str:
+    """Runs that started with a warm compile cache, and the targets with each cut back to a cold
+    start's training seconds (``timing.cold_equivalent``)."""
+    warm = warm_starts(comp)
+    if not warm:
+        return ""
+    said = [f"{w['run']}'s first step (compiling and capturing) took {rf.fmt(w['first_s'])} s "
+            f"against {rf.fmt(w['like_first_s'])} s for {w['like']}" for w in warm]
+    cold = compiled_targets(plain, cold_equivalent(comp))
+    hot = compiled_targets(plain, comp)
+    same = [a["hit"] == b["hit"] for a, b in zip(hot, cold)]
+    cut = cold_equivalent(comp)
+    at = "; ".join(f"{w['run']} at {rf.fmt(cut[w['run']]['train_s'])} s: 1 jump "
+                   f"{rf.fmt(last_eval(cut[w['run']]))}, 4 jumps "
+                   f"{rf.fmt(last_eval(cut[w['run']], 'fd_4'))}" for w in warm)
+    return ("\n\n**A warm compile cache.** " + "; ".join(said) + ": it ran after the other "
+            "on the same machine (the file's provenance note) and found its compiled kernels "
+            f"there, a head start of {', '.join(rf.fmt(w['head_s']) for w in warm)} s of "
+            "steady training that a cold start would not have had. Cut back to that "
+            f"(its last evaluation within a cold start's seconds; {at}), "
+            + (f"every target keeps its verdict ({len(same)} of {len(same)})." if all(same) else
+               f"{same.count(False)} of {len(same)} targets change their verdict."))
+
+
+def _writes_recorded(comp: dict, plain: dict) -> str:
+    """The write cost runs record outside the clock beside the one fitted to the older runs."""
+    got = {n: w for n, r in comp.items() if (w := write_seconds(r)) is not None}
+    fits = _flow_write_fits(plain)
+    if not got or not fits:
+        return ""
+    return (" Recorded outside the clock, a checkpoint write took "
+            + ", ".join(f"{rf.fmt(w)} s ({n})" for n, w in got.items())
+            + f", against {rf.fmt(float(np.median([w for w, _ in fits])))} s fitted to the "
+            f"uncompiled runs' segments ({rf.fmt(fits[0][0])} to {rf.fmt(fits[-1][0])}).")
+
+
 def table_compiled() -> str:
     """The 300-second comparisons repeated with torch.compile (FM, TVM, the CMT chain; MeanFlow
     cannot gain), each run beside its uncompiled seed 0, and the targets with the compiled runs."""
     parts = []
-    for plain_name, comp_name, label in COMPILED:
+    for plain_name, comp_name, label, fm_name in COMPILED:
         comp, plain = rf.load(comp_name), rf.load(plain_name)
         if comp is None or plain is None:
             continue
         pr, cr = plain["results"]["runs"], comp["results"]["runs"]
+        first = lambda r: r["first_step_s"][0] if r.get("first_step_s") else None  # noqa: E731
         rows = [[p["run"], f"{p['steps'][0]} -> {p['steps'][1]}",
                  f"{rf.fmt(p['train_s'][0])} -> {rf.fmt(p['train_s'][1])}",
                  " -> ".join("–" if x is None else rf.fmt(x) for x in p["setup_s"]),
+                 " -> ".join("–" if x is None else rf.fmt(x)
+                             for x in (first(pr[p["run"]]), first(cr[p["run"]]))),
                  ", ".join(f"{k}: {rf.fmt(a)} -> {rf.fmt(b)}" for k, (a, b) in p["fd"].items())]
                 for p in compiled_pairs(pr, cr)]
         config = comp["results"]["config"]["name"]
         has_tvm = any(n in cr for n in ("tvm", "tvm_w15"))
         header = ["target", "value", "bound", "runs", ""]
+        other = ("" if plain["provenance"]["device"] == comp["provenance"]["device"] else
+                 f", on the {plain['provenance']['device']}")
         targets = (("\n\nTargets with the compiled runs (MeanFlow's uncompiled runs, all "
-                    "seeds), at 2000 samples:\n\n"
+                    f"seeds{other}), at 2000 samples:\n\n"
                     + rf.table(header, rf.targets(compiled_targets(pr, cr))))
                    if has_tvm else
                    "\n\nNo TVM run is compiled yet, so the targets are not recomputed: against "
@@ -200,13 +296,20 @@ def table_compiled() -> str:
         inside = [n for n, r in cr.items() if "ckpt_s" not in r]
         clock = ("" if not inside else " Made with checkpoint writes inside the training "
                  "clock, as the uncompiled runs were: " + ", ".join(inside) + ".")
+        same_gpu = rf.load(fm_name) if fm_name else None
+        gain = (_fm_compiled_gain(pr, cr) if same_gpu is None else
+                f"\n\n**On the {same_gpu['provenance']['device']} alone**, from an earlier "
+                f"FM-only compiled run (`figures/{fm_name}`, writes inside the clock): "
+                + _fm_compiled_gain(pr, same_gpu["results"]["runs"]).lstrip())
         parts.append(
             f"**{label}** (`configs/experiments/{config}.yaml`, {rf.not_made(config, cr)}; one "
             "seed each, against the uncompiled run's seed 0). Final FD of 10000 EMA samples "
             "(`best`: FM's best sampler of its sweep, 2000 samples):\n\n"
-            + rf.table(["run", "steps", "train s", "setup s", "FD by steps, uncompiled -> "
-                        "compiled"], rows)
-            + targets + _fm_compiled_gain(pr, cr) + clock
+            + rf.table(["run", "steps", "train s", "setup s", "first step s",
+                        "FD by steps, uncompiled -> compiled"], rows)
+            + _devices(plain, comp, same_gpu) + _step_ratios(pr, cr)
+            + _writes_recorded(cr, pr) + targets
+            + _warm(pr, cr) + gain + clock
             + "\n\n" + rf.source(comp_name, comp["provenance"]))
     if not parts:
         raise rf.Missing("*No compiled re-run yet: run `python -m tvmlib.apps.experiment "

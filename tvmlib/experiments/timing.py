@@ -99,3 +99,46 @@ def detach_effects(rows: list[dict]) -> dict[str, dict[str, tuple[float, float]]
                         (("kernels", "kernels"), ("saved_mb", "saved_mb"),
                          ("cpu_ms", "cpu_ms_median")) if src in pair[False]}
     return out
+
+
+def write_seconds(rec: dict) -> float | None:
+    """Seconds per checkpoint write a run recorded outside its training clock (``ckpt_s`` over
+    the writes every ``train.ckpt_every`` steps); None for runs made before it was recorded."""
+    every = rec["config"]["train"]["ckpt_every"]
+    writes = rec["steps_done"] // every if every else 0
+    return rec["ckpt_s"] / writes if "ckpt_s" in rec and writes else None
+
+
+def warm_starts(runs: dict[str, dict]) -> list[dict]:
+    """Runs whose first step (compiling, a CUDA graph's capture) took less than half the first
+    step of the slowest run with the same loss in the same file: they found their kernels in a
+    warm compile cache, e.g. one run after another on the same machine. Each {"run", "first_s",
+    "like", "like_first_s", "head_s"}, ``head_s`` the training seconds that gave it over a cold
+    start (the two first steps' difference)."""
+    out = []
+    for name, rec in runs.items():
+        same = {n: r["first_step_s"][0] for n, r in runs.items() if r.get("first_step_s")
+                and r["config"]["loss"]["name"] == rec["config"]["loss"]["name"]}
+        if name not in same:
+            continue
+        like = max(same, key=same.get)
+        if same[name] < 0.5 * same[like]:
+            out.append({"run": name, "first_s": same[name], "like": like,
+                        "like_first_s": same[like], "head_s": same[like] - same[name]})
+    return out
+
+
+def cut_at(rec: dict, seconds: float) -> dict:
+    """A copy of a run whose evaluations stop at ``seconds`` of training (``train_s``): the run
+    as far as a shorter budget would have taken it (its final 10000-sample scores dropped)."""
+    keep = sum(s <= seconds for s in rec["evals"]["train_s"])
+    evals = {k: v[:keep] for k, v in rec["evals"].items()}
+    return {**rec, "evals": evals, "final": {}, "train_s": rec["evals"]["train_s"][keep - 1]}
+
+
+def cold_equivalent(runs: dict[str, dict]) -> dict[str, dict]:
+    """``runs`` with each :func:`warm_starts` run cut (:func:`cut_at`) where a cold start's
+    longer first step would have left it: its training seconds less ``head_s``."""
+    cut = {w["run"]: cut_at(runs[w["run"]], runs[w["run"]]["train_s"] - w["head_s"])
+           for w in warm_starts(runs)}
+    return {**runs, **cut}
