@@ -772,3 +772,46 @@ def test_a_warm_compile_cache_is_found_and_cut_back_to_a_cold_start():
     assert cold["tvm"]["evals"]["step"] == [0, 500, 1000] and cold["tvm"]["final"] == {}
     assert cold["tvm"]["evals"]["fd_1"][-1] == 30.0 and cold["tvm"]["train_s"] == 55.0
     assert cut_at(runs["tvm"], 1e9)["evals"] == runs["tvm"]["evals"]
+
+
+def test_empty_caches_points_the_compile_caches_at_new_folders_and_restores_them(monkeypatch):
+    import os
+
+    from tvmlib.experiments.isolate import CACHE_VARS, empty_caches
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/somewhere/else")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    with empty_caches("fm") as env:
+        assert set(env) == set(CACHE_VARS) and all(os.environ[k] == v for k, v in env.items())
+        assert len({os.path.dirname(v) for v in env.values()}) == 1
+        folder = os.path.dirname(env["TRITON_CACHE_DIR"])
+        assert os.listdir(folder) == []  # nothing compiled there yet
+    assert not os.path.exists(folder)
+    assert os.environ["TRITON_CACHE_DIR"] == "/somewhere/else"
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+
+
+def test_cold_compile_runs_each_run_in_a_fresh_process_with_the_same_results(tmp_path):
+    """``cold_compile: true`` trains each run in a spawned process (empty compile caches): the
+    records are those of the same experiment run in this process, to the bit on a CPU."""
+    from tvmlib.experiments.runner import run_experiment
+    from tvmlib.training.config import experiment_from_dict
+
+    def spec(cold, work):
+        return {"name": "cold", "work_dir": str(work), "cold_compile": cold, "defaults": {
+            "device": "cpu", "data": {"dataset": "fashion-mnist"},
+            "model": {"preset": "DiT", "patch_size": 8, "hidden_size": 32, "depth": 1,
+                      "num_heads": 2, "guidance": False},
+            "train": {"steps": 2, "global_batch": 8, "lr": 1e-3, "log_every": 1,
+                      "ckpt_every": 0},
+            "eval": {"num_samples": 16, "batch_size": 16, "steps": [1], "every": 2,
+                     "attn_backend": "math"}},
+            "runs": [{"name": "fm", "loss": {"name": "fm"}},
+                     {"name": "tvm", "init": "fm", "loss": {"name": "tvm"}}]}
+
+    here, cold = (run_experiment(*experiment_from_dict(spec(c, tmp_path / str(c))), out=False,
+                                 log=lambda m: None)["results"]["runs"] for c in (False, True))
+    for name in ("fm", "tvm"):
+        assert cold[name]["curves"] == here[name]["curves"]
+        assert cold[name]["evals"]["fd_1"] == here[name]["evals"]["fd_1"]
+    assert cold["tvm"]["upstream_s"] == cold["fm"]["total_s"]  # the chain's seconds still add up

@@ -20,15 +20,15 @@ autograded notebooks) for its other tools, e.g. ``nbgrader generate_feedback``.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from unittest import mock
 
 import nbformat
 
@@ -76,21 +76,6 @@ def find_submissions(folder: Path, known: Iterable[str]) -> dict[str, dict[str, 
     return found
 
 
-@contextlib.contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    """Set environment variables (the grading kernels inherit them), restoring them after."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _messages(notebook: Path) -> dict[str, str]:
     """grade_id -> the error ("Name: value") of each failed graded cell of an autograded
     notebook."""
@@ -123,7 +108,8 @@ def grade(submissions: Path, scale: str = "smoke", course_dir: Path | None = Non
     rows: list[Row] = []
     with (course([by_name[n] for n in graded], course_dir, timeout) as (root, api, exercises),
           tempfile.TemporaryDirectory(prefix="tvmlib-grade-figures-") as figures,
-          _environment(TVMLIB_SCALE=scale, TVMLIB_QUIET="1", TVMLIB_FIGURES=figures)):
+          mock.patch.dict(os.environ, TVMLIB_SCALE=scale, TVMLIB_QUIET="1",
+                          TVMLIB_FIGURES=figures)):
         for student, notebooks in students.items():
             folder = root / "submitted" / student / ASSIGNMENT
             folder.mkdir(parents=True, exist_ok=True)

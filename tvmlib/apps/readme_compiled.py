@@ -249,7 +249,9 @@ def _warm(plain: dict, comp: dict) -> str:
             "steady training that a cold start would not have had. Cut back to that "
             f"(its last evaluation within a cold start's seconds; {at}), "
             + (f"every target keeps its verdict ({len(same)} of {len(same)})." if all(same) else
-               f"{same.count(False)} of {len(same)} targets change their verdict."))
+               f"{same.count(False)} of {len(same)} targets change their verdict.")
+            + " The compiled configs now set `cold_compile: true`: each run in a fresh process "
+            "with empty compile caches (`tvmlib.experiments.isolate`).")
 
 
 def _writes_recorded(comp: dict, plain: dict) -> str:

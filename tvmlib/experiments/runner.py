@@ -29,6 +29,7 @@ from tvmlib.evaluation.evaluate import evaluate_net, sample_grids
 from tvmlib.evaluation.features import metric_setup
 from tvmlib.evaluation.lipschitz import first_spike, make_probe, measure
 from tvmlib.evaluation.toy import score_steps, toy_floor
+from tvmlib.experiments.isolate import in_fresh_process
 from tvmlib.training.build import Built, build, check_resume, load_run, resolve_device
 from tvmlib.training.checkpoint import run_lock
 from tvmlib.training.config import ExperimentConfig, RunConfig, config_to_dict
@@ -371,7 +372,8 @@ def run_experiment(exp: ExperimentConfig, runs: list[RunConfig], out: str | Path
                 upstream[cfg.name] = json.loads((cfg.run_dir / "record.json").read_text())[
                     "total_s"]
             continue
-        rec = run_record(cfg, done, upstream, log)
+        rec = (in_fresh_process(run_record, cfg, done, upstream, name=cfg.name)
+               if exp.cold_compile else run_record(cfg, done, upstream, log))
         if exp.grids:
             for png in cfg.run_dir.glob("samples_*step.png"):
                 shutil.copyfile(png, figures_dir() / f"{exp.name}_{cfg.name}_{png.name}")

@@ -188,6 +188,9 @@ class ExperimentConfig:
     work_dir: str | None = None  # run folders; default runs/<name>
     num_threads: int | None = None  # torch.set_num_threads
     grids: bool = False  # copy each run's sample grids to figures/<name>_<run>_samples_<k>step.png
+    # each run in a fresh process with empty torch.compile / Triton caches, so that no run finds
+    # the kernels another compiled (tvmlib.experiments.isolate): for equal-time comparisons
+    cold_compile: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)
     runs: list[dict[str, Any]] = field(default_factory=list)
 
