@@ -10,6 +10,7 @@ from tvmlib.apps import readme_format as rf
 from tvmlib.experiments.results import (
     compiled_pairs,
     compiled_targets,
+    fewest_nfe_below,
     last_eval,
     mean_sd,
     seed_groups,
@@ -228,6 +229,27 @@ def _step_ratios(plain: dict, comp: dict) -> str:
             f"{rf.fmt(ms['tvm_compiled'] / ms['fm_compiled'])} (one H200, without the loop).")
 
 
+def _equal_nfe(comp: dict) -> str:
+    """The fewest NFE at which the compiled FM run's sweep matches each compiled TVM run's one
+    and four jumps (2000 samples); a warm-started run also as cut back to a cold start."""
+    if "fm" not in comp or not comp["fm"].get("sweep"):
+        return ""
+    cut, said = cold_equivalent(comp), []
+    for n in ("tvm_w15", "tvm"):
+        for runs, how in ((comp, ""), (cut, ", cut back to a cold start")):
+            if n not in runs or (how and runs[n] is comp[n]):
+                continue
+            for k in ("fd_1", "fd_4"):
+                fd = last_eval(runs[n], k)
+                match = fewest_nfe_below([comp["fm"]], fd)
+                said.append(f"{n}{how}, {k[3:]} jump{'s' * (k != 'fd_1')} ({rf.fmt(fd)}): "
+                            + (rf.sampler(match) if match else "none of its samplers"))
+    start = min(r["nfe"] for r in comp["fm"]["sweep"])
+    return ("\n\n**At equal NFE** (compiled runs, 2000 samples; FM's sweep starts at "
+            f"{start} NFE, so a match there may come with fewer): FM first matches "
+            + "; ".join(said) + ".")
+
+
 def _warm(plain: dict, comp: dict) -> str:
     """Runs that started with a warm compile cache, and the targets with each cut back to a cold
     start's training seconds (``timing.cold_equivalent``)."""
@@ -310,7 +332,7 @@ def table_compiled() -> str:
             + rf.table(["run", "steps", "train s", "setup s", "first step s",
                         "FD by steps, uncompiled -> compiled"], rows)
             + _devices(plain, comp, same_gpu) + _step_ratios(pr, cr)
-            + _writes_recorded(cr, pr) + targets
+            + _writes_recorded(cr, pr) + targets + _equal_nfe(cr)
             + _warm(pr, cr) + gain + clock
             + "\n\n" + rf.source(comp_name, comp["provenance"]))
     if not parts:

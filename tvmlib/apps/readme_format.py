@@ -65,6 +65,12 @@ def targets(targets: list[dict]) -> list[list]:
              "hit" if t["hit"] else "miss"] for t in targets]
 
 
+def sampler(row: dict) -> str:
+    """A sweep row: "euler, 8 steps, guidance 1.0: FD 12.3 at 8 NFE"."""
+    return (f"{row['solver']}, {row['steps']} step{'s' * (row['steps'] > 1)}, guidance "
+            f"{row['cfg_scale']}: FD {fmt(row['fd'])} at {row['nfe']} NFE")
+
+
 def not_made(config: str, runs: dict) -> str:
     """A clause naming the runs of ``configs/experiments/<config>.yaml`` that ``runs`` has no
     record of."""

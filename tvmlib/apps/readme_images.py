@@ -67,11 +67,6 @@ def _equal_time_longer(runs: dict, source: str, d: dict) -> str:
             + "\n\n" + source + rf.optional("06_fashion_tvm_ablations.json", _ablations))
 
 
-def _sampler(row: dict) -> str:
-    return (f"{row['solver']}, {row['steps']} step{'s' * (row['steps'] > 1)}, guidance "
-            f"{row['cfg_scale']}: FD {rf.fmt(row['fd'])} at {row['nfe']} NFE")
-
-
 FM_RUNS = ("fm", "fm_few_steps")  # FM and its few-step re-run, whose sweeps are read together
 
 
@@ -97,9 +92,9 @@ def _few_steps(runs: dict[str, dict]) -> str:
     sweeps = " and ".join(f"`{n}`" for n in names)
     return (f"**At equal NFE** (the sweeps of {sweeps}, 2000 samples): FM's best with at most 4 "
             "NFE is "
-            f"{_sampler(few)}, against {rf.fmt(one)} for {tvm}'s one jump (seed 0); FM first "
+            f"{rf.sampler(few)}, against {rf.fmt(one)} for {tvm}'s one jump (seed 0); FM first "
             "matches that one jump with "
-            + (_sampler(match) if match else "none of its samplers") + ". ")
+            + (rf.sampler(match) if match else "none of its samplers") + ". ")
 
 
 def _seed_rows(runs: dict[str, dict]) -> list[list]:
@@ -127,7 +122,7 @@ def table_mnist() -> str:
             f"of 10000 EMA samples (real training images: {rf.fmt(floor['10000'])}):\n\n"
             + rf.table(["run", "seeds", "GPU s, all stages", "steps", "FD by steps"],
                        _seed_rows(runs))
-            + f"\n\nFM's best sampler with seed 0 (2000 samples): {_sampler(fm)}. "
+            + f"\n\nFM's best sampler with seed 0 (2000 samples): {rf.sampler(fm)}. "
             + _few_steps(runs)
             + f"Targets at 2000 samples (floor {rf.fmt(floor['2000'])}), means over the "
             "training seeds where a run has several:\n\n"
