@@ -273,7 +273,20 @@ def _warm(plain: dict, comp: dict) -> str:
             + (f"every target keeps its verdict ({len(same)} of {len(same)})." if all(same) else
                f"{same.count(False)} of {len(same)} targets change their verdict.")
             + " The compiled configs now set `cold_compile: true`: each run in a fresh process "
-            "with empty compile caches (`tvmlib.experiments.isolate`).")
+            "with empty compile caches (`tvmlib.experiments.isolate`)." + _plain_startups(plain))
+
+
+def _plain_startups(plain: dict) -> str:
+    """The range of the uncompiled runs' startups (``timing.startup_seconds``): how much a warm
+    cache could have moved there."""
+    got = [x for r in plain.values() if (x := startup_seconds(r)) is not None]
+    if not got:
+        return ""
+    return (f" Without compiling there is little to cache: the uncompiled runs' startups, "
+            f"estimated from their evaluated segments, lie between {rf.fmt(min(got))} and "
+            f"{rf.fmt(max(got))} s ({len(got)} runs"
+            + ("; a negative value is the estimate's noise" if min(got) < 0 else "") + "), "
+            "so a warm cache could have moved them by seconds, not tens of seconds.")
 
 
 def _writes_recorded(comp: dict, plain: dict) -> str:
