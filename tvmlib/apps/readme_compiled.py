@@ -68,10 +68,26 @@ def compile_note(name: str, comparisons: tuple[tuple[str, str, str | None], ...]
             "fused dF/ds to `model.jvp=compiled`, which for FM compiles the whole network). The "
             f"TVM-to-FM step-time ratio goes from {rf.fmt(tvm / fm)} to {rf.fmt(tvmc / fmc)}, "
             f"so for the rows with the fused dF/ds ({' and '.join(by_jvp.get('fused', []))}) "
-            "equal-time runs with both compiled would give FM relatively more steps than they "
-            f"did.{older} MeanFlow cannot gain this way: inside its torch.func.jvp a compiled "
-            "network runs eagerly. " + _rerun_state() + _checkpoint_note() + " "
-            + rf.source(name, d["provenance"]))
+            "the step times suggest that equal-time runs with both compiled would give FM "
+            f"relatively more steps than they did.{_measured()}{older} MeanFlow cannot gain this "
+            "way: inside its torch.func.jvp a compiled network runs eagerly. " + _rerun_state()
+            + _checkpoint_note() + " " + rf.source(name, d["provenance"]))
+
+
+def _measured() -> str:
+    """What the compiled re-runs measured of that prediction (:func:`_ratios`)."""
+    out = []
+    for plain_name, comp_name, label, _ in COMPILED:
+        plain, comp = rf.load(plain_name), rf.load(comp_name)
+        got = None if plain is None or comp is None else _ratios(plain["results"]["runs"],
+                                                                 comp["results"]["runs"])
+        if got:
+            out.append(f" In the compiled {label} re-runs ({comp['provenance']['device']}) FM's "
+                       f"steps per TVM step {got[1]} ({', '.join(got[0])}; section *Equal GPU "
+                       "time with torch.compile*)"
+                       + ("." if got[1] == "rose for every run" else
+                          ": the step times' suggestion did not hold there."))
+    return "".join(out)
 
 
 def _flow_write_fits(runs: dict[str, dict]) -> list[tuple[float, float]]:
@@ -144,12 +160,14 @@ def _fm_compiled_gain(plain: dict, comp: dict) -> str:
     rate = fm["steps_done"] / fm["train_s"]
     rate0 = mean_sd([r["steps_done"] / r["train_s"] for r in g])[0]
     ms, fits = _speedups()[1], _flow_write_fits(plain)
-    bench = "" if ms is None or not fits else _fm_overhead(g[0], fm, ms,
-                                                         float(np.median([w for w, _ in fits])))
+    own = checkpoint_write_fit(g[0])
+    bench = "" if ms is None or not fits else _fm_overhead(
+        g[0], fm, ms, float(np.median([w for w, _ in fits])), None if own is None else own[0])
     return (f"\n\nFM compiled made {rf.fmt(rate / rate0)}x the steps per second of its "
             f"uncompiled seeds ({rf.fmt(rate)} against {rf.fmt(rate0)}).{bench} Its final FD "
             f"at {k} Euler steps is {rf.fmt(fm['final']['ema'][k])} against "
-            f"{rf.pm(m, sd, len(g))} over the {len(g)} uncompiled training seeds."
+            f"{rf.pm(m, sd, len(g))} over the {len(g)} uncompiled training seeds (one compiled "
+            "seed)."
             + ("" if startup_seconds(fm) is None else
                f" About {rf.fmt(startup_seconds(fm))} of its {rf.fmt(fm['train_s'])} training "
                "seconds went to compiling and capturing before the steady rate (its first "
@@ -157,9 +175,9 @@ def _fm_compiled_gain(plain: dict, comp: dict) -> str:
                f"{rf.fmt(startup_seconds(g[0]))} for the uncompiled seed 0)."))
 
 
-def _fm_overhead(plain: dict, comp: dict, ms: dict, write_s: float) -> str:
-    """A training step of FM uncompiled (seed 0) and compiled against the benchmark's step: the
-    startup and the checkpoint writes inside the clock taken out, what the loop adds."""
+def _loop_parts(plain: dict, comp: dict, ms: dict, write_s: float) -> tuple[dict, dict]:
+    """A training step of FM uncompiled and compiled split into startup, checkpoint writes
+    inside the clock (at ``write_s`` each) and the rest, against the benchmark's step."""
     parts = []
     for rec, bench in ((plain, ms["fm"]), (comp, ms["fm_compiled"])):
         n = rec["steps_done"]
@@ -170,15 +188,27 @@ def _fm_overhead(plain: dict, comp: dict, ms: dict, write_s: float) -> str:
         parts.append({"step": step, "start": start, "start_ms": 1000 * start / n,
                       "writes": writes, "writes_ms": 1000 * writes * write_s / n,
                       "rest": rest, "extra": rest - bench})
-    a, b = parts
+    return parts[0], parts[1]
+
+
+def _fm_overhead(plain: dict, comp: dict, ms: dict, write_s: float,
+                 own_s: float | None) -> str:
+    """A training step of FM uncompiled (seed 0) and compiled against the benchmark's step: the
+    startup and the checkpoint writes inside the clock taken out, what the loop adds; also at
+    FM's own fitted write cost ``own_s``."""
+    a, b = _loop_parts(plain, comp, ms, write_s)
     pair = lambda key: f"{rf.fmt(a[key])} -> {rf.fmt(b[key])}"  # noqa: E731
+    alt = "" if own_s is None else (
+        " ({} -> {} ms at FM's own fitted {} s a write)".format(
+            *(rf.fmt(x["extra"]) for x in _loop_parts(plain, comp, ms, own_s)), rf.fmt(own_s)))
     return (f" The benchmark's step alone is {rf.fmt(ms['fm'] / ms['fm_compiled'])}x faster "
             f"compiled ({rf.fmt(ms['fm'])} -> {rf.fmt(ms['fm_compiled'])} ms), while a training "
             f"step took {pair('step')} ms (seed 0: training seconds over steps). Of that, the "
             f"startup took {pair('start_ms')} ms a step ({pair('start')} s) and the checkpoint "
             f"writes inside the clock, at {rf.fmt(write_s)} s each, {pair('writes_ms')} ms "
             f"({a['writes']} and {b['writes']} writes). What is left, {pair('rest')} ms, is "
-            f"{pair('extra')} ms a step more than the benchmark's step: loop work that compiling "
+            f"{pair('extra')} ms a step more than the benchmark's step{alt}: loop work that "
+            "compiling "
             "does not shorten, not yet measured part by part (`python -m "
             "tvmlib.apps.bench.loop_profile` now splits it by part of the step).")
 
@@ -190,9 +220,11 @@ def _devices(plain: dict, comp: dict, same_gpu_fm: dict | None) -> str:
     a, b = plain["provenance"]["device"], comp["provenance"]["device"]
     if a == b:
         return ""
-    out = (f"\n\nThe compiled runs ran on an {b}, the uncompiled ones on an {a} (none was lent for "
-           "the compiled TVM runs): across the arrows steps and FD change with the GPU as well "
-           "as with compiling, so compare the compiled runs with each other.")
+    out = (f"\n\nThe compiled runs ran on an {b}, the uncompiled ones on an {a} (no {a} was "
+           f"lent in that session; FM was re-run on the {b} so that every compiled run shares "
+           "one GPU): across the arrows steps and FD change with the GPU and with the checkpoint "
+           "writes leaving the clock as well as with compiling, so compare the compiled runs "
+           "with each other.")
     fits = _flow_write_fits(plain["results"]["runs"])
     fm = comp["results"]["runs"].get("fm")
     other = (same_gpu_fm or {"results": {"runs": {}}})["results"]["runs"].get("fm")
@@ -206,27 +238,52 @@ def _devices(plain: dict, comp: dict, same_gpu_fm: dict | None) -> str:
                   f" with its {writes} checkpoint writes taken out at {rf.fmt(w)} s each.")
 
 
+def _rate(rec: dict, write_s: float) -> float:
+    """Steps per training second with checkpoint writes out of the clock: a run that counted
+    them inside (no ``ckpt_s``) has its writes taken out at ``write_s`` each."""
+    every = rec["config"]["train"]["ckpt_every"]
+    inside = 0 if "ckpt_s" in rec or not every else rec["steps_done"] // every
+    return rec["steps_done"] / (rec["train_s"] - inside * write_s)
+
+
+def _ratios(plain: dict, comp: dict) -> tuple[list[str], str, float] | None:
+    """FM's steps per TVM step (per training second, writes out of both clocks) uncompiled ->
+    compiled per TVM run, a warm-started run at the steps a cold start would have made (its
+    head start at its steady rate after the first evaluation): (["run a -> b", ...], whether the
+    ratio rose or fell, the write cost used); None without both sides."""
+    fits = _flow_write_fits(plain)
+    if "fm" not in comp or "fm" not in plain or not fits:
+        return None
+    w = float(np.median([x for x, _ in fits]))
+    head = {x["run"]: x["head_s"] for x in warm_starts(comp)}
+    said, moves = [], []
+    for n in [n for n in ("tvm_w15", "tvm") if n in comp and n in plain]:
+        r, e = comp[n], comp[n]["evals"]
+        before = _rate(plain["fm"], w) / _rate(plain[n], w)
+        after = _rate(comp["fm"], w) / _rate(r, w)
+        if n in head:
+            steady = (r["steps_done"] - e["step"][1]) / (r["train_s"] - e["train_s"][1])
+            after = comp["fm"]["steps_done"] / (r["steps_done"] - head[n] * steady)
+        moves.append(after > before)
+        said.append(f"{n} {rf.fmt(before)} -> {rf.fmt(after)}"
+                    + (" (from a cold start)" if n in head else ""))
+    verdict = ("rose for every run" if all(moves) else "fell for every run" if not any(moves)
+               else "rose for some runs and fell for others")
+    return said, verdict, w
+
+
 def _step_ratios(plain: dict, comp: dict) -> str:
-    """FM's steps per TVM step in the uncompiled and the compiled runs, against the benchmark's
-    step-time ratios; a warm-started run also at the steps a cold start would have made (its
-    head start at its steady rate after the first evaluation)."""
-    ms = _speedups()[1]
-    if "fm" not in comp or "fm" not in plain or ms is None:
+    """:func:`_ratios` against the benchmark's step-time ratios."""
+    ms, got = _speedups()[1], _ratios(plain, comp)
+    if ms is None or got is None:
         return ""
-    head = {w["run"]: w["head_s"] for w in warm_starts(comp)}
-    said = []
-    for n in ("tvm_w15", "tvm"):
-        if n in comp and n in plain:
-            r, e = comp[n], comp[n]["evals"]
-            rate = (r["steps_done"] - e["step"][1]) / (r["train_s"] - e["train_s"][1])
-            cold = "" if n not in head else (
-                f" ({rf.fmt(comp['fm']['steps_done'] / (r['steps_done'] - head[n] * rate))} "
-                "from a cold start)")
-            said.append(f"{n} {rf.fmt(plain['fm']['steps_done'] / plain[n]['steps_done'])} -> "
-                        f"{rf.fmt(comp['fm']['steps_done'] / r['steps_done'])}{cold}")
-    return (" FM's steps per TVM step, uncompiled (seed 0) -> compiled: " + ", ".join(said)
-            + f"; the benchmark's step times predicted {rf.fmt(ms['tvm'] / ms['fm'])} -> "
-            f"{rf.fmt(ms['tvm_compiled'] / ms['fm_compiled'])} (one H200, without the loop).")
+    said, verdict, w = got
+    return (" FM's steps per TVM step, per training second with the checkpoint writes out of "
+            f"both clocks (the uncompiled runs' at {rf.fmt(w)} s each), uncompiled (seed 0) -> "
+            "compiled: " + ", ".join(said) + f": it {verdict}, where the benchmark's step "
+            f"times suggested {rf.fmt(ms['tvm'] / ms['fm'])} -> "
+            f"{rf.fmt(ms['tvm_compiled'] / ms['fm_compiled'])} (one H200, the step without the "
+            "loop).")
 
 
 def _equal_nfe(comp: dict) -> str:
@@ -272,6 +329,11 @@ def _warm(plain: dict, comp: dict) -> str:
             f"(its last evaluation within a cold start's seconds; {at}), "
             + (f"every target keeps its verdict ({len(same)} of {len(same)})." if all(same) else
                f"{same.count(False)} of {len(same)} targets change their verdict.")
+            + " Runs of different losses compile different graphs and are not compared this "
+            "way (first steps: " + ", ".join(
+                f"{n} {rf.fmt(r['first_step_s'][0])} s" for n, r in comp.items()
+                if r.get("first_step_s") and n not in {w["run"] for w in warm})
+            + "), so a kernel shared between them would go unnoticed."
             + " The compiled configs now set `cold_compile: true`: each run in a fresh process "
             "with empty compile caches (`tvmlib.experiments.isolate`)." + _plain_startups(plain))
 
@@ -311,7 +373,9 @@ def table_compiled() -> str:
             continue
         pr, cr = plain["results"]["runs"], comp["results"]["runs"]
         first = lambda r: r["first_step_s"][0] if r.get("first_step_s") else None  # noqa: E731
-        rows = [[p["run"], f"{p['steps'][0]} -> {p['steps'][1]}",
+        warm = {w["run"] for w in warm_starts(cr)}
+        rows = [[p["run"] + (" (warm cache)" if p["run"] in warm else ""),
+                 f"{p['steps'][0]} -> {p['steps'][1]}",
                  f"{rf.fmt(p['train_s'][0])} -> {rf.fmt(p['train_s'][1])}",
                  " -> ".join("–" if x is None else rf.fmt(x) for x in p["setup_s"]),
                  " -> ".join("–" if x is None else rf.fmt(x)
@@ -352,8 +416,10 @@ def table_compiled() -> str:
         raise rf.Missing("*No compiled re-run yet: run `python -m tvmlib.apps.experiment "
                          "configs/experiments/fashion_equal_time_compiled.yaml` on a GPU.*")
     return ("The 300-second comparisons again with `model.jvp: compiled` (torch.compile: FM's "
-            "whole network, TVM's blocks around the attention), the compile time inside the "
-            "training clock; the same data, network, batch, seeds and training seconds. The "
+            "whole network, TVM's blocks around the attention), the compiling inside the "
+            "training clock (it happens in the first step), the checkpoint writes outside it "
+            "(the uncompiled runs counted them inside); the same data, network, batch, seeds "
+            "and training seconds. The "
             "setup before the first step (building the network, loss and data source; loading "
             "initial weights or a teacher; CMT's trajectory pool) is outside the training "
             "seconds, as in every comparison here; `setup s` gives it.\n\n"
