@@ -4,7 +4,7 @@ equal GPU time on Fashion-MNIST and MNIST, TVM's ablations on images, and the gl
 from __future__ import annotations
 
 from tvmlib.apps import readme_format as rf
-from tvmlib.apps.readme_compiled import SMALL_STEP, compile_note
+from tvmlib.apps.readme_clock import SMALL_STEP, compile_note
 from tvmlib.experiments.results import (
     UNSETTLED,
     ablation_verdicts,
