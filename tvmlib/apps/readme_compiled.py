@@ -205,6 +205,20 @@ def _writes_recorded(comp: dict, plain: dict) -> str:
             f"uncompiled runs' segments ({rf.fmt(fits[0][0])} to {rf.fmt(fits[-1][0])}).")
 
 
+def _pair_rows(pr: dict, cr: dict) -> list[list[str]]:
+    """[run, steps, train s, setup s, first step s, FD by steps], uncompiled -> compiled."""
+    first = lambda r: r["first_step_s"][0] if r.get("first_step_s") else None  # noqa: E731
+    warm = {w["run"] for w in warm_starts(cr)}
+    return [[p["run"] + (" (warm cache)" if p["run"] in warm else ""),
+             f"{p['steps'][0]} -> {p['steps'][1]}",
+             f"{rf.fmt(p['train_s'][0])} -> {rf.fmt(p['train_s'][1])}",
+             " -> ".join("–" if x is None else rf.fmt(x) for x in p["setup_s"]),
+             " -> ".join("–" if x is None else rf.fmt(x)
+                         for x in (first(pr[p["run"]]), first(cr[p["run"]]))),
+             ", ".join(f"{k}: {rf.fmt(a)} -> {rf.fmt(b)}" for k, (a, b) in p["fd"].items())]
+            for p in compiled_pairs(pr, cr)]
+
+
 def table_compiled() -> str:
     """The 300-second comparisons repeated with torch.compile (FM, TVM, the CMT chain; MeanFlow
     cannot gain), each run beside its uncompiled seed 0, and the targets with the compiled runs."""
@@ -214,16 +228,7 @@ def table_compiled() -> str:
         if comp is None or plain is None:
             continue
         pr, cr = plain["results"]["runs"], comp["results"]["runs"]
-        first = lambda r: r["first_step_s"][0] if r.get("first_step_s") else None  # noqa: E731
-        warm = {w["run"] for w in warm_starts(cr)}
-        rows = [[p["run"] + (" (warm cache)" if p["run"] in warm else ""),
-                 f"{p['steps'][0]} -> {p['steps'][1]}",
-                 f"{rf.fmt(p['train_s'][0])} -> {rf.fmt(p['train_s'][1])}",
-                 " -> ".join("–" if x is None else rf.fmt(x) for x in p["setup_s"]),
-                 " -> ".join("–" if x is None else rf.fmt(x)
-                             for x in (first(pr[p["run"]]), first(cr[p["run"]]))),
-                 ", ".join(f"{k}: {rf.fmt(a)} -> {rf.fmt(b)}" for k, (a, b) in p["fd"].items())]
-                for p in compiled_pairs(pr, cr)]
+        rows = _pair_rows(pr, cr)
         config = comp["results"]["config"]["name"]
         has_tvm = any(n in cr for n in ("tvm", "tvm_w15"))
         header = ["target", "value", "bound", "runs", ""]
