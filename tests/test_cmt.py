@@ -815,3 +815,27 @@ def test_cold_compile_runs_each_run_in_a_fresh_process_with_the_same_results(tmp
         assert cold[name]["curves"] == here[name]["curves"]
         assert cold[name]["evals"]["fd_1"] == here[name]["evals"]["fd_1"]
     assert cold["tvm"]["upstream_s"] == cold["fm"]["total_s"]  # the chain's seconds still add up
+
+
+def test_experiment_grids_land_beside_the_results_file(tmp_path):
+    """``grids: true`` copies each run's sample grids next to the results file it writes (so a
+    smoke run written to /tmp leaves figures/ alone), and none when no file is written."""
+    from tvmlib.experiments.runner import run_experiment
+    from tvmlib.training.config import experiment_from_dict
+    from tvmlib.utils.paths import figures_dir
+
+    spec = {"name": "gridded", "work_dir": str(tmp_path / "runs"), "grids": True, "defaults": {
+        "device": "cpu", "data": {"dataset": "fashion-mnist"},
+        "model": {"preset": "DiT", "patch_size": 8, "hidden_size": 32, "depth": 1,
+                  "num_heads": 2, "guidance": False},
+        "train": {"steps": 1, "global_batch": 8, "log_every": 1, "ckpt_every": 0},
+        "eval": {"num_samples": 16, "batch_size": 16, "steps": [1], "every": 0,
+                 "attn_backend": "math"}},
+        "runs": [{"name": "tvm", "loss": {"name": "tvm"}}]}
+    before = set(figures_dir().glob("gridded_*"))
+    run_experiment(*experiment_from_dict(spec), out=tmp_path / "res" / "r.json",
+                   log=lambda m: None)
+    made = sorted(p.name for p in (tmp_path / "res").glob("gridded_tvm_samples_*step.png"))
+    assert made and made == sorted(f"gridded_tvm_{p.name}"
+                                   for p in (tmp_path / "runs" / "tvm").glob("samples_*step.png"))
+    assert set(figures_dir().glob("gridded_*")) == before

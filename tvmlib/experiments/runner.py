@@ -374,9 +374,10 @@ def run_experiment(exp: ExperimentConfig, runs: list[RunConfig], out: str | Path
             continue
         rec = (in_fresh_process(run_record, cfg, done, upstream, name=cfg.name)
                if exp.cold_compile else run_record(cfg, done, upstream, log))
-        if exp.grids:
+        if exp.grids and out is not False:  # beside the results file, not always in figures/
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
             for png in cfg.run_dir.glob("samples_*step.png"):
-                shutil.copyfile(png, figures_dir() / f"{exp.name}_{cfg.name}_{png.name}")
+                shutil.copyfile(png, Path(out).parent / f"{exp.name}_{cfg.name}_{png.name}")
         results["runs"][cfg.name] = rec
         done[cfg.name], upstream[cfg.name] = cfg.run_dir, rec["total_s"]
         results["wall_s"] = time.perf_counter() - t0

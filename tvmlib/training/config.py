@@ -187,7 +187,9 @@ class ExperimentConfig:
     out: str | None = None  # results file name under figures/; default <name>.json
     work_dir: str | None = None  # run folders; default runs/<name>
     num_threads: int | None = None  # torch.set_num_threads
-    grids: bool = False  # copy each run's sample grids to figures/<name>_<run>_samples_<k>step.png
+    # copy each run's sample grids beside the results file (figures/ by default):
+    # <name>_<run>_samples_<k>step.png
+    grids: bool = False
     # each run in a fresh process with empty torch.compile / Triton caches, so that no run finds
     # the kernels another compiled (tvmlib.experiments.isolate): for equal-time comparisons
     cold_compile: bool = False
