@@ -758,6 +758,16 @@ def test_write_seconds_divides_the_recorded_writes_by_their_number():
     assert write_seconds(_timed_run("tvm", 5.0)) is None  # writes inside the clock: not recorded
 
 
+def test_writes_in_clock_counts_only_the_writes_a_run_timed_as_training():
+    from tvmlib.experiments.timing import writes_in_clock
+
+    assert writes_in_clock(_timed_run("fm", 5.0)) == 4  # 2000 steps, a write every 500
+    assert writes_in_clock(_timed_run("fm", 5.0, ckpt_s=6.0)) == 0  # recorded outside
+    rec = _timed_run("fm", 5.0)
+    rec["config"]["train"]["ckpt_every"] = 0
+    assert writes_in_clock(rec) == 0
+
+
 def test_a_warm_compile_cache_is_found_and_cut_back_to_a_cold_start():
     from tvmlib.experiments.timing import cold_equivalent, cut_at, warm_starts
 

@@ -8,7 +8,12 @@ from __future__ import annotations
 import numpy as np
 
 from tvmlib.apps import readme_format as rf
-from tvmlib.experiments.timing import checkpoint_write_fit, compile_speedups, warm_starts
+from tvmlib.experiments.timing import (
+    checkpoint_write_fit,
+    compile_speedups,
+    warm_starts,
+    writes_in_clock,
+)
 
 SMALL_STEP = "train_step_small_nvidia-h200.json"  # the equal-time runs' step, benchmarked
 
@@ -61,7 +66,7 @@ def compile_note(name: str, comparisons: tuple[tuple[str, str, str | None], ...]
 
 
 def _measured() -> str:
-    """What the compiled re-runs measured of that prediction (:func:`_ratios`)."""
+    """What the compiled re-runs measured of that prediction (:func:`ratios`)."""
     out = []
     for plain_name, comp_name, label, _ in COMPILED:
         plain, comp = rf.load(plain_name), rf.load(comp_name)
@@ -84,6 +89,13 @@ def flow_write_fits(runs: dict[str, dict]) -> list[tuple[float, float]]:
                   and (f := checkpoint_write_fit(r)) is not None)
 
 
+def write_cost(runs: dict[str, dict]) -> float | None:
+    """Seconds per checkpoint write inside the clock for a file's runs: the median of its
+    flow-map runs' fits (:func:`flow_write_fits`); None without a fit."""
+    fits = flow_write_fits(runs)
+    return float(np.median([w for w, _ in fits])) if fits else None
+
+
 def _checkpoint_note() -> str:
     """The checkpoint writes the committed equal-time runs counted as training time, and their
     cost fitted from the runs' evaluated segments (``timing.checkpoint_write_fit``)."""
@@ -98,7 +110,7 @@ def _checkpoint_note() -> str:
     tvm_own = checkpoint_write_fit(runs["tvm_w15"])
     cost = ""
     if flow and None not in fm_own and tvm_own is not None:
-        med = float(np.median([w for w, _ in flow]))
+        med = write_cost(runs)
         ses = sorted(se for _, se in flow)
         own = " and ".join(f"{rf.fmt(w)} ± {rf.fmt(se)} s" for w, se in fm_own)
         cost = (" Fitting each run's evaluated segments (seconds = steps x a + writes x b) "
@@ -138,9 +150,7 @@ def _rerun_state() -> str:
 def rate(rec: dict, write_s: float) -> float:
     """Steps per training second with checkpoint writes out of the clock: a run that counted
     them inside (no ``ckpt_s``) has its writes taken out at ``write_s`` each."""
-    every = rec["config"]["train"]["ckpt_every"]
-    inside = 0 if "ckpt_s" in rec or not every else rec["steps_done"] // every
-    return rec["steps_done"] / (rec["train_s"] - inside * write_s)
+    return rec["steps_done"] / (rec["train_s"] - writes_in_clock(rec) * write_s)
 
 
 def ratios(plain: dict, comp: dict) -> tuple[list[str], str, float] | None:
@@ -148,10 +158,9 @@ def ratios(plain: dict, comp: dict) -> tuple[list[str], str, float] | None:
     compiled per TVM run, a warm-started run at the steps a cold start would have made (its
     head start at its steady rate after the first evaluation): (["run a -> b", ...], whether the
     ratio rose or fell, the write cost used); None without both sides."""
-    fits = flow_write_fits(plain)
-    if "fm" not in comp or "fm" not in plain or not fits:
+    w = write_cost(plain)
+    if "fm" not in comp or "fm" not in plain or w is None:
         return None
-    w = float(np.median([x for x, _ in fits]))
     head = {x["run"]: x["head_s"] for x in warm_starts(comp)}
     said, moves = [], []
     for n in [n for n in ("tvm_w15", "tvm") if n in comp and n in plain]:

@@ -4,10 +4,15 @@ equal NFE, warm compile caches and FM's compile gain on one GPU."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from tvmlib.apps import readme_format as rf
-from tvmlib.apps.readme_clock import COMPILED, flow_write_fits, ratios, speedups
+from tvmlib.apps.readme_clock import (
+    COMPILED,
+    flow_write_fits,
+    rate,
+    ratios,
+    speedups,
+    write_cost,
+)
 from tvmlib.experiments.results import (
     compiled_pairs,
     compiled_targets,
@@ -22,6 +27,7 @@ from tvmlib.experiments.timing import (
     startup_seconds,
     warm_starts,
     write_seconds,
+    writes_in_clock,
 )
 
 
@@ -35,10 +41,9 @@ def _fm_compiled_gain(plain: dict, comp: dict) -> str:
     m, sd = mean_sd([r["final"]["ema"][k] for r in g])
     rate = fm["steps_done"] / fm["train_s"]
     rate0 = mean_sd([r["steps_done"] / r["train_s"] for r in g])[0]
-    ms, fits = speedups()[1], flow_write_fits(plain)
-    own = checkpoint_write_fit(g[0])
-    bench = "" if ms is None or not fits else _fm_overhead(
-        g[0], fm, ms, float(np.median([w for w, _ in fits])), None if own is None else own[0])
+    ms, w, own = speedups()[1], write_cost(plain), checkpoint_write_fit(g[0])
+    bench = "" if ms is None or w is None else _fm_overhead(
+        g[0], fm, ms, w, None if own is None else own[0])
     return (f"\n\nFM compiled made {rf.fmt(rate / rate0)}x the steps per second of its "
             f"uncompiled seeds ({rf.fmt(rate)} against {rf.fmt(rate0)}).{bench} Its final FD "
             f"at {k} Euler steps is {rf.fmt(fm['final']['ema'][k])} against "
@@ -57,7 +62,7 @@ def _loop_parts(plain: dict, comp: dict, ms: dict, write_s: float) -> tuple[dict
     parts = []
     for rec, bench in ((plain, ms["fm"]), (comp, ms["fm_compiled"])):
         n = rec["steps_done"]
-        writes = 0 if "ckpt_s" in rec else n // rec["config"]["train"]["ckpt_every"]
+        writes = writes_in_clock(rec)
         start = startup_seconds(rec) or 0.0
         step = 1000 * rec["train_s"] / n
         rest = step - 1000 * (start + writes * write_s) / n
@@ -84,8 +89,7 @@ def _fm_overhead(plain: dict, comp: dict, ms: dict, write_s: float,
             f"writes inside the clock, at {rf.fmt(write_s)} s each, {pair('writes_ms')} ms "
             f"({a['writes']} and {b['writes']} writes). What is left, {pair('rest')} ms, is "
             f"{pair('extra')} ms a step more than the benchmark's step{alt}: loop work that "
-            "compiling "
-            "does not shorten, not yet measured part by part (`python -m "
+            "compiling does not shorten, not yet measured part by part (`python -m "
             "tvmlib.apps.bench.loop_profile` now splits it by part of the step).")
 
 
@@ -101,21 +105,19 @@ def _devices(plain: dict, comp: dict, same_gpu_fm: dict | None) -> str:
            "one GPU): across the arrows steps and FD change with the GPU and with the checkpoint "
            "writes leaving the clock as well as with compiling, so compare the compiled runs "
            "with each other.")
-    fits = flow_write_fits(plain["results"]["runs"])
+    w = write_cost(plain["results"]["runs"])
     fm = comp["results"]["runs"].get("fm")
     other = (same_gpu_fm or {"results": {"runs": {}}})["results"]["runs"].get("fm")
-    if fm is None or other is None or not fits or "ckpt_s" in other:
+    if fm is None or other is None or w is None or not writes_in_clock(other):
         return out
-    w = float(np.median([x for x, _ in fits]))
-    writes = other["steps_done"] // other["config"]["train"]["ckpt_every"]
-    return out + (f" FM compiled made {rf.fmt(fm['steps_done'] / fm['train_s'])} steps a "
-                  f"training second on the {b} and {rf.fmt(other['steps_done'] / other['train_s'])}"
-                  f" on the {a}, or {rf.fmt(other['steps_done'] / (other['train_s'] - writes * w))}"
-                  f" with its {writes} checkpoint writes taken out at {rf.fmt(w)} s each.")
+    return out + (f" FM compiled made {rf.fmt(rate(fm, w))} steps a training second on the {b} "
+                  f"and {rf.fmt(rate(other, 0.0))} on the {a}, or {rf.fmt(rate(other, w))} with "
+                  f"its {writes_in_clock(other)} checkpoint writes taken out at {rf.fmt(w)} s "
+                  "each.")
 
 
 def _step_ratios(plain: dict, comp: dict) -> str:
-    """:func:`_ratios` against the benchmark's step-time ratios."""
+    """:func:`readme_clock.ratios` against the benchmark's step-time ratios."""
     ms, got = speedups()[1], ratios(plain, comp)
     if ms is None or got is None:
         return ""
@@ -157,10 +159,9 @@ def _warm(plain: dict, comp: dict) -> str:
         return ""
     said = [f"{w['run']}'s first step (compiling and capturing) took {rf.fmt(w['first_s'])} s "
             f"against {rf.fmt(w['like_first_s'])} s for {w['like']}" for w in warm]
-    cold = compiled_targets(plain, cold_equivalent(comp))
-    hot = compiled_targets(plain, comp)
-    same = [a["hit"] == b["hit"] for a, b in zip(hot, cold)]
     cut = cold_equivalent(comp)
+    same = [a["hit"] == b["hit"] for a, b in zip(compiled_targets(plain, comp),
+                                                 compiled_targets(plain, cut))]
     at = "; ".join(f"{w['run']} at {rf.fmt(cut[w['run']]['train_s'])} s: 1 jump "
                    f"{rf.fmt(last_eval(cut[w['run']]))}, 4 jumps "
                    f"{rf.fmt(last_eval(cut[w['run']], 'fd_4'))}" for w in warm)
@@ -201,7 +202,7 @@ def _writes_recorded(comp: dict, plain: dict) -> str:
         return ""
     return (" Recorded outside the clock, a checkpoint write took "
             + ", ".join(f"{rf.fmt(w)} s ({n})" for n, w in got.items())
-            + f", against {rf.fmt(float(np.median([w for w, _ in fits])))} s fitted to the "
+            + f", against {rf.fmt(write_cost(plain))} s fitted to the "
             f"uncompiled runs' segments ({rf.fmt(fits[0][0])} to {rf.fmt(fits[-1][0])}).")
 
 

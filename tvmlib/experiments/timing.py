@@ -101,6 +101,13 @@ def detach_effects(rows: list[dict]) -> dict[str, dict[str, tuple[float, float]]
     return out
 
 
+def writes_in_clock(rec: dict) -> int:
+    """Checkpoint writes a run counted as training time: one every ``train.ckpt_every`` steps
+    for runs made before the writes left the clock (no ``ckpt_s``), else none."""
+    every = rec["config"]["train"]["ckpt_every"]
+    return 0 if "ckpt_s" in rec or not every else rec["steps_done"] // every
+
+
 def write_seconds(rec: dict) -> float | None:
     """Seconds per checkpoint write a run recorded outside its training clock (``ckpt_s`` over
     the writes every ``train.ckpt_every`` steps); None for runs made before it was recorded."""
