@@ -678,6 +678,22 @@ def test_compiled_pairs_and_targets_put_each_compiled_run_beside_its_uncompiled_
     assert got["TVM 1 NFE < "]["hit"]
 
 
+def test_compiled_rows_mark_the_runs_a_compiled_config_leaves_eager():
+    """CMT's teacher and mid-training stay eager in the compiled configs (a cold compile would
+    take their whole budget): the README's table must not present them as compiled."""
+    from tvmlib.apps.readme_compiled import _pair_rows
+
+    def rec(jvp):
+        return {"config": {"model": {"jvp": jvp}}, "steps_done": 10, "train_s": 1.0,
+                "setup_s": 0.5, "final": {"ema": {"1": 3.0}}, "evals": {}}
+
+    plain = {"teacher": rec("fused"), "tvm": rec("fused")}
+    comp = {"teacher": rec("fused"), "tvm": rec("compiled")}
+    rows = {r[0]: r for r in _pair_rows(plain, comp)}
+    assert set(rows) == {"teacher (eager in both)", "tvm"}
+    assert rows["tvm"][5] == "1: 3 -> 3"
+
+
 def test_startup_seconds_is_the_first_segment_less_the_steady_rate():
     from tvmlib.experiments.timing import startup_seconds
 

@@ -207,10 +207,13 @@ def _writes_recorded(comp: dict, plain: dict) -> str:
 
 
 def _pair_rows(pr: dict, cr: dict) -> list[list[str]]:
-    """[run, steps, train s, setup s, first step s, FD by steps], uncompiled -> compiled."""
+    """[run, steps, train s, setup s, first step s, FD by steps], uncompiled -> compiled; a
+    run the compiled config leaves eager (CMT's teacher and mid-training) is marked."""
     first = lambda r: r["first_step_s"][0] if r.get("first_step_s") else None  # noqa: E731
     warm = {w["run"] for w in warm_starts(cr)}
-    return [[p["run"] + (" (warm cache)" if p["run"] in warm else ""),
+    eager = {n for n, r in cr.items() if r["config"]["model"].get("jvp") != "compiled"}
+    return [[p["run"] + (" (warm cache)" if p["run"] in warm else "")
+             + (" (eager in both)" if p["run"] in eager else ""),
              f"{p['steps'][0]} -> {p['steps'][1]}",
              f"{rf.fmt(p['train_s'][0])} -> {rf.fmt(p['train_s'][1])}",
              " -> ".join("–" if x is None else rf.fmt(x) for x in p["setup_s"]),
