@@ -512,6 +512,25 @@ def test_train_step_benchmark_runs_fm_compiled_beside_eager(tmp_path):
     assert rows[0]["loss"] == pytest.approx(rows[1]["loss"], rel=1e-4)
 
 
+def test_train_step_benchmark_fused_adamw_is_the_same_step(tmp_path, monkeypatch):
+    """--adamw foreach fused: a row per AdamW kernel choice (train.fused_adamw); after the same
+    optimizer steps both give the same loss, so only the time and memory may differ."""
+    from tvmlib.apps.bench import train_step as B
+
+    made = []
+    real = B.make_optimizer
+    monkeypatch.setattr(B, "make_optimizer",
+                        lambda net, cfg: made.append(real(net, cfg)) or made[-1])
+    out = tmp_path / "bench.json"
+    B.main(["--device", "cpu", "--models", "DiT-T/8", "--batch", "2", "--input-size", "8",
+            "--steps", "2", "--warmup", "1", "--no-amp", "--backends", "math",
+            "--adamw", "foreach", "fused", "--out", str(out)])
+    rows = json.loads(out.read_text())["results"]["rows"]
+    assert [(r["fused_adamw"], r["status"]) for r in rows] == [(False, "ok"), (True, "ok")]
+    assert rows[0]["loss"] == pytest.approx(rows[1]["loss"], rel=1e-5)
+    assert [opt.defaults["fused"] for opt in made] == [None, True]
+
+
 def test_inception_features_use_the_local_weights_file(tmp_path, monkeypatch):
     """The FID Inception network (torch-fidelity's) is built from the local file given with
     --inception, never downloaded, and gets uint8 RGB images (grayscale repeated)."""

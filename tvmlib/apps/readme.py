@@ -139,13 +139,16 @@ def _bench_files(pattern: str, command: str) -> list[tuple[Path, dict]]:
 def table_train_step() -> str:
     out = []
     for path, d in _bench_files("train_step_*.json", "python -m tvmlib.apps.bench.train_step"):
+        adamw = any(r.get("fused_adamw") for r in d["results"]["rows"])  # a column if measured
         rows = [[r["model"], (r.get("loss_name") or "tvm").upper(), r["backend"],
                  "on" if r.get("cuda_graph") else "off",
-                 r["jvp"] if "jvp" in r else "func",  # files from before model.jvp: torch.func
-                 r["batch"], r["ms_per_step"], r["images_per_s"], r["peak_mem_gb"], r["status"]]
+                 r["jvp"] if "jvp" in r else "func"]  # files from before model.jvp: torch.func
+                + [("fused" if r.get("fused_adamw") else "foreach")] * adamw
+                + [r["batch"], r["ms_per_step"], r["images_per_s"], r["peak_mem_gb"], r["status"]]
                 for r in d["results"]["rows"]]
-        out.append(rf.table(["model", "loss", "attention", "CUDA graph", "dF/ds", "batch",
-                             "ms / step", "images / s", "peak GB", "status"], rows)
+        out.append(rf.table(["model", "loss", "attention", "CUDA graph", "dF/ds"]
+                            + ["AdamW"] * adamw
+                            + ["batch", "ms / step", "images / s", "peak GB", "status"], rows)
                    + "\n\n" + rf.source(path.name, d["provenance"]))
         summary = step_summary(d["results"]["rows"])
         if summary:
@@ -172,7 +175,8 @@ def _xl_targets(summary: list[dict]) -> str:
     if not xl:
         return ""
     r = xl[0]
-    return (f"\n\nThe fastest DiT-XL/2 TVM step at batch 32 ({r['jvp']}): "
+    how = r["jvp"] + (", fused AdamW" if r.get("fused_adamw") else "")
+    return (f"\n\nThe fastest DiT-XL/2 TVM step at batch 32 ({how}): "
             f"{rf.fmt(r['images_per_s'])} images/s against 100 "
             f"({'hit' if r['images_per_s'] >= 100 else 'miss'}), peak "
             f"{rf.fmt(r['peak_mem_gb'])} GB against 48 "

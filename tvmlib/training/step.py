@@ -183,10 +183,14 @@ class Step:
         self.last_finite = (step, loss)
 
 
+def make_optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW as training uses it: foreach kernels, or one fused kernel (``fused_adamw``)."""
+    return torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
+                             weight_decay=cfg.weight_decay, fused=cfg.fused_adamw or None)
+
+
 def new_state(net: nn.Module, cfg: TrainConfig) -> TrainState:
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
-                            weight_decay=cfg.weight_decay, fused=cfg.fused_adamw or None)
-    return TrainState(net, EMA(net, cfg.ema_decay, cfg.ema_warmup), opt)
+    return TrainState(net, EMA(net, cfg.ema_decay, cfg.ema_warmup), make_optimizer(net, cfg))
 
 
 def optimizer_step(net: nn.Module, loss_fn: Callable, cfg: TrainConfig) -> Step:

@@ -47,7 +47,7 @@ from tvmlib.nn.dit_jvp import JVP_MODES
 from tvmlib.training.build import build_loss, build_model, compile_forward
 from tvmlib.training.config import RunConfig, config_from_dict
 from tvmlib.training.graphs import GraphedLossBackward
-from tvmlib.training.step import autocast
+from tvmlib.training.step import autocast, make_optimizer
 from tvmlib.utils.atomic import atomic_write_json
 from tvmlib.utils.paths import figures_dir
 from tvmlib.utils.provenance import provenance
@@ -74,9 +74,10 @@ def _short(err: BaseException) -> str:
 
 def step_config(model: str, backend: str, batch: int, input_size: int = 32, amp: bool = True,
                 cfg_scale: float = 2.0, cuda_graph: bool = False, seed: int = 0,
-                jvp: str | None = "fused", loss: str = "tvm") -> RunConfig:
+                jvp: str | None = "fused", loss: str = "tvm",
+                fused_adamw: bool = False) -> RunConfig:
     """The paper's TVM step (or with ``loss`` "fm" the flow-matching step) for ``model`` on
-    random latents (4 channels, 1000 classes)."""
+    random latents (4 channels, 1000 classes); ``fused_adamw``: AdamW as one fused kernel."""
     tvm = loss == "tvm"
     return config_from_dict({
         "name": "bench_train_step",
@@ -87,19 +88,20 @@ def step_config(model: str, backend: str, batch: int, input_size: int = 32, amp:
                   "label_dropout": 0.1} if tvm else
                  {"name": "fm", "time_sampler": "logit_normal", "label_dropout": 0.1}),
         "train": {"global_batch": batch, "lr": 1e-4, "betas": [0.9, 0.95],
-                  "amp": "bf16" if amp else "off", "cuda_graph": cuda_graph, "seed": seed}})
+                  "amp": "bf16" if amp else "off", "cuda_graph": cuda_graph, "seed": seed,
+                  "fused_adamw": fused_adamw}})
 
 
 def make_step(model: str, backend: str, batch: int, device: torch.device,
               input_size: int = 32, build_on: str | None = None, amp: bool = True,
               cfg_scale: float = 2.0, info: dict | None = None,
               cuda_graph: bool = False, jvp: str | None = "fused",
-              loss: str = "tvm") -> Callable[[], torch.Tensor]:
+              loss: str = "tvm", fused_adamw: bool = False) -> Callable[[], torch.Tensor]:
     """Build the model, loss and optimizer with ``tvmlib.training.build``; return a callable
     running one training step (with ``cuda_graph``, loss and backward replay as one CUDA graph,
     as the training loop does)."""
     cfg = step_config(model, backend, batch, input_size, amp, cfg_scale, cuda_graph, jvp=jvp,
-                      loss=loss)
+                      loss=loss, fused_adamw=fused_adamw)
     info = {} if info is None else info
     t0 = time.perf_counter()
     with torch.device(build_on or device):
@@ -111,8 +113,7 @@ def make_step(model: str, backend: str, batch: int, device: torch.device,
     info["build_seconds"] = time.perf_counter() - t0
     info["params"] = sum(p.numel() for p in net.parameters())
     loss_fn = build_loss(cfg, net)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
-                            weight_decay=0.0)
+    opt = make_optimizer(net, cfg.train)
     x = torch.randn(batch, 4, input_size, input_size, device=device)  # (B, 4, 32, 32) latents
     y = torch.randint(0, 1000, (batch,), device=device)
 
@@ -172,12 +173,13 @@ def time_steps(step: Callable[[], torch.Tensor], device: torch.device, steps: in
 def bench_one(model: str, backend: str, batch: int, device: torch.device, steps: int = 10,
               warmup: int = 3, input_size: int = 32, build_on: str | None = None,
               amp: bool = True, cfg_scale: float = 2.0, seed: int = 0,
-              cuda_graph: bool = False, jvp: str | None = "fused", loss: str = "tvm") -> dict:
+              cuda_graph: bool = False, jvp: str | None = "fused", loss: str = "tvm",
+              fused_adamw: bool = False) -> dict:
     """Time ``steps`` training steps of one (model, loss, attention backend, graph mode, jvp);
     never raises for OOM or a missing/failed backend, which go into the row's ``status``."""
     row = {"model": model, "loss_name": loss, "backend": backend, "batch": batch,
            "cuda_graph": cuda_graph, "jvp": jvp if loss == "tvm" or jvp == "compiled" else None,
-           "ms_per_step": None,
+           "fused_adamw": fused_adamw, "ms_per_step": None,
            "images_per_s": None, "peak_mem_gb": None, "status": "ok"}
     for needs_cuda, what in ((backend == "triton", "the triton backend"),
                              (cuda_graph, "a CUDA graph")):
@@ -191,7 +193,7 @@ def bench_one(model: str, backend: str, batch: int, device: torch.device, steps:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         step = make_step(model, backend, batch, device, input_size, build_on, amp, cfg_scale,
-                         row, cuda_graph, jvp, loss)
+                         row, cuda_graph, jvp, loss, fused_adamw)
         times, row["loss"] = time_steps(step, device, steps, warmup, row)
         if not math.isfinite(row["loss"]):
             row["status"] = f"error: non-finite loss {row['loss']}"
@@ -249,6 +251,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--jvp", nargs="+", default=["fused"], choices=list(JVP_MODES),
                     help="how dF/ds is computed (model.jvp): the DiT's fused tangent forward, "
                          "the same through torch.compile, torch.func.jvp; one or several")
+    ap.add_argument("--adamw", nargs="+", default=["foreach"], choices=["foreach", "fused"],
+                    help="AdamW's kernels (train.fused_adamw): foreach, one fused kernel, or both")
     ap.add_argument("--losses", nargs="+", default=["tvm"], choices=["tvm", "fm"],
                     help="tvm, and fm for the flow-matching step of the same network "
                          "(SDPA attention, no JVP) as the reference")
@@ -261,12 +265,14 @@ def main(argv: list[str] | None = None) -> dict:
     for model, loss in itertools.product(args.models, args.losses):
         tvm = loss == "tvm"
         fm_jvps = [None] + ["compiled"] * ("compiled" in args.jvp)  # FM: eager, compiled
-        for backend, graph, jvp in itertools.product(args.backends if tvm else ["sdpa"],
-                                                     args.graph, args.jvp if tvm else fm_jvps):
+        for backend, graph, jvp, adamw in itertools.product(
+                args.backends if tvm else ["sdpa"], args.graph, args.jvp if tvm else fm_jvps,
+                args.adamw):
             row = bench_one(model, backend, args.batch, device, args.steps, args.warmup,
                             args.input_size, args.build_on, not args.no_amp,
-                            cuda_graph=graph == "on", jvp=jvp, loss=loss)
-            print(f"[bench] {model} {loss} {backend} graph {graph} jvp {jvp}: "
+                            cuda_graph=graph == "on", jvp=jvp, loss=loss,
+                            fused_adamw=adamw == "fused")
+            print(f"[bench] {model} {loss} {backend} graph {graph} jvp {jvp} adamw {adamw}: "
                   f"{row['status']} "
                   f"{row['ms_per_step'] and round(row['ms_per_step'], 1)} ms/step",
                   flush=True)
