@@ -261,7 +261,15 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # TVM trains with TF32 off
+    command = "python -m tvmlib.apps.bench.train_step " + " ".join(
+        sys.argv[1:] if argv is None else argv)
+    prov = provenance(command=command.strip(), seed=0, gpu=device_slug(device))
+    out = Path(args.out) if args.out else figures_dir() / f"train_step_{device_slug(device)}.json"
     rows = []
+    results = {"rows": rows, "input_size": args.input_size, "tokens": (args.input_size // 2) ** 2,
+               "amp": "off" if args.no_amp else "bf16", "steps": args.steps,
+               "warmup": args.warmup, "loss": "TVMLoss(cfg_scale=2, scale_param=True)",
+               "fm_loss": "FMLoss(logit_normal, label_dropout=0.1)"}
     for model, loss in itertools.product(args.models, args.losses):
         tvm = loss == "tvm"
         fm_jvps = [None] + ["compiled"] * ("compiled" in args.jvp)  # FM: eager, compiled
@@ -277,15 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{row['ms_per_step'] and round(row['ms_per_step'], 1)} ms/step",
                   flush=True)
             rows.append(row)
-    results = {"rows": rows, "input_size": args.input_size, "tokens": (args.input_size // 2) ** 2,
-               "amp": "off" if args.no_amp else "bf16", "steps": args.steps,
-               "warmup": args.warmup, "loss": "TVMLoss(cfg_scale=2, scale_param=True)",
-               "fm_loss": "FMLoss(logit_normal, label_dropout=0.1)"}
-    command = "python -m tvmlib.apps.bench.train_step " + " ".join(
-        sys.argv[1:] if argv is None else argv)
-    prov = provenance(command=command.strip(), seed=0, gpu=device_slug(device))
-    out = Path(args.out) if args.out else figures_dir() / f"train_step_{device_slug(device)}.json"
-    atomic_write_json({"provenance": prov, "results": results}, out)
+            atomic_write_json({"provenance": prov, "results": results}, out)  # row by row
     print(format_table(rows))
     print(f"[bench] {prov['device']}: results written to {out}", flush=True)
     return results
