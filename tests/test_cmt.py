@@ -757,10 +757,11 @@ def test_detach_effects_pairs_each_jvp_with_and_without_the_gradient_through_it(
     assert got["fused"]["kernels"] == (100, 99)
 
 
-def _timed_run(loss, first_s, ckpt_s=None, steps=2000):
+def _timed_run(loss, first_s, ckpt_s=None, steps=2000, jvp="compiled"):
     """A results record with evaluations every 500 steps, 50 ms a step after ``first_s``."""
     secs = [0.0] + [first_s + 0.05 * k for k in range(500, steps + 1, 500)]
-    rec = {"config": {"loss": {"name": loss}, "train": {"ckpt_every": 500}}, "steps_done": steps,
+    rec = {"config": {"loss": {"name": loss}, "train": {"ckpt_every": 500},
+                      "model": {"jvp": jvp}}, "steps_done": steps,
            "train_s": secs[-1], "first_step_s": [first_s], "final": {"ema": {"1": 9.0}},
            "evals": {"step": list(range(0, steps + 1, 500)), "train_s": secs,
                      "fd_1": [400.0, 40.0, 30.0, 20.0, 10.0]}}
@@ -792,6 +793,8 @@ def test_a_warm_compile_cache_is_found_and_cut_back_to_a_cold_start():
     warm, = warm_starts(runs)  # fm compiles another network: not compared with the TVM runs
     assert (warm["run"], warm["like"], warm["head_s"]) == ("tvm", "tvm_w15", 50.0)
     assert warm_starts({"tvm": runs["tvm"], "fm": runs["fm"]}) == []
+    # CMT's teacher trains FM eagerly: a short first step without compiling is not a warm cache
+    assert warm_starts({"fm": runs["fm"], "teacher": _timed_run("fm", 0.5, jvp="fused")}) == []
     cold = cold_equivalent(runs)
     assert cold["tvm_w15"] is runs["tvm_w15"] and cold["fm"] is runs["fm"]
     # 105 s of training less the 50 s head start: the evaluations up to 55 s (steps 0 to 1000)

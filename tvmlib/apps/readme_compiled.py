@@ -172,8 +172,8 @@ def _warm(plain: dict, comp: dict) -> str:
             f"(its last evaluation within a cold start's seconds; {at}), "
             + (f"every target keeps its verdict ({len(same)} of {len(same)})." if all(same) else
                f"{same.count(False)} of {len(same)} targets change their verdict.")
-            + " Runs of different losses compile different graphs and are not compared this "
-            "way (first steps: " + ", ".join(
+            + " Runs of different losses compile different graphs, and eager runs compile "
+            "nothing; neither is compared this way (first steps: " + ", ".join(
                 f"{n} {rf.fmt(r['first_step_s'][0])} s" for n, r in comp.items()
                 if r.get("first_step_s") and n not in {w["run"] for w in warm})
             + "), so a kernel shared between them would go unnoticed."

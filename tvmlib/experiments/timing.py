@@ -118,14 +118,16 @@ def write_seconds(rec: dict) -> float | None:
 
 def warm_starts(runs: dict[str, dict]) -> list[dict]:
     """Runs whose first step (compiling, a CUDA graph's capture) took less than half the first
-    step of the slowest run with the same loss in the same file: they found their kernels in a
-    warm compile cache, e.g. one run after another on the same machine. Each {"run", "first_s",
-    "like", "like_first_s", "head_s"}, ``head_s`` the training seconds that gave it over a cold
-    start (the two first steps' difference)."""
+    step of the slowest run with the same loss and the same ``model.jvp`` (compiled or eager)
+    in the same file: they found their kernels in a warm compile cache, e.g. one run after
+    another on the same machine. Each {"run", "first_s", "like", "like_first_s", "head_s"},
+    ``head_s`` the training seconds that gave it over a cold start (the two first steps'
+    difference)."""
+    kind = lambda r: (r["config"]["loss"]["name"], r["config"]["model"].get("jvp"))  # noqa: E731
     out = []
     for name, rec in runs.items():
         same = {n: r["first_step_s"][0] for n, r in runs.items() if r.get("first_step_s")
-                and r["config"]["loss"]["name"] == rec["config"]["loss"]["name"]}
+                and kind(r) == kind(rec)}
         if name not in same:
             continue
         like = max(same, key=same.get)
